@@ -1,0 +1,177 @@
+//! Assembly: open the store, build the backends and the engine, serve HTTP, and shut
+//! everything down in order.
+//!
+//! Shutdown order, and why: (1) stop accepting and end open SSE responses, so no client
+//! waits on a dying process; (2) end running generations with `interrupted` and wait
+//! for every tracked task; (3) flush the writer, so every event handed to it is on disk;
+//! (4) close the read pool.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{BackendKind, ServeConfig};
+use crate::engine::{Admission, Engine};
+use crate::event::now_ms;
+use crate::hub::StreamHub;
+use crate::llm::Models;
+use crate::llm::mock::MockBackend;
+use crate::metrics::Metrics;
+use crate::store::{self, EventLog, Store, WriterTask};
+use crate::{http, server};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<ServeConfig>,
+    pub engine: Arc<Engine>,
+    pub store: Store,
+    pub hub: Arc<StreamHub>,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the server stops accepting: open SSE responses end.
+    pub http_shutdown: CancellationToken,
+}
+
+/// A started spool: store open, engine ready, not yet serving.
+pub struct Spool {
+    state: AppState,
+    log: EventLog,
+    writer: WriterTask,
+}
+
+impl Spool {
+    pub async fn start(config: ServeConfig) -> anyhow::Result<Spool> {
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::default());
+        let hub = Arc::new(StreamHub::new(config.reader_buffer));
+        let (store, log, writer) = store::open(&config, hub.clone(), metrics.clone()).await?;
+        let models = build_models(&config)?;
+        let admission = Admission::new(config.max_active, config.max_queued);
+        let engine = Engine::new(
+            models,
+            log.clone(),
+            store.clone(),
+            hub.clone(),
+            metrics.clone(),
+            admission,
+        );
+        if !config.retention.is_zero() {
+            engine.spawn(retention(
+                log.clone(),
+                config.retention,
+                engine.shutdown_token(),
+            ));
+        }
+        let state = AppState {
+            config,
+            engine,
+            store,
+            hub,
+            metrics,
+            http_shutdown: CancellationToken::new(),
+        };
+        Ok(Spool { state, log, writer })
+    }
+
+    pub fn router(&self) -> Router {
+        http::router(self.state.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then shuts down in order.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let addr = listener.local_addr().context("listener address")?;
+        tracing::info!("spool listening on http://{addr}");
+        let http_shutdown = self.state.http_shutdown.clone();
+        let config = self.state.config.clone();
+        let trigger = http_shutdown.clone();
+        let watcher = tokio::spawn(async move {
+            shutdown.await;
+            trigger.cancel();
+        });
+        let grace = config.shutdown_timeout;
+        server::serve(
+            listener,
+            self.router(),
+            http_shutdown,
+            config.max_connections,
+            grace / 4,
+        )
+        .await;
+        watcher.abort();
+
+        tracing::info!("shutting down: ending running streams");
+        self.state.engine.shutdown(grace / 2).await;
+        let engine_log = self.log;
+        if let Err(e) = tokio::time::timeout(grace / 4, engine_log.close())
+            .await
+            .unwrap_or(Ok(()))
+        {
+            tracing::error!(error = %e, "flushing the event log failed");
+        }
+        if tokio::time::timeout(Duration::from_secs(1), self.writer)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the writer did not stop in time");
+        }
+        self.state.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn build_models(config: &ServeConfig) -> anyhow::Result<Models> {
+    let mut models = Models::default();
+    match config.backend {
+        BackendKind::Mock | BackendKind::Local => {
+            if config.backend == BackendKind::Local {
+                tracing::warn!(
+                    "SPOOL_BACKEND=local: the embedded model is not built yet; serving the mock backend (model \"mock\")"
+                );
+            }
+            models.add(Arc::new(MockBackend {
+                rate: config.mock_rate.max(0.0),
+                ttft: Duration::from_millis(config.mock_ttft_ms),
+                fail_after: config.mock_fail_after,
+                stall_after: config.mock_stall_after,
+            }));
+        }
+        BackendKind::Openai => anyhow::bail!("SPOOL_BACKEND=openai is not built yet; use mock"),
+    }
+    Ok(models)
+}
+
+/// Deletes streams older than `retention`, in small batches, until shutdown.
+async fn retention(log: EventLog, retention: Duration, shutdown: CancellationToken) {
+    let every = (retention / 10).clamp(Duration::from_millis(100), Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let cutoff = now_ms() - retention.as_millis() as i64;
+        loop {
+            match log.purge(cutoff, 500).await {
+                Ok(500) => continue,
+                Ok(0) => break,
+                Ok(n) => {
+                    tracing::info!(streams = n, "retention: deleted old streams");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention sweep failed");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Configuration: one clap struct whose every field is also an environment variable.
+//!
+//! The names of SPEC §10 are fixed (outside tools rely on them); the rest follow the
+//! same `SPOOL_` pattern. `.env.example` lists every one with its default.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Durable, resumable LLM token streams over SSE.
+#[derive(Debug, Parser)]
+#[command(name = "spool", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default when no subcommand is given).
+    Serve,
+}
+
+/// Which backend produces tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// The embedded model on the CPU (not built yet: serves `mock` until it is).
+    Local,
+    /// Deterministic ` tok{i}` tokens at a configured rate, with fault injection.
+    Mock,
+    /// Any OpenAI-compatible upstream (not built yet).
+    Openai,
+}
+
+/// SQLite's `synchronous` pragma for the event log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Synchronous {
+    /// Survives a killed process (WAL); the default.
+    Normal,
+    /// Also survives power loss, at the cost of an fsync per batch.
+    Full,
+}
+
+/// Everything `spool serve` reads.
+#[derive(Debug, Clone, Parser)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(
+        long = "addr",
+        env = "SPOOL_ADDR",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub addr: SocketAddr,
+
+    /// The store: `sqlite://PATH` (created if missing).
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "sqlite://spool.db",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// SQLite `synchronous` mode: `normal` survives a killed process, `full` power loss too.
+    #[arg(
+        long = "sqlite-synchronous",
+        env = "SPOOL_SQLITE_SYNCHRONOUS",
+        value_enum,
+        default_value = "normal",
+        global = true
+    )]
+    pub sqlite_synchronous: Synchronous,
+
+    /// Which backend generates tokens.
+    #[arg(
+        long = "backend",
+        env = "SPOOL_BACKEND",
+        value_enum,
+        default_value = "local",
+        global = true
+    )]
+    pub backend: BackendKind,
+
+    /// Mock backend: tokens per second per stream (0 = unlimited).
+    #[arg(
+        long = "mock-rate",
+        env = "SPOOL_MOCK_RATE",
+        default_value_t = 20.0,
+        global = true
+    )]
+    pub mock_rate: f64,
+
+    /// Mock backend: delay before the first token, in milliseconds.
+    #[arg(
+        long = "mock-ttft-ms",
+        env = "SPOOL_MOCK_TTFT_MS",
+        default_value_t = 0,
+        global = true
+    )]
+    pub mock_ttft_ms: u64,
+
+    /// Mock backend fault injection: fail every stream with `backend_error` after N tokens.
+    #[arg(long = "mock-fail-after", env = "SPOOL_MOCK_FAIL_AFTER", global = true)]
+    pub mock_fail_after: Option<u32>,
+
+    /// Mock backend fault injection: stop producing (stall) after N tokens, until cancelled.
+    #[arg(
+        long = "mock-stall-after",
+        env = "SPOOL_MOCK_STALL_AFTER",
+        global = true
+    )]
+    pub mock_stall_after: Option<u32>,
+
+    /// Concurrent generations.
+    #[arg(
+        long = "max-active",
+        env = "SPOOL_MAX_ACTIVE",
+        default_value_t = 1024,
+        global = true
+    )]
+    pub max_active: usize,
+
+    /// Generations waiting for a slot before new ones get `429`.
+    #[arg(
+        long = "max-queued",
+        env = "SPOOL_MAX_QUEUED",
+        default_value_t = 4096,
+        global = true
+    )]
+    pub max_queued: usize,
+
+    /// `max_tokens` when a request gives none.
+    #[arg(
+        long = "default-max-tokens",
+        env = "SPOOL_DEFAULT_MAX_TOKENS",
+        default_value_t = 256,
+        global = true
+    )]
+    pub default_max_tokens: u32,
+
+    /// Largest `max_tokens` a request may ask for.
+    #[arg(
+        long = "max-tokens-limit",
+        env = "SPOOL_MAX_TOKENS_LIMIT",
+        default_value_t = 32768,
+        global = true
+    )]
+    pub max_tokens_limit: u32,
+
+    /// Largest request body, in bytes (`413` past it).
+    #[arg(long = "body-limit", env = "SPOOL_BODY_LIMIT", default_value_t = 1024 * 1024, global = true)]
+    pub body_limit: usize,
+
+    /// Longest prompt (or sum of message contents), in bytes.
+    #[arg(long = "max-prompt-bytes", env = "SPOOL_MAX_PROMPT_BYTES", default_value_t = 256 * 1024, global = true)]
+    pub max_prompt_bytes: usize,
+
+    /// SSE heartbeat: a `: ping` comment after this much silence.
+    #[arg(long = "heartbeat", env = "SPOOL_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration, global = true)]
+    pub heartbeat: Duration,
+
+    /// Streams older than this are deleted (`0s` keeps them forever).
+    #[arg(long = "retention", env = "SPOOL_RETENTION", default_value = "7days", value_parser = humantime::parse_duration, global = true)]
+    pub retention: Duration,
+
+    /// Group commit: the longest a batch stays open after its first event.
+    #[arg(long = "batch-window", env = "SPOOL_BATCH_WINDOW", default_value = "2ms", value_parser = humantime::parse_duration, global = true)]
+    pub batch_window: Duration,
+
+    /// Group commit: the most events in one transaction.
+    #[arg(
+        long = "batch-max",
+        env = "SPOOL_BATCH_MAX",
+        default_value_t = 2048,
+        global = true
+    )]
+    pub batch_max: usize,
+
+    /// Live events buffered per stream for readers; a reader further behind catches up
+    /// from the store.
+    #[arg(
+        long = "reader-buffer",
+        env = "SPOOL_READER_BUFFER",
+        default_value_t = 256,
+        global = true
+    )]
+    pub reader_buffer: usize,
+
+    /// How long a graceful shutdown may take before the process exits anyway.
+    #[arg(long = "shutdown-timeout", env = "SPOOL_SHUTDOWN_TIMEOUT", default_value = "8s", value_parser = humantime::parse_duration, global = true)]
+    pub shutdown_timeout: Duration,
+
+    /// Most open client connections; more wait in the kernel's accept queue.
+    #[arg(
+        long = "max-connections",
+        env = "SPOOL_MAX_CONNECTIONS",
+        default_value_t = 16384,
+        global = true
+    )]
+    pub max_connections: usize,
+
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` is used when this is unset.
+    #[arg(long = "log", env = "SPOOL_LOG", global = true)]
+    pub log: Option<String>,
+}
+
+impl ServeConfig {
+    /// The defaults, ignoring the process environment: what tests start from.
+    pub fn defaults() -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let command = ServeConfig::command().mut_args(|arg| arg.env(None));
+        let matches = command.get_matches_from(["spool"]);
+        match ServeConfig::from_arg_matches(&matches) {
+            Ok(config) => config,
+            Err(e) => e.exit(),
+        }
+    }
+
+    /// The SQLite file path of `database_url`, or a clear error for anything else.
+    pub fn sqlite_path(&self) -> anyhow::Result<String> {
+        let url = self.database_url.trim();
+        if let Some(rest) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            let path = rest.split('?').next().unwrap_or(rest);
+            if path.is_empty() || path == ":memory:" {
+                anyhow::bail!(
+                    "DATABASE_URL={url}: spool needs a SQLite file (e.g. sqlite://spool.db); \
+                     an in-memory database would lose every stream"
+                );
+            }
+            return Ok(path.to_owned());
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            anyhow::bail!(
+                "DATABASE_URL={url}: the PostgreSQL store is not built yet; use sqlite://PATH"
+            );
+        }
+        anyhow::bail!("DATABASE_URL={url}: expected sqlite://PATH")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_spec() {
+        let c = ServeConfig::defaults();
+        assert_eq!(c.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database_url, "sqlite://spool.db");
+        assert_eq!(c.backend, BackendKind::Local);
+        assert_eq!(c.heartbeat, Duration::from_secs(15));
+        assert!(c.max_active + c.max_queued >= 1000);
+    }
+
+    #[test]
+    fn sqlite_paths() {
+        let mut c = ServeConfig::defaults();
+        assert_eq!(c.sqlite_path().unwrap(), "spool.db");
+        c.database_url = "sqlite:///tmp/x.db?mode=rwc".into();
+        assert_eq!(c.sqlite_path().unwrap(), "/tmp/x.db");
+        c.database_url = "sqlite::memory:".into();
+        assert!(c.sqlite_path().is_err());
+        c.database_url = "mysql://x".into();
+        assert!(c.sqlite_path().is_err());
+    }
+}

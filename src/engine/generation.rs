@@ -1,0 +1,207 @@
+//! The generation task of one stream: wait for a run permit, pull tokens from the
+//! backend, number and persist them, and end the stream with exactly one terminal event.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::admission::Ticket;
+use super::{Engine, StopFilter};
+use crate::event::{Event, FinishReason, StreamStatus, Usage, now_ms};
+use crate::llm::{Backend, BackendError, GenerateRequest, Output};
+use crate::store::{INTERRUPTED, INTERRUPTED_MESSAGE, StoreError, StreamEnd};
+
+pub(super) struct Generation {
+    pub engine: Arc<Engine>,
+    pub id: Arc<str>,
+    pub request: GenerateRequest,
+    pub backend: Arc<dyn Backend>,
+    pub cancel: CancellationToken,
+    pub ended: CancellationToken,
+}
+
+/// How a generation ended.
+enum Ending {
+    Finished(FinishReason),
+    Cancelled,
+    Interrupted,
+    Failed(BackendError),
+    /// The store refused an event; nothing more can be written reliably.
+    StoreGone,
+}
+
+struct Progress {
+    /// The seq of the last event handed to the writer (`start` is 1).
+    seq: u64,
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    reported: Option<Usage>,
+}
+
+impl Generation {
+    pub async fn run(self, ticket: Ticket) {
+        let mut progress = Progress {
+            seq: 1,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            reported: None,
+        };
+        let ending = self.drive(ticket, &mut progress).await;
+        self.end(ending, &progress).await;
+        self.engine.forget(&self.id);
+        self.ended.cancel();
+    }
+
+    /// Why `cancel` fired: the server's shutdown or a client.
+    fn stopped(&self) -> Ending {
+        if self.engine.shutdown.is_cancelled() {
+            Ending::Interrupted
+        } else {
+            Ending::Cancelled
+        }
+    }
+
+    async fn drive(&self, ticket: Ticket, progress: &mut Progress) -> Ending {
+        let accepted = Instant::now();
+        let _permit = tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => return self.stopped(),
+            permit = ticket.activate() => match permit {
+                Ok(p) => p,
+                Err(_) => return Ending::Interrupted,
+            },
+        };
+        if self
+            .engine
+            .log
+            .running(self.id.clone(), now_ms())
+            .await
+            .is_err()
+        {
+            return Ending::StoreGone;
+        }
+        let mut stop = StopFilter::new(&self.request.stop);
+        let mut tokens = self
+            .backend
+            .generate(self.request.clone(), self.cancel.clone());
+        let mut first = true;
+        loop {
+            let item = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return self.stopped(),
+                item = tokens.next() => item,
+            };
+            let text = match item {
+                Some(Ok(Output::Token(text))) => text,
+                Some(Ok(Output::Prompt { tokens })) => {
+                    progress.prompt_tokens = tokens;
+                    continue;
+                }
+                Some(Ok(Output::Done { reason, usage })) => {
+                    progress.reported = usage;
+                    if let Err(e) = self.emit(stop.finish(), progress).await {
+                        return e;
+                    }
+                    return Ending::Finished(reason);
+                }
+                Some(Err(e)) => return Ending::Failed(e),
+                None => {
+                    return Ending::Failed(BackendError {
+                        code: "backend_error".into(),
+                        message: "the backend ended the stream without finishing it".into(),
+                    });
+                }
+            };
+            progress.completion_tokens += 1;
+            self.engine.metrics.token_generated();
+            if first {
+                first = false;
+                self.engine.metrics.observe_ttft(accepted.elapsed());
+            }
+            let filtered = stop.push(&text);
+            if let Err(e) = self.emit(filtered.text, progress).await {
+                return e;
+            }
+            if filtered.stopped {
+                return Ending::Finished(FinishReason::Stop);
+            }
+        }
+    }
+
+    /// Queues one token event, unless there is no text.
+    async fn emit(&self, text: String, progress: &mut Progress) -> Result<(), Ending> {
+        if text.is_empty() {
+            return Ok(());
+        }
+        progress.seq += 1;
+        let event = Event::token(progress.seq, &text);
+        self.engine
+            .log
+            .append(self.id.clone(), event, None)
+            .await
+            .map_err(|_: StoreError| Ending::StoreGone)
+    }
+
+    /// Writes the one terminal event.
+    async fn end(&self, ending: Ending, progress: &Progress) {
+        let usage = progress.reported.unwrap_or(Usage {
+            prompt_tokens: progress.prompt_tokens,
+            completion_tokens: progress.completion_tokens,
+        });
+        let seq = progress.seq + 1;
+        let finished_at = now_ms();
+        let (event, status, reason, error) = match ending {
+            Ending::Finished(reason) => (
+                Event::done(seq, reason, usage),
+                StreamStatus::Completed,
+                Some(reason),
+                None,
+            ),
+            Ending::Cancelled => (
+                Event::done(seq, FinishReason::Cancelled, usage),
+                StreamStatus::Cancelled,
+                Some(FinishReason::Cancelled),
+                None,
+            ),
+            Ending::Interrupted => (
+                Event::error(seq, INTERRUPTED, INTERRUPTED_MESSAGE),
+                StreamStatus::Interrupted,
+                None,
+                Some((INTERRUPTED.to_owned(), INTERRUPTED_MESSAGE.to_owned())),
+            ),
+            Ending::Failed(e) => {
+                tracing::warn!(stream = %self.id, code = %e.code, message = %e.message, "generation failed");
+                (
+                    Event::error(seq, &e.code, &e.message),
+                    StreamStatus::Failed,
+                    None,
+                    Some((e.code, e.message)),
+                )
+            }
+            Ending::StoreGone => {
+                tracing::error!(stream = %self.id, "the store refused this stream's events; start-up recovery will end it");
+                return;
+            }
+        };
+        let end = StreamEnd {
+            status,
+            finish_reason: reason,
+            error,
+            usage,
+            finished_at,
+        };
+        match self
+            .engine
+            .log
+            .append(self.id.clone(), event, Some(end))
+            .await
+        {
+            Ok(()) => self.engine.finished(status),
+            Err(e) => {
+                tracing::error!(stream = %self.id, error = %e, "could not write the terminal event")
+            }
+        }
+    }
+}

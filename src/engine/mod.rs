@@ -1,0 +1,277 @@
+//! The engine: starts, cancels and deletes streams, and owns every generation task.
+//!
+//! A stream's generation runs in a task of the engine's [`TaskTracker`], independent
+//! of any HTTP connection: readers come and go, the generation goes on until it ends,
+//! is cancelled, or the process shuts down.
+//!
+//! **Architecture Invariant:** a stream's events are numbered and written only by its
+//! generation task (its `start` event by [`Engine::start`] before that task exists),
+//! so seqs are gap-free without coordination.
+
+mod admission;
+mod generation;
+mod stop;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::event::{Event, StreamStatus, now_ms, rfc3339};
+use crate::hub::StreamHub;
+use crate::ids::new_stream_id;
+use crate::llm::{GenerateRequest, Models};
+use crate::metrics::{Gauges, Metrics};
+use crate::store::{EventLog, NewStream, Store, StoreError, StreamRow};
+
+pub use admission::Admission;
+pub use stop::StopFilter;
+
+/// Why a stream could not be started. Nothing was stored.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("unknown model {model:?}")]
+    UnknownModel {
+        model: String,
+        available: Vec<String>,
+    },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("too many generations are running or queued")]
+    Busy,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("no source of randomness for a stream id")]
+    Random,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A stream just accepted.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub id: String,
+    pub model: String,
+    pub created_at: i64,
+}
+
+/// What a cancel request found.
+pub enum Cancel {
+    /// The stream was running or queued here; it is stopping (`202`).
+    Stopping(StreamRow),
+    /// It had already ended (`200`).
+    AlreadyEnded(StreamRow),
+}
+
+/// Handles of a stream being generated in this process.
+#[derive(Clone)]
+struct Live {
+    cancel: CancellationToken,
+    /// Cancelled once the stream's terminal event has been handed to the writer.
+    ended: CancellationToken,
+}
+
+pub struct Engine {
+    models: Models,
+    log: EventLog,
+    store: Store,
+    hub: Arc<StreamHub>,
+    metrics: Arc<Metrics>,
+    admission: Admission,
+    tasks: TaskTracker,
+    /// Cancelled at shutdown: streams still running end as `interrupted`.
+    shutdown: CancellationToken,
+    live: Mutex<HashMap<String, Live>>,
+}
+
+impl Engine {
+    pub fn new(
+        models: Models,
+        log: EventLog,
+        store: Store,
+        hub: Arc<StreamHub>,
+        metrics: Arc<Metrics>,
+        admission: Admission,
+    ) -> Arc<Self> {
+        Arc::new(Engine {
+            models,
+            log,
+            store,
+            hub,
+            metrics,
+            admission,
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            live: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn models(&self) -> &Models {
+        &self.models
+    }
+
+    /// Tracks a background task so shutdown waits for it; it should end when
+    /// [`Engine::shutdown_token`] is cancelled.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub fn log(&self) -> &EventLog {
+        &self.log
+    }
+
+    fn live(&self) -> MutexGuard<'_, HashMap<String, Live>> {
+        // Held for single map operations only, never across an `.await`.
+        self.live
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Accepts a generation: stores the stream and its `start` event, then starts the
+    /// generation task. Returns once the `start` event is committed.
+    pub async fn start(
+        self: &Arc<Self>,
+        request: GenerateRequest,
+        owner: Option<String>,
+    ) -> Result<Started, StartError> {
+        if self.shutdown.is_cancelled() {
+            return Err(StartError::ShuttingDown);
+        }
+        let backend = match self.models.get(&request.model) {
+            Some(b) => b.clone(),
+            None => {
+                return Err(StartError::UnknownModel {
+                    model: request.model.clone(),
+                    available: self.models.names(),
+                });
+            }
+        };
+        backend
+            .check(&request)
+            .map_err(|e| StartError::Unsupported(e.0))?;
+        let Some(ticket) = self.admission.try_admit() else {
+            self.metrics.rejected_busy();
+            return Err(StartError::Busy);
+        };
+        let id = new_stream_id().map_err(|_| StartError::Random)?;
+        let created_at = now_ms();
+        let params = serde_json::to_string(&request).unwrap_or_else(|_| "{}".to_owned());
+        let live = Live {
+            cancel: self.shutdown.child_token(),
+            ended: CancellationToken::new(),
+        };
+
+        // Live before the first event exists, so no reader can miss it.
+        self.hub.open(&id);
+        self.live().insert(id.clone(), live.clone());
+        let stream = NewStream {
+            id: id.clone(),
+            owner,
+            model: request.model.clone(),
+            params,
+            created_at,
+        };
+        let start = Event::start(1, &id, &request.model, &rfc3339(created_at));
+        if let Err(e) = self.log.create(stream, start).await {
+            self.hub.close(&id);
+            self.live().remove(&id);
+            return Err(e.into());
+        }
+        self.metrics.stream_started();
+
+        let started = Started {
+            id: id.clone(),
+            model: request.model.clone(),
+            created_at,
+        };
+        let generation = generation::Generation {
+            engine: self.clone(),
+            id: Arc::from(id.as_str()),
+            request,
+            backend,
+            cancel: live.cancel,
+            ended: live.ended,
+        };
+        self.tasks.spawn(generation.run(ticket));
+        Ok(started)
+    }
+
+    /// Cancels a stream if it is still running; idempotent. `None`: no such stream.
+    pub async fn cancel(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+    ) -> Result<Option<Cancel>, StoreError> {
+        let Some(row) = self.store.stream(id, owner).await? else {
+            return Ok(None);
+        };
+        let live = self.live().get(id).cloned();
+        if let Some(live) = live {
+            live.cancel.cancel();
+            return Ok(Some(Cancel::Stopping(row)));
+        }
+        Ok(Some(if row.status()?.is_terminal() {
+            Cancel::AlreadyEnded(row)
+        } else {
+            Cancel::Stopping(row)
+        }))
+    }
+
+    /// Cancels a stream if running, waits for its end to be written, then deletes it and
+    /// its events. `false`: no such stream.
+    pub async fn delete(&self, id: &str, owner: Option<&str>) -> Result<bool, StoreError> {
+        if self.store.stream(id, owner).await?.is_none() {
+            return Ok(false);
+        }
+        let live = self.live().get(id).cloned();
+        if let Some(live) = live {
+            live.cancel.cancel();
+            // The terminal event is queued before `ended` fires, and the writer keeps
+            // order, so the delete below lands after it.
+            let _ = tokio::time::timeout(Duration::from_secs(10), live.ended.cancelled()).await;
+        }
+        self.log.delete(id.to_owned()).await
+    }
+
+    /// Ends every running stream with `interrupted` and waits (at most `grace`) for
+    /// every tracked task.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = self.tasks.len(),
+                "engine tasks still running at the shutdown deadline"
+            );
+        }
+    }
+
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            running: self.admission.running(),
+            queued: self.admission.queued(),
+            live_streams: self.live().len(),
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        self.live().remove(id);
+    }
+
+    /// The status a stream ends with, for metrics.
+    fn finished(&self, status: StreamStatus) {
+        self.metrics.stream_finished(status);
+    }
+}

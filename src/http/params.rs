@@ -1,0 +1,220 @@
+//! The body of `POST /v1/streams` (and, later, of WebSocket `generate`), and its
+//! validation into a [`GenerateRequest`]. Every rule here answers `400` with a message
+//! that names the field; nothing reaches the engine unvalidated.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+use crate::config::ServeConfig;
+use crate::llm::{GenerateRequest, Message, Models, Prompt, Role};
+
+#[derive(Debug, Deserialize)]
+pub struct StreamParams {
+    pub prompt: Option<String>,
+    pub messages: Option<Vec<MessageParam>>,
+    pub model: Option<String>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub stop: Option<StopParam>,
+    pub metadata: Option<Map<String, Value>>,
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MessageParam {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StopParam {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// At most this many stop sequences, as OpenAI allows.
+const MAX_STOPS: usize = 4;
+
+impl StreamParams {
+    /// Checks every field; the model is resolved (default or named) but not looked up:
+    /// an unknown model is the engine's `404`.
+    pub fn validate(
+        self,
+        config: &ServeConfig,
+        models: &Models,
+    ) -> Result<GenerateRequest, ApiError> {
+        let prompt = match (self.prompt, self.messages) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "give either `prompt` or `messages`, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(ApiError::invalid(
+                    "`prompt` (a string) or `messages` (a list) is required",
+                ));
+            }
+            (Some(text), None) => {
+                if text.trim().is_empty() {
+                    return Err(ApiError::invalid("`prompt` is empty"));
+                }
+                Prompt::Text(text)
+            }
+            (None, Some(messages)) => Prompt::Messages(validate_messages(messages)?),
+        };
+        let prompt_bytes = match &prompt {
+            Prompt::Text(t) => t.len(),
+            Prompt::Messages(ms) => ms.iter().map(|m| m.content.len()).sum(),
+        };
+        if prompt_bytes > config.max_prompt_bytes {
+            return Err(ApiError::bad_request(
+                "prompt_too_long",
+                format!(
+                    "the prompt is {prompt_bytes} bytes; the limit is {}",
+                    config.max_prompt_bytes
+                ),
+            ));
+        }
+
+        let max_tokens = self
+            .max_tokens
+            .unwrap_or(config.default_max_tokens.min(config.max_tokens_limit));
+        if max_tokens == 0 || max_tokens > config.max_tokens_limit {
+            return Err(ApiError::invalid(format!(
+                "`max_tokens` must be between 1 and {}",
+                config.max_tokens_limit
+            )));
+        }
+        if let Some(t) = self.temperature {
+            if !(0.0..=2.0).contains(&t) {
+                return Err(ApiError::invalid("`temperature` must be between 0 and 2"));
+            }
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(ApiError::invalid(
+                    "`top_p` must be greater than 0 and at most 1",
+                ));
+            }
+        }
+        let stop = match self.stop {
+            None => Vec::new(),
+            Some(StopParam::One(s)) => vec![s],
+            Some(StopParam::Many(list)) => list,
+        };
+        if stop.len() > MAX_STOPS {
+            return Err(ApiError::invalid(format!(
+                "`stop` takes at most {MAX_STOPS} sequences"
+            )));
+        }
+        if stop.iter().any(String::is_empty) {
+            return Err(ApiError::invalid("`stop` sequences must not be empty"));
+        }
+        if let Some(id) = self.session_id {
+            return Err(ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "session_not_found",
+                format!("no session {id:?}"),
+            ));
+        }
+        let model = match self.model {
+            Some(m) if m.trim().is_empty() => return Err(ApiError::invalid("`model` is empty")),
+            Some(m) => m,
+            None => models
+                .default_model()
+                .map(str::to_owned)
+                .ok_or_else(|| ApiError::internal("no model is configured", &"empty model list"))?,
+        };
+        Ok(GenerateRequest {
+            model,
+            prompt,
+            max_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+            stop,
+            metadata: self.metadata,
+        })
+    }
+}
+
+fn validate_messages(messages: Vec<MessageParam>) -> Result<Vec<Message>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid("`messages` is empty"));
+    }
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.into_iter().enumerate() {
+        let role = match m.role.as_str() {
+            "system" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "`messages[{i}].role` is {other:?}; expected \"system\", \"user\" or \"assistant\""
+                )));
+            }
+        };
+        out.push(Message {
+            role,
+            content: m.content,
+        });
+    }
+    if out.iter().all(|m| m.content.trim().is_empty()) {
+        return Err(ApiError::invalid("every message in `messages` is empty"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::mock::MockBackend;
+    use std::sync::Arc;
+
+    fn check(body: &str) -> Result<GenerateRequest, ApiError> {
+        let mut models = Models::default();
+        models.add(Arc::new(MockBackend::default()));
+        let params: StreamParams =
+            serde_json::from_str(body).map_err(|e| ApiError::invalid(e.to_string()))?;
+        params.validate(&ServeConfig::defaults(), &models)
+    }
+
+    #[test]
+    fn accepts_prompt_and_messages() {
+        let r = check(r#"{"prompt":"hi","stop":"x","unknown":1}"#).unwrap();
+        assert_eq!(
+            (r.model.as_str(), r.max_tokens, r.stop.len()),
+            ("mock", 256, 1)
+        );
+        let r = check(r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":3}"#).unwrap();
+        assert_eq!(r.max_tokens, 3);
+    }
+
+    #[test]
+    fn rejects_what_it_should() {
+        for body in [
+            r#"{}"#,
+            r#"{"prompt":""}"#,
+            r#"{"prompt":"  "}"#,
+            r#"{"prompt":"a","messages":[]}"#,
+            r#"{"messages":[]}"#,
+            r#"{"messages":[{"role":"robot","content":"x"}]}"#,
+            r#"{"prompt":"a","max_tokens":0}"#,
+            r#"{"prompt":"a","max_tokens":1000000}"#,
+            r#"{"prompt":"a","temperature":3}"#,
+            r#"{"prompt":"a","top_p":0}"#,
+            r#"{"prompt":"a","stop":["a","b","c","d","e"]}"#,
+            r#"{"prompt":"a","stop":[""]}"#,
+            r#"{"prompt":"a","model":""}"#,
+        ] {
+            let e = check(body)
+                .err()
+                .unwrap_or_else(|| panic!("accepted {body}"));
+            assert_eq!(e.status, 400, "{body}");
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Backends: what turns a request into tokens, behind one trait.
+//!
+//! A backend returns a [`TokenStream`] and owns nothing else of the stream's life: the
+//! engine numbers, persists and ends streams. Dropping the token stream must stop the
+//! work (an upstream request is aborted, a model thread stops at its next token); the
+//! [`CancellationToken`] is passed too for work that runs off the async runtime.
+
+pub mod mock;
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{FinishReason, Usage};
+
+/// A chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+/// What to generate from: a bare prompt or a conversation. Serialized under the name
+/// the client used (`prompt` or `messages`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Prompt {
+    #[serde(rename = "prompt")]
+    Text(String),
+    #[serde(rename = "messages")]
+    Messages(Vec<Message>),
+}
+
+impl Prompt {
+    /// All the text of the prompt, for backends that need only words.
+    pub fn flat_text(&self) -> String {
+        match self {
+            Prompt::Text(t) => t.clone(),
+            Prompt::Messages(ms) => ms
+                .iter()
+                .map(|m| m.content.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
+/// A validated generation request, as a backend sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerateRequest {
+    pub model: String,
+    #[serde(flatten)]
+    pub prompt: Prompt,
+    pub max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// One step of a generation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// The prompt's size, as soon as the backend knows it.
+    Prompt { tokens: u32 },
+    /// Generated text. Never splits a UTF-8 character (it is a `String`).
+    Token(String),
+    /// The backend finished by itself; `usage` if it counted.
+    Done {
+        reason: FinishReason,
+        usage: Option<Usage>,
+    },
+}
+
+/// A failure the backend reports; becomes the stream's `error` event.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct BackendError {
+    /// Stable and machine-readable: `backend_error`, `upstream_timeout`, …
+    pub code: String,
+    /// Safe to show a client: no paths, no secrets.
+    pub message: String,
+}
+
+/// A request the backend cannot take, known before anything is stored (→ `400`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unsupported(pub String);
+
+pub type TokenStream = Pin<Box<dyn Stream<Item = Result<Output, BackendError>> + Send>>;
+
+pub trait Backend: Send + Sync + 'static {
+    /// The model names this backend serves.
+    fn models(&self) -> Vec<String>;
+
+    /// Whether it can generate now (a model still loading is not ready).
+    fn ready(&self) -> bool {
+        true
+    }
+
+    /// Checks what only the backend knows (context length, parameters it lacks).
+    fn check(&self, _request: &GenerateRequest) -> Result<(), Unsupported> {
+        Ok(())
+    }
+
+    /// Starts generating. The stream ends after `Done` or an error; dropping it, or
+    /// cancelling `cancel`, stops the work.
+    fn generate(&self, request: GenerateRequest, cancel: CancellationToken) -> TokenStream;
+}
+
+/// Model name → backend.
+#[derive(Clone, Default)]
+pub struct Models {
+    by_name: BTreeMap<String, Arc<dyn Backend>>,
+    default: Option<String>,
+}
+
+impl Models {
+    /// Registers every model of `backend`; the first model registered is the default.
+    pub fn add(&mut self, backend: Arc<dyn Backend>) {
+        for name in backend.models() {
+            if self.default.is_none() {
+                self.default = Some(name.clone());
+            }
+            self.by_name.insert(name, backend.clone());
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Backend>> {
+        self.by_name.get(name)
+    }
+
+    pub fn default_model(&self) -> Option<&str> {
+        self.default.as_deref()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.by_name.keys().cloned().collect()
+    }
+
+    pub fn ready(&self) -> bool {
+        !self.by_name.is_empty() && self.by_name.values().all(|b| b.ready())
+    }
+}

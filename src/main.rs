@@ -1,0 +1,31 @@
+//! The `spool` binary: parse the command line, set up logging, run.
+
+use clap::Parser;
+use spool::config::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = cli
+        .serve
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info,sqlx=warn".to_owned());
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+
+    let result = match cli.command {
+        None | Some(Command::Serve) => spool::run(cli.serve, spool::shutdown_signal()).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spool: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

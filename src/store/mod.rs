@@ -1,0 +1,154 @@
+//! The store: SQLite through sqlx, in WAL mode.
+//!
+//! Two ways in, never mixed: every write goes through the single group-commit
+//! [`writer::EventLog`] task, which owns the only write connection; every read goes
+//! through a separate pool of read-only connections ([`Store`]). Schema changes are the
+//! versioned migrations of `migrations/sqlite`, applied at start-up before either exists.
+
+pub mod events;
+pub mod streams;
+pub mod writer;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection};
+
+use crate::config::{ServeConfig, Synchronous};
+use crate::event::{Event, StreamStatus, now_ms};
+use crate::hub::StreamHub;
+use crate::metrics::Metrics;
+
+pub use streams::{ListCursor, NewStream, StreamRow};
+pub use writer::{EventLog, StreamEnd, WriterTask};
+
+/// A store failure. The text is for logs; clients only ever see "internal error".
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("the event log has shut down")]
+    Closed,
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The read side of the store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    read: SqlitePool,
+}
+
+/// Opens the database file, migrates it, ends the streams a dead process left open,
+/// and starts the writer. Returns the read side, the writer handle and its task.
+pub async fn open(
+    config: &ServeConfig,
+    hub: Arc<StreamHub>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<(Store, EventLog, WriterTask)> {
+    let path = config.sqlite_path()?;
+    let synchronous = match config.sqlite_synchronous {
+        Synchronous::Normal => SqliteSynchronous::Normal,
+        Synchronous::Full => SqliteSynchronous::Full,
+    };
+    let base = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
+        .with_context(|| format!("invalid SQLite path {path:?}"))?
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(synchronous)
+        .busy_timeout(Duration::from_secs(5))
+        .disable_statement_logging();
+
+    let mut write_conn = base
+        .clone()
+        .create_if_missing(true)
+        .connect()
+        .await
+        .with_context(|| format!("cannot open the SQLite database at {path}"))?;
+    MIGRATOR
+        .run(&mut write_conn)
+        .await
+        .with_context(|| format!("cannot migrate the SQLite database at {path}"))?;
+    let recovered = end_interrupted(&mut write_conn)
+        .await
+        .context("start-up recovery")?;
+    if recovered > 0 {
+        tracing::warn!(
+            streams = recovered,
+            "ended streams a previous process left running (interrupted)"
+        );
+    }
+
+    let read = SqlitePoolOptions::new()
+        .max_connections(8)
+        .min_connections(1)
+        .connect_with(base.read_only(true))
+        .await
+        .with_context(|| format!("cannot open read connections to {path}"))?;
+
+    let (log, task) = writer::start(write_conn, config, hub, metrics);
+    Ok((Store { read }, log, task))
+}
+
+/// Gives every stream left `queued` or `running` by a process that died a terminal
+/// `error` event with code `interrupted`, in one transaction. Runs before the writer
+/// starts, so nothing else is writing.
+async fn end_interrupted(conn: &mut SqliteConnection) -> Result<usize, StoreError> {
+    let open: Vec<(String, i64)> =
+        sqlx::query_as("SELECT id, last_seq FROM streams WHERE status IN ('queued', 'running')")
+            .fetch_all(&mut *conn)
+            .await?;
+    if open.is_empty() {
+        return Ok(0);
+    }
+    let now = now_ms();
+    let mut tx = conn.begin().await?;
+    for (id, last_seq) in &open {
+        let seq = *last_seq as u64 + 1;
+        let event = Event::error(seq, INTERRUPTED, INTERRUPTED_MESSAGE);
+        sqlx::query("INSERT INTO events (stream_id, seq, kind, data) VALUES (?, ?, ?, ?)")
+            .bind(id)
+            .bind(seq as i64)
+            .bind(event.kind.as_str())
+            .bind(&event.data)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE streams SET status = ?, error_code = ?, error_message = ?, finished_at = ?, \
+             last_seq = ? WHERE id = ?",
+        )
+        .bind(StreamStatus::Interrupted.as_str())
+        .bind(INTERRUPTED)
+        .bind(INTERRUPTED_MESSAGE)
+        .bind(now)
+        .bind(seq as i64)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(open.len())
+}
+
+/// The error code of a stream whose process stopped before it finished.
+pub const INTERRUPTED: &str = "interrupted";
+pub const INTERRUPTED_MESSAGE: &str = "the server stopped before this stream finished";
+
+impl Store {
+    /// Whether the database answers (for `/readyz`).
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.read).await.is_ok()
+    }
+
+    /// Closes the read pool (at shutdown, after the writer has flushed).
+    pub async fn close(&self) {
+        self.read.close().await;
+    }
+}
