@@ -53,12 +53,13 @@ pub fn follow(
         let mut live = hub.subscribe(&stream_id);
         let mut cursor = Cursor { last: after, finished: false };
 
+        // Read the store at the start, and again only after a lag, a closed channel or
+        // a poll tick: while a reader keeps up, live batches are all it needs.
+        let mut from_store = true;
         loop {
-            // Catch up from the store: first at the start, then after a lag, a closed
-            // channel, or a poll tick.
-            loop {
+            while from_store {
                 let events = store.events_after(&stream_id, cursor.last, PAGE).await?;
-                let full = events.len() as u32 == PAGE;
+                from_store = events.len() as u32 == PAGE;
                 if events.is_empty() {
                     break;
                 }
@@ -67,15 +68,17 @@ pub fn follow(
                 if cursor.finished {
                     return;
                 }
-                if !full {
-                    break;
-                }
             }
             match live.as_mut() {
                 Some(rx) => match rx.recv().await {
                     Ok(batch) => {
                         let skip = batch.iter().take_while(|e| e.seq <= cursor.last).count();
-                        if skip < batch.len() {
+                        let contiguous = batch.get(skip).is_none_or(|e| e.seq == cursor.last + 1);
+                        if !contiguous {
+                            // Cannot happen while the writer publishes after commit, in
+                            // order; if it ever did, the store fills the gap.
+                            from_store = true;
+                        } else if skip < batch.len() {
                             cursor.advance(&batch[skip..]);
                             yield Chunk::Live(batch, skip);
                             if cursor.finished {
@@ -83,12 +86,21 @@ pub fn follow(
                             }
                         }
                     }
-                    Err(RecvError::Lagged(_)) => metrics.reader_lagged(),
+                    Err(RecvError::Lagged(_)) => {
+                        metrics.reader_lagged();
+                        from_store = true;
+                    }
                     // The terminal event was published (or the stream was lost); the
                     // store has the rest.
-                    Err(RecvError::Closed) => live = None,
+                    Err(RecvError::Closed) => {
+                        live = None;
+                        from_store = true;
+                    }
                 },
-                None => tokio::time::sleep(POLL).await,
+                None => {
+                    tokio::time::sleep(POLL).await;
+                    from_store = true;
+                }
             }
         }
     }

@@ -15,7 +15,7 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     /// Extra members of the `error` object (e.g. the list of models).
-    pub extra: Map<String, Value>,
+    pub extra: Option<Box<Map<String, Value>>>,
     pub retry_after: Option<u32>,
 }
 
@@ -25,7 +25,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
-            extra: Map::new(),
+            extra: None,
             retry_after: None,
         }
     }
@@ -52,7 +52,9 @@ impl ApiError {
     }
 
     pub fn with(mut self, key: &str, value: Value) -> Self {
-        self.extra.insert(key.to_owned(), value);
+        self.extra
+            .get_or_insert_with(Default::default)
+            .insert(key.to_owned(), value);
         self
     }
 }
@@ -62,7 +64,9 @@ impl IntoResponse for ApiError {
         let mut error = Map::new();
         error.insert("code".into(), Value::from(self.code));
         error.insert("message".into(), Value::from(self.message));
-        error.extend(self.extra);
+        if let Some(extra) = self.extra {
+            error.extend(*extra);
+        }
         let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
         if let Some(secs) = self.retry_after {
             response

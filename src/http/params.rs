@@ -89,17 +89,17 @@ impl StreamParams {
                 config.max_tokens_limit
             )));
         }
-        if let Some(t) = self.temperature {
-            if !(0.0..=2.0).contains(&t) {
-                return Err(ApiError::invalid("`temperature` must be between 0 and 2"));
-            }
+        if let Some(t) = self.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err(ApiError::invalid("`temperature` must be between 0 and 2"));
         }
-        if let Some(p) = self.top_p {
-            if !(p > 0.0 && p <= 1.0) {
-                return Err(ApiError::invalid(
-                    "`top_p` must be greater than 0 and at most 1",
-                ));
-            }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return Err(ApiError::invalid(
+                "`top_p` must be greater than 0 and at most 1",
+            ));
         }
         let stop = match self.stop {
             None => Vec::new(),

@@ -270,10 +270,10 @@ fn describe(row: &StreamRow) -> Result<Value, ApiError> {
     if let (Some(code), Some(message)) = (&row.error_code, &row.error_message) {
         body["error"] = json!({ "code": code, "message": message });
     }
-    if let Ok(params) = serde_json::from_str::<Value>(&row.params) {
-        if let Some(metadata) = params.get("metadata") {
-            body["metadata"] = metadata.clone();
-        }
+    if let Ok(params) = serde_json::from_str::<Value>(&row.params)
+        && let Some(metadata) = params.get("metadata")
+    {
+        body["metadata"] = metadata.clone();
     }
     Ok(body)
 }

@@ -194,6 +194,8 @@ struct StreamWrites {
     end: Option<StreamEnd>,
 }
 
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
 #[derive(Default)]
 struct Batch {
     creates: Vec<(NewStream, oneshot::Sender<Result<(), StoreError>>)>,
@@ -201,7 +203,7 @@ struct Batch {
     streams: Vec<StreamWrites>,
     index: HashMap<Arc<str>, usize>,
     deletes: Vec<(String, oneshot::Sender<Result<bool, StoreError>>)>,
-    purges: Vec<(i64, u32, oneshot::Sender<Result<u64, StoreError>>)>,
+    purges: Vec<(i64, u32, Reply<u64>)>,
     flushes: Vec<oneshot::Sender<()>>,
     close: bool,
     events: usize,

@@ -1,0 +1,121 @@
+//! kill -9: the real binary is killed mid-stream; a restart on the same file still has
+//! every event a reader saw, and ends the stream with `interrupted`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `target/…/spool` on port 0 and reads its address from its log.
+fn start(db: &std::path::Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spool"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SPOOL_ADDR", "127.0.0.1:0")
+        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+        .env("SPOOL_BACKEND", "mock")
+        .env("SPOOL_MOCK_RATE", "100")
+        .env("SPOOL_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(at) = line.find("listening on http://") {
+                let _ = tx.send(line[at + "listening on ".len()..].trim().to_owned());
+            }
+        }
+    });
+    let base = rx
+        .recv_timeout(DEADLINE)
+        .expect("the server did not report its address");
+    Server { child, base }
+}
+
+#[tokio::test]
+async fn kill_9_loses_no_event_a_reader_saw() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crash.db");
+    let client = reqwest::Client::new();
+
+    let mut server = start(&db);
+    let r = client
+        .post(format!("{}/v1/streams", server.base))
+        .header("Accept", "text/event-stream")
+        .json(&json!({"prompt": "x", "max_tokens": 10_000}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-stream-id"].to_str().unwrap().to_owned();
+    let mut body = r.bytes_stream();
+    let mut seen = String::new();
+    let until = Instant::now() + DEADLINE;
+    while parse_sse(&seen).len() < 20 {
+        assert!(Instant::now() < until, "no events");
+        let chunk = tokio::time::timeout(DEADLINE, body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    // Whatever else was in flight on the socket was committed before it was sent too.
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(2), body.next()).await
+    {
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let seen = parse_sse(&seen);
+
+    let server = start(&db);
+    let status: Value = client
+        .get(format!("{}/v1/streams/{id}", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["status"], "interrupted", "{status}");
+    let stored = client
+        .get(format!("{}/v1/streams/{id}/events", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let stored = parse_sse(&stored);
+    assert!(stored.len() > seen.len(), "the terminal event is missing");
+    assert_eq!(
+        seen[..],
+        stored[..seen.len()],
+        "an event a reader saw was lost or changed"
+    );
+    let ids: Vec<u64> = stored.iter().map(|e| e.id.unwrap()).collect();
+    assert_eq!(ids, (1..=stored.len() as u64).collect::<Vec<_>>());
+    let last = stored.last().unwrap();
+    assert_eq!(last.event, "error");
+    assert_eq!(last.json()["code"], "interrupted");
+    assert_eq!(status["last_seq"], stored.len());
+}

@@ -1,0 +1,258 @@
+//! Spawning a server for a test, and a small SSE client.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use spool::ServeConfig;
+use spool::config::BackendKind;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub db: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A mock-backed server with unlimited rate, a fresh database, and `tweak` applied.
+pub async fn spawn_with(tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("spool.db");
+    let mut app = spawn_on(&db, tweak).await;
+    app._dir = Some(dir);
+    app
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(|_| {}).await
+}
+
+/// A server on an existing database file (the caller keeps the directory).
+pub async fn spawn_on(db: &std::path::Path, tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
+    let mut config = ServeConfig::defaults();
+    config.database_url = format!("sqlite://{}", db.display());
+    config.backend = BackendKind::Mock;
+    config.mock_rate = 0.0;
+    config.addr = "127.0.0.1:0".parse().unwrap();
+    tweak(&mut config);
+    let listener = tokio::net::TcpListener::bind(config.addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let spool = spool::Spool::start(config).await.unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handle = tokio::spawn(spool.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+        db: db.to_path_buf(),
+        stop: Some(stop),
+        handle: Some(handle),
+        _dir: None,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Graceful shutdown; returns how long it took.
+    pub async fn shutdown(&mut self) -> Duration {
+        let started = std::time::Instant::now();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(15), handle)
+                .await
+                .expect("shutdown hung")
+                .unwrap()
+                .unwrap();
+        }
+        started.elapsed()
+    }
+
+    /// Keeps the database directory when the server is dropped (for restarts).
+    pub fn take_dir(&mut self) -> Option<tempfile::TempDir> {
+        self._dir.take()
+    }
+
+    /// `POST /v1/streams` expecting `201`; returns the stream id.
+    pub async fn create(&self, body: Value) -> String {
+        let r = self
+            .client
+            .post(self.url("/v1/streams"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        let v: Value = r.json().await.unwrap();
+        v["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn status(&self, id: &str) -> Value {
+        let r = self
+            .client
+            .get(self.url(&format!("/v1/streams/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+
+    /// Waits (with a deadline) until the stream's status satisfies `done`.
+    pub async fn wait_for(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let until = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let s = self.status(id).await;
+            if done(&s) {
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "timed out waiting for {what}: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_terminal(&self, id: &str) -> Value {
+        self.wait_for(id, "a terminal status", |s| {
+            !matches!(s["status"].as_str(), Some("queued") | Some("running"))
+        })
+        .await
+    }
+
+    /// Reads a whole events response; returns (status, body).
+    pub async fn read_events(&self, id: &str, last_event_id: Option<u64>) -> (u16, String) {
+        let mut req = self
+            .client
+            .get(self.url(&format!("/v1/streams/{id}/events")));
+        if let Some(n) = last_event_id {
+            req = req.header("Last-Event-ID", n.to_string());
+        }
+        let r = tokio::time::timeout(DEADLINE, req.send())
+            .await
+            .expect("events request hung")
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = tokio::time::timeout(DEADLINE, r.text())
+            .await
+            .expect("events body hung")
+            .unwrap();
+        (status, body)
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no metric {name}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// One parsed SSE event, with the exact bytes it arrived as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub id: Option<u64>,
+    pub event: String,
+    pub data: String,
+    pub raw: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap()
+    }
+}
+
+/// The complete events of an SSE body (a trailing partial event is ignored, as
+/// `EventSource` ignores it). Comments and `retry:` blocks are skipped.
+pub fn parse_sse(body: &str) -> Vec<SseEvent> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while let Some(end) = rest.find("\n\n") {
+        let block = &rest[..end];
+        let raw = &rest[..end + 2];
+        rest = &rest[end + 2..];
+        let (mut id, mut event, mut data) = (None, String::new(), None);
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("id: ") {
+                id = Some(v.parse().unwrap());
+            } else if let Some(v) = line.strip_prefix("event: ") {
+                event = v.to_owned();
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                assert!(data.is_none(), "more than one data line: {block:?}");
+                data = Some(v.to_owned());
+            }
+        }
+        if let Some(data) = data {
+            out.push(SseEvent {
+                id,
+                event,
+                data,
+                raw: raw.to_owned(),
+            });
+        }
+    }
+    out
+}
+
+/// Opens the events URL and reads until `n` complete events arrived, then drops the
+/// connection. Returns those events.
+pub async fn read_n_events(app: &TestApp, id: &str, n: usize) -> Vec<SseEvent> {
+    let r = app
+        .client
+        .get(app.url(&format!("/v1/streams/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    let mut body = r.bytes_stream();
+    let mut buf = String::new();
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let events = parse_sse(&buf);
+        if events.len() >= n {
+            return events[..n].to_vec();
+        }
+        let chunk = tokio::time::timeout_at(until, body.next())
+            .await
+            .expect("timed out reading events");
+        match chunk {
+            Some(Ok(bytes)) => buf.push_str(std::str::from_utf8(&bytes).unwrap()),
+            other => panic!("stream ended early: {other:?}; got {buf:?}"),
+        }
+    }
+}

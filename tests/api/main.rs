@@ -1,0 +1,14 @@
+//! Black-box tests: the real server on a port-0 socket with a temporary SQLite file,
+//! driven over HTTP the way clients drive it. One binary, so it links once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod helpers;
+
+mod bad_input;
+mod crash;
+mod lifecycle;
+mod ops;
+mod resume;
+mod shutdown;
+mod slow_reader;
+mod wire;

@@ -1,0 +1,81 @@
+//! Graceful shutdown: open responses end, running streams get a terminal event, every
+//! event is flushed, and a restart on the same file finds it all.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn graceful_shutdown_ends_streams_and_flushes_every_event() {
+    let mut app = spawn_with(|c| c.mock_rate = 50.0).await;
+    let mut ids = Vec::new();
+    let mut readers = Vec::new();
+    for _ in 0..5 {
+        let id = app
+            .create(json!({"prompt": "x", "max_tokens": 10_000}))
+            .await;
+        let r = app
+            .client
+            .get(app.url(&format!("/v1/streams/{id}/events")))
+            .send()
+            .await
+            .unwrap();
+        readers.push(tokio::spawn(async move {
+            let mut body = r.bytes_stream();
+            let mut seen = String::new();
+            while let Some(Ok(chunk)) = body.next().await {
+                seen.push_str(std::str::from_utf8(&chunk).unwrap());
+            }
+            seen
+        }));
+        ids.push(id);
+    }
+    for id in &ids {
+        app.wait_for(id, "a few tokens", |s| {
+            s["last_seq"].as_u64().unwrap_or(0) >= 3
+        })
+        .await;
+    }
+    let took = app.shutdown().await;
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+
+    // Every open response ended (the clients would now resume elsewhere).
+    let mut seen = Vec::new();
+    for r in readers {
+        seen.push(
+            tokio::time::timeout(DEADLINE, r)
+                .await
+                .expect("an SSE response did not end")
+                .unwrap(),
+        );
+    }
+
+    let dir = app.take_dir();
+    let restarted = spawn_on(&app.db, |_| {}).await;
+    for (id, seen) in ids.iter().zip(&seen) {
+        let s = restarted.status(id).await;
+        assert_eq!(s["status"], "interrupted", "{s}");
+        assert_eq!(s["error"]["code"], "interrupted");
+        let (_, body) = restarted.read_events(id, None).await;
+        let stored = parse_sse(&body);
+        let ids: Vec<u64> = stored.iter().map(|e| e.id.unwrap()).collect();
+        assert_eq!(
+            ids,
+            (1..=stored.len() as u64).collect::<Vec<_>>(),
+            "gap in {id}"
+        );
+        let last = stored.last().unwrap();
+        assert_eq!(
+            (last.event.as_str(), last.json()["code"].as_str()),
+            ("error", Some("interrupted"))
+        );
+        // What a reader saw is exactly a prefix of what is stored.
+        let seen = parse_sse(seen);
+        assert!(!seen.is_empty());
+        assert_eq!(seen[..], stored[..seen.len()]);
+    }
+    drop(dir);
+}
