@@ -180,8 +180,8 @@ pub struct ServeConfig {
     )]
     pub batch_max: usize,
 
-    /// Live events buffered per stream for readers; a reader further behind catches up
-    /// from the store.
+    /// Committed batches buffered per live stream for its readers; a reader further
+    /// behind catches up from the store.
     #[arg(
         long = "reader-buffer",
         env = "SPOOL_READER_BUFFER",

@@ -119,3 +119,80 @@ async fn kill_9_loses_no_event_a_reader_saw() {
     assert_eq!(last.json()["code"], "interrupted");
     assert_eq!(status["last_seq"], stored.len());
 }
+
+#[tokio::test]
+async fn sigterm_ends_open_responses_flushes_and_exits_within_10s() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("term.db");
+    let client = reqwest::Client::new();
+
+    let mut server = start(&db);
+    let r = client
+        .post(format!("{}/v1/streams", server.base))
+        .header("Accept", "text/event-stream")
+        .json(&json!({"prompt": "x", "max_tokens": 10_000}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-stream-id"].to_str().unwrap().to_owned();
+    let mut body = r.bytes_stream();
+    let mut seen = String::new();
+    while parse_sse(&seen).len() < 5 {
+        let chunk = tokio::time::timeout(DEADLINE, body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let signalled = Instant::now();
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The open response ends by itself.
+    loop {
+        match tokio::time::timeout(DEADLINE, body.next())
+            .await
+            .expect("the SSE response did not end")
+        {
+            Some(Ok(chunk)) => seen.push_str(std::str::from_utf8(&chunk).unwrap()),
+            _ => break,
+        }
+    }
+    let code = loop {
+        if let Some(code) = server.child.try_wait().unwrap() {
+            break code;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(code.success(), "exit status {code}");
+    let seen = parse_sse(&seen);
+
+    let server = start(&db);
+    let stored = client
+        .get(format!("{}/v1/streams/{id}/events", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let stored = parse_sse(&stored);
+    assert_eq!(seen[..], stored[..seen.len()]);
+    let last = stored.last().unwrap();
+    assert_eq!(
+        (last.event.as_str(), last.json()["code"].as_str()),
+        ("error", Some("interrupted"))
+    );
+    let ids: Vec<u64> = stored.iter().map(|e| e.id.unwrap()).collect();
+    assert_eq!(ids, (1..=stored.len() as u64).collect::<Vec<_>>());
+}

@@ -6,6 +6,7 @@ mod helpers;
 
 mod bad_input;
 mod crash;
+mod examples;
 mod lifecycle;
 mod ops;
 mod resume;

@@ -53,6 +53,23 @@ async fn graceful_shutdown_ends_streams_and_flushes_every_event() {
         );
     }
 
+    // The shutdown itself ended the streams: no start-up recovery needed.
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", app.db.display()))
+            .await
+            .unwrap();
+        let statuses: Vec<(String,)> = sqlx::query_as("SELECT status FROM streams")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(statuses.len(), 5);
+        assert!(
+            statuses.iter().all(|(s,)| s == "interrupted"),
+            "{statuses:?}"
+        );
+    }
+
     let dir = app.take_dir();
     let restarted = spawn_on(&app.db, |_| {}).await;
     for (id, seen) in ids.iter().zip(&seen) {
