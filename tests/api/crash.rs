@@ -155,14 +155,11 @@ async fn sigterm_ends_open_responses_flushes_and_exits_within_10s() {
             .success()
     );
     // The open response ends by itself.
-    loop {
-        match tokio::time::timeout(DEADLINE, body.next())
-            .await
-            .expect("the SSE response did not end")
-        {
-            Some(Ok(chunk)) => seen.push_str(std::str::from_utf8(&chunk).unwrap()),
-            _ => break,
-        }
+    while let Some(Ok(chunk)) = tokio::time::timeout(DEADLINE, body.next())
+        .await
+        .expect("the SSE response did not end")
+    {
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
     }
     let code = loop {
         if let Some(code) = server.child.try_wait().unwrap() {
