@@ -1,0 +1,255 @@
+//! Load tool: drives concurrent SSE streams against spool and, in the same invocation,
+//! against a minimal in-memory SSE server (the baseline), and prints every figure with
+//! its ratio to the baseline and the targets.
+//!
+//! ```text
+//! cargo build --release --example load --bin spool
+//! cargo run --release --example load -- [--scenario all|throughput|paced|idle|resume]
+//! ```
+//!
+//! Each scenario starts a fresh spool (mock backend, SQLite in a temporary directory)
+//! and a fresh baseline process, so /proc figures (CPU, VmHWM) belong to that scenario
+//! alone. The exit code is 0 whether or not targets are met; it is non-zero only when
+//! the tool itself fails (a server did not start, …).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(unsafe_code)]
+
+mod baseline;
+mod client;
+mod idle;
+mod procs;
+mod report;
+mod resume;
+mod scenarios;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+
+use procs::Target;
+use report::Section;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    All,
+    Throughput,
+    Paced,
+    Idle,
+    Resume,
+}
+
+/// Drives N concurrent SSE streams against spool and against a minimal in-memory SSE
+/// server (the baseline), and reports tokens/s, CPU per token, latency and memory.
+#[derive(Debug, Parser)]
+#[command(name = "load")]
+pub struct Cli {
+    /// Which scenario to run.
+    #[arg(long, value_enum, default_value = "all")]
+    scenario: Scenario,
+    /// The spool binary to spawn (a fresh process per scenario) [default:
+    /// target/release/spool, else the `spool` next to this tool's own directory].
+    #[arg(long)]
+    spool_bin: Option<PathBuf>,
+    /// Target an already-running spool instead (e.g. http://127.0.0.1:8080); its mock
+    /// settings are whatever it was started with, and it is never restarted.
+    #[arg(long)]
+    url: Option<String>,
+    /// The pid of the spool behind --url, for its CPU and memory figures.
+    #[arg(long, requires = "url")]
+    pid: Option<u32>,
+    /// Skip the baseline server (no ratios).
+    #[arg(long)]
+    no_baseline: bool,
+
+    /// Concurrent streams (throughput and paced).
+    #[arg(long, default_value_t = 500)]
+    streams: usize,
+    /// Tokens per stream [default: 256 for throughput, 250 for paced].
+    #[arg(long)]
+    tokens: Option<u32>,
+    /// Tokens per second per stream in the paced scenario.
+    #[arg(long, default_value_t = 50.0)]
+    rate: f64,
+    /// Paced: a token counts as delivered if it arrives within tokens/rate + this
+    /// many milliseconds of its stream's request.
+    #[arg(long, default_value_t = 500)]
+    grace_ms: u64,
+
+    /// Idle scenario: open SSE readers.
+    #[arg(long, default_value_t = 10_000)]
+    readers: usize,
+    /// Idle scenario: stalled streams the readers are spread over.
+    #[arg(long, default_value_t = 100)]
+    idle_streams: usize,
+
+    /// Resume scenario: drop-and-resume cycles.
+    #[arg(long, default_value_t = 1000)]
+    cycles: u64,
+    /// Resume scenario: tokens per stream.
+    #[arg(long, default_value_t = 64)]
+    resume_tokens: u32,
+    /// Resume scenario: mock tokens per second (streams are live while resumed).
+    #[arg(long, default_value_t = 200.0)]
+    resume_rate: f64,
+    /// Resume scenario: streams in flight at once.
+    #[arg(long, default_value_t = 50)]
+    resume_concurrency: usize,
+    /// Resume scenario: a connection is dropped after 1..=N body bytes.
+    #[arg(long, default_value_t = 600)]
+    max_drop_bytes: u64,
+    /// Seed of the drop points (xorshift).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+
+    /// Deadline of each measured phase, in seconds.
+    #[arg(long, default_value_t = 120)]
+    deadline_secs: u64,
+    /// Worker threads of the load client's runtime (it shares the cores).
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+
+    /// Internal: run the baseline server.
+    #[arg(long, hide = true)]
+    baseline_server: bool,
+    #[arg(long, hide = true, default_value_t = 0.0)]
+    baseline_rate: f64,
+    #[arg(long, hide = true)]
+    baseline_stall_after: Option<u32>,
+    /// Baseline, unlimited rate: most token events per write. 1 (the default) writes
+    /// each token as it is produced, as a plain token-by-token SSE server does.
+    #[arg(long, default_value_t = 1)]
+    baseline_batch: u64,
+}
+
+impl Cli {
+    fn deadline(&self) -> Duration {
+        Duration::from_secs(self.deadline_secs.max(1))
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let fd_limit = procs::raise_fd_limit();
+    if cli.baseline_server {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build();
+        let result = rt.map_err(anyhow::Error::from).and_then(|rt| {
+            rt.block_on(baseline::run(baseline::Config {
+                rate: cli.baseline_rate,
+                stall_after: cli.baseline_stall_after,
+                batch: cli.baseline_batch.max(1),
+            }))
+        });
+        if let Err(e) = result {
+            eprintln!("baseline: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+        return std::process::ExitCode::SUCCESS;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.client_threads.max(1))
+        .enable_all()
+        .build();
+    let result = rt
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(cli, fd_limit)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("load: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--spool-bin`, else `target/release/spool`, else `<this tool's dir>/../spool`
+/// (where cargo puts it when CARGO_TARGET_DIR is elsewhere).
+fn spool_bin(given: Option<&std::path::Path>) -> PathBuf {
+    if let Some(path) = given {
+        return path.to_owned();
+    }
+    let default = PathBuf::from("target/release/spool");
+    if default.exists() {
+        return default;
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("spool")))
+        .filter(|p| p.exists())
+        .unwrap_or(default)
+}
+
+async fn run(cli: Cli, fd_limit: u64) -> anyhow::Result<()> {
+    let target = match &cli.url {
+        Some(url) => {
+            let hostport = url
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_owned();
+            let addr: SocketAddr = hostport
+                .parse()
+                .with_context(|| format!("--url {url}: expected http://IP:PORT"))?;
+            Target::External { addr, pid: cli.pid }
+        }
+        None => Target::Spawn(spool_bin(cli.spool_bin.as_deref())),
+    };
+    if let Target::Spawn(bin) = &target
+        && !bin.exists()
+    {
+        anyhow::bail!(
+            "the spool binary {} does not exist: run `cargo build --release` first \
+             (or pass --spool-bin PATH, or --url/--pid for a running server)",
+            bin.display()
+        );
+    }
+    println!(
+        "load: client threads {}, open-file limit {fd_limit}, deadline {} s per phase{}",
+        cli.client_threads.max(1),
+        cli.deadline_secs,
+        match &target {
+            Target::Spawn(bin) => format!(", spool {}", bin.display()),
+            Target::External { addr, pid } =>
+                format!(", external spool {addr} (pid {pid:?}; mock settings are its own)"),
+        }
+    );
+    let which: &[Scenario] = match cli.scenario {
+        Scenario::All => &[
+            Scenario::Throughput,
+            Scenario::Paced,
+            Scenario::Idle,
+            Scenario::Resume,
+        ],
+        Scenario::Throughput => &[Scenario::Throughput],
+        Scenario::Paced => &[Scenario::Paced],
+        Scenario::Idle => &[Scenario::Idle],
+        Scenario::Resume => &[Scenario::Resume],
+    };
+    let mut sections: Vec<Section> = Vec::new();
+    for scenario in which {
+        let section = match scenario {
+            Scenario::Throughput => scenarios::throughput(&cli, &target).await?,
+            Scenario::Paced => scenarios::paced(&cli, &target).await?,
+            Scenario::Idle => idle::idle(&cli, &target, fd_limit).await?,
+            Scenario::Resume => resume::resume(&cli, &target).await?,
+            Scenario::All => continue,
+        };
+        section.print();
+        sections.push(section);
+    }
+    report::summary(&sections);
+    if let Some(path) = &cli.json {
+        let json = report::to_json(&sections);
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("figures written to {}", path.display());
+    }
+    Ok(())
+}
