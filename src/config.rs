@@ -175,7 +175,7 @@ pub struct ServeConfig {
     #[arg(
         long = "batch-max",
         env = "SPOOL_BATCH_MAX",
-        default_value_t = 2048,
+        default_value_t = 8192,
         global = true
     )]
     pub batch_max: usize,

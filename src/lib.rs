@@ -36,10 +36,26 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     raise_fd_limit();
-    let listener = tokio::net::TcpListener::bind(config.addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.addr))?;
+    let listener =
+        listen(config.addr).with_context(|| format!("cannot listen on {}", config.addr))?;
     Spool::start(config).await?.serve(listener, shutdown).await
+}
+
+/// Connections the kernel may hold before `accept`: a burst of hundreds of clients
+/// must not find a full queue (the default of 128 drops SYNs, which costs a client
+/// a one-second retransmit).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listening socket with [`LISTEN_BACKLOG`] and `SO_REUSEADDR`.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Resolves on SIGINT or SIGTERM.

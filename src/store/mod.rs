@@ -5,6 +5,8 @@
 //! through a separate pool of read-only connections ([`Store`]). Schema changes are the
 //! versioned migrations of `migrations/sqlite`, applied at start-up before either exists.
 
+pub mod batch;
+pub mod checkpoint;
 pub mod events;
 pub mod streams;
 pub mod writer;
@@ -25,8 +27,9 @@ use crate::event::{Event, StreamStatus, now_ms};
 use crate::hub::StreamHub;
 use crate::metrics::Metrics;
 
+pub use batch::StreamEnd;
 pub use streams::{ListCursor, NewStream, StreamRow};
-pub use writer::{EventLog, StreamEnd, WriterTask};
+pub use writer::{EventLog, WriterTask};
 
 /// A store failure. The text is for logs; clients only ever see "internal error".
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +69,14 @@ pub async fn open(
         .busy_timeout(Duration::from_secs(5))
         .disable_statement_logging();
 
+    // The writer's own tuning: statement journals in memory, a page cache that holds
+    // the pages live streams append to, and no automatic checkpoints: the
+    // checkpointer does them on its own connection (see `checkpoint`).
     let mut write_conn = base
         .clone()
+        .pragma("temp_store", "MEMORY")
+        .pragma("cache_size", "-32768")
+        .pragma("wal_autocheckpoint", "0")
         .create_if_missing(true)
         .connect()
         .await
@@ -89,11 +98,16 @@ pub async fn open(
     let read = SqlitePoolOptions::new()
         .max_connections(8)
         .min_connections(1)
-        .connect_with(base.read_only(true))
+        .connect_with(base.clone().read_only(true))
         .await
         .with_context(|| format!("cannot open read connections to {path}"))?;
 
-    let (log, task) = writer::start(write_conn, config, hub, metrics);
+    let checkpoint_conn = base
+        .connect()
+        .await
+        .with_context(|| format!("cannot open the checkpoint connection to {path}"))?;
+    let checkpointer = checkpoint::Checkpointer::start(checkpoint_conn);
+    let (log, task) = writer::start(write_conn, checkpointer, config, hub, metrics);
     Ok((Store { read }, log, task))
 }
 

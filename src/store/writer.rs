@@ -1,39 +1,31 @@
 //! The group-commit writer: the one task that writes to the store.
 //!
-//! Events of every stream arrive through one bounded channel. The writer takes the
-//! first waiting operation, keeps collecting for at most `batch_window` or until
-//! `batch_max` events, and commits the whole batch in one `BEGIN IMMEDIATE`
-//! transaction with multi-row inserts. Only after `COMMIT` returns does it hand the
-//! batch's events to the [`StreamHub`].
+//! Events of every stream arrive through one bounded channel. When the writer is idle
+//! it takes the first waiting operation and keeps collecting for at most
+//! `batch_window` or until `batch_max` events; then it commits the whole batch in one
+//! `BEGIN IMMEDIATE` transaction (see [`super::batch`]). While a commit runs it keeps
+//! collecting the next batch, which is committed as soon as the previous one is done:
+//! under load, batching costs no waiting at all. Only after `COMMIT` returns does it
+//! hand the batch's events to the [`StreamHub`].
 //!
 //! **Architecture Invariant:** no event reaches a reader before the transaction that
 //! stores it has committed.
 
-use std::collections::HashMap;
 use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::sqlite::SqliteConnection;
-use sqlx::{Connection, Sqlite};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::batch::{self, Batch, Outcome, StreamEnd};
+use super::checkpoint::{self, Checkpointer};
 use super::{NewStream, StoreError};
 use crate::config::ServeConfig;
-use crate::event::{Event, FinishReason, StreamStatus, Usage};
+use crate::event::Event;
 use crate::hub::StreamHub;
 use crate::metrics::Metrics;
-
-/// How a stream ended, written with its terminal event.
-#[derive(Debug, Clone)]
-pub struct StreamEnd {
-    pub status: StreamStatus,
-    pub finish_reason: Option<FinishReason>,
-    pub error: Option<(String, String)>,
-    pub usage: Usage,
-    pub finished_at: i64,
-}
 
 enum WriteOp {
     Create {
@@ -157,6 +149,7 @@ impl EventLog {
 /// committing what was queued.
 pub fn start(
     conn: SqliteConnection,
+    checkpointer: Checkpointer,
     config: &ServeConfig,
     hub: Arc<StreamHub>,
     metrics: Arc<Metrics>,
@@ -165,6 +158,7 @@ pub fn start(
     let (tx, rx) = mpsc::channel(batch_max * 4);
     let writer = Writer {
         conn,
+        checkpointer: Some(checkpointer),
         rx,
         hub,
         metrics,
@@ -177,6 +171,7 @@ pub fn start(
 
 struct Writer {
     conn: SqliteConnection,
+    checkpointer: Option<Checkpointer>,
     rx: mpsc::Receiver<WriteOp>,
     hub: Arc<StreamHub>,
     metrics: Arc<Metrics>,
@@ -185,28 +180,6 @@ struct Writer {
     /// Streams that lost events to a failed commit: later events would leave a gap,
     /// so they are dropped and the stream is left for start-up recovery to end.
     lost: HashSet<Arc<str>>,
-}
-
-/// One stream's share of a batch.
-struct StreamWrites {
-    id: Arc<str>,
-    events: Vec<Event>,
-    end: Option<StreamEnd>,
-}
-
-type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-#[derive(Default)]
-struct Batch {
-    creates: Vec<(NewStream, oneshot::Sender<Result<(), StoreError>>)>,
-    running: Vec<(Arc<str>, i64)>,
-    streams: Vec<StreamWrites>,
-    index: HashMap<Arc<str>, usize>,
-    deletes: Vec<(String, oneshot::Sender<Result<bool, StoreError>>)>,
-    purges: Vec<(i64, u32, Reply<u64>)>,
-    flushes: Vec<oneshot::Sender<()>>,
-    close: bool,
-    events: usize,
 }
 
 impl Batch {
@@ -239,102 +212,87 @@ impl Batch {
             }
         }
     }
-
-    fn push_event(&mut self, id: Arc<str>, event: Event, end: Option<StreamEnd>) {
-        self.events += 1;
-        let slot = match self.index.get(&id) {
-            Some(&i) => i,
-            None => {
-                self.index.insert(id.clone(), self.streams.len());
-                self.streams.push(StreamWrites {
-                    id,
-                    events: Vec::new(),
-                    end: None,
-                });
-                self.streams.len() - 1
-            }
-        };
-        if let Some(s) = self.streams.get_mut(slot) {
-            s.events.push(event);
-            if end.is_some() {
-                s.end = end;
-            }
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.creates.is_empty()
-            && self.running.is_empty()
-            && self.streams.is_empty()
-            && self.deletes.is_empty()
-            && self.purges.is_empty()
-            && self.flushes.is_empty()
-    }
-}
-
-/// What a committed batch reports back to its waiters.
-struct Outcome {
-    deleted: Vec<bool>,
-    purged: Vec<u64>,
 }
 
 impl Writer {
     async fn run(mut self) {
-        while let Some(first) = self.rx.recv().await {
-            let mut batch = Batch::default();
-            batch.add(first);
-            self.fill(&mut batch).await;
-            self.drop_lost(&mut batch);
-            let close = batch.close;
-            if !batch.is_empty() {
-                self.commit_and_publish(batch).await;
+        let mut open = true;
+        // What arrived while the previous batch was committing.
+        let mut next = Batch::default();
+        loop {
+            let mut batch = std::mem::take(&mut next);
+            if batch.is_empty() {
+                if !open {
+                    break;
+                }
+                match self.rx.recv().await {
+                    Some(op) => batch.add(op),
+                    None => break,
+                }
+                open = self.fill(&mut batch).await;
             }
+            if !self.lost.is_empty() {
+                batch.retain_streams(|id| !self.lost.contains(id));
+            }
+            let close = batch.close;
+            if batch.is_empty() {
+                if close {
+                    break;
+                }
+                continue;
+            }
+
+            let started = Instant::now();
+            let result = {
+                let commit = commit_with_retry(&mut self.conn, &batch);
+                tokio::pin!(commit);
+                loop {
+                    let more = open && !close && !next.close && next.events < self.batch_max;
+                    tokio::select! {
+                        biased;
+                        result = &mut commit => break result,
+                        op = self.rx.recv(), if more => match op {
+                            Some(op) => next.add(op),
+                            None => open = false,
+                        },
+                    }
+                }
+            };
+            self.metrics.observe_commit(batch.events, started.elapsed());
+            self.publish(batch, result);
             if close {
                 break;
             }
         }
+        if let Some(checkpointer) = self.checkpointer.take() {
+            checkpointer.stop().await;
+        }
+        checkpoint::truncate(&mut self.conn).await;
         tracing::debug!("event log closed");
     }
 
     /// Collects more operations until the window closes or the batch is full.
-    async fn fill(&mut self, batch: &mut Batch) {
+    /// Returns false once every sender is gone.
+    async fn fill(&mut self, batch: &mut Batch) -> bool {
         let deadline = tokio::time::Instant::now() + self.window;
         while batch.events < self.batch_max && !batch.close {
             match self.rx.try_recv() {
                 Ok(op) => batch.add(op),
-                Err(mpsc::error::TryRecvError::Disconnected) => return,
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
                 Err(mpsc::error::TryRecvError::Empty) => {
                     match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                         Ok(Some(op)) => batch.add(op),
-                        Ok(None) | Err(_) => return,
+                        Ok(None) => return false,
+                        Err(_) => return true,
                     }
                 }
             }
         }
+        true
     }
 
-    fn drop_lost(&self, batch: &mut Batch) {
-        if self.lost.is_empty() {
-            return;
-        }
-        batch.streams.retain(|s| !self.lost.contains(&s.id));
-    }
-
-    async fn commit_and_publish(&mut self, mut batch: Batch) {
-        let started = Instant::now();
-        let mut attempt = 0;
-        let result = loop {
-            match commit(&mut self.conn, &batch).await {
-                Ok(outcome) => break Ok(outcome),
-                Err(e) if attempt < 3 => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "store commit failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(50 << (2 * attempt))).await;
-                }
-                Err(e) => break Err(e),
-            }
-        };
-        self.metrics.observe_commit(batch.events, started.elapsed());
+    /// Answers the batch's waiters and, if it committed, hands its events to the hub.
+    fn publish(&mut self, mut batch: Batch, result: Result<Outcome, sqlx::Error>) {
         match result {
             Ok(outcome) => {
                 for (_, reply) in batch.creates.drain(..) {
@@ -382,183 +340,21 @@ impl Writer {
     }
 }
 
-/// Runs the batch in one `BEGIN IMMEDIATE` transaction; rolls back on any error.
-async fn commit(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sqlx::Error> {
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-    match write_batch(conn, batch).await {
-        Ok(outcome) => {
-            sqlx::query("COMMIT").execute(&mut *conn).await?;
-            Ok(outcome)
-        }
-        Err(e) => {
-            if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
-                tracing::error!(error = %rollback, "rollback failed");
-                // A connection in an unknown transaction state must not be reused.
-                let _ = conn.ping().await;
+/// Commits, retrying a failed transaction three times with a growing pause.
+async fn commit_with_retry(
+    conn: &mut SqliteConnection,
+    batch: &Batch,
+) -> Result<Outcome, sqlx::Error> {
+    let mut attempt = 0;
+    loop {
+        match batch::commit(conn, batch).await {
+            Ok(outcome) => return Ok(outcome),
+            Err(e) if attempt < 3 => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "store commit failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50 << (2 * attempt))).await;
             }
-            Err(e)
-        }
-    }
-}
-
-async fn write_batch(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sqlx::Error> {
-    for (s, _) in &batch.creates {
-        sqlx::query(
-            "INSERT INTO streams (id, owner, status, model, params, created_at, last_seq) \
-             VALUES (?, ?, 'queued', ?, ?, ?, 0)",
-        )
-        .bind(&s.id)
-        .bind(&s.owner)
-        .bind(&s.model)
-        .bind(&s.params)
-        .bind(s.created_at)
-        .execute(&mut *conn)
-        .await?;
-    }
-    for (id, at) in &batch.running {
-        sqlx::query("UPDATE streams SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued'")
-            .bind(at)
-            .bind(&**id)
-            .execute(&mut *conn)
-            .await?;
-    }
-    insert_events(conn, batch).await?;
-    for s in &batch.streams {
-        let Some(last) = s.events.last() else {
-            continue;
-        };
-        match &s.end {
-            None => {
-                sqlx::query("UPDATE streams SET last_seq = ? WHERE id = ?")
-                    .bind(last.seq as i64)
-                    .bind(&*s.id)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            Some(end) => {
-                sqlx::query(
-                    "UPDATE streams SET last_seq = ?, status = ?, finish_reason = ?, error_code = ?, \
-                     error_message = ?, prompt_tokens = ?, completion_tokens = ?, finished_at = ?, \
-                     started_at = COALESCE(started_at, ?) WHERE id = ?",
-                )
-                .bind(last.seq as i64)
-                .bind(end.status.as_str())
-                .bind(end.finish_reason.map(FinishReason::as_str))
-                .bind(end.error.as_ref().map(|(code, _)| code.as_str()))
-                .bind(end.error.as_ref().map(|(_, message)| message.as_str()))
-                .bind(i64::from(end.usage.prompt_tokens))
-                .bind(i64::from(end.usage.completion_tokens))
-                .bind(end.finished_at)
-                .bind(end.finished_at)
-                .bind(&*s.id)
-                .execute(&mut *conn)
-                .await?;
-            }
-        }
-    }
-    let mut deleted = Vec::with_capacity(batch.deletes.len());
-    for (id, _) in &batch.deletes {
-        sqlx::query("DELETE FROM events WHERE stream_id = ?")
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        let r = sqlx::query("DELETE FROM streams WHERE id = ?")
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
-        deleted.push(r.rows_affected() > 0);
-    }
-    let mut purged = Vec::with_capacity(batch.purges.len());
-    for (before, max, _) in &batch.purges {
-        let ids: Vec<(String,)> = sqlx::query_as(
-            "SELECT id FROM streams WHERE created_at < ? AND status NOT IN ('queued', 'running') LIMIT ?",
-        )
-        .bind(before)
-        .bind(i64::from(*max))
-        .fetch_all(&mut *conn)
-        .await?;
-        for (id,) in &ids {
-            sqlx::query("DELETE FROM events WHERE stream_id = ?")
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query("DELETE FROM streams WHERE id = ?")
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-        }
-        purged.push(ids.len() as u64);
-    }
-    Ok(Outcome { deleted, purged })
-}
-
-/// Rows per multi-row `INSERT`, largest first. A batch is split into chunks of these
-/// sizes (its binary decomposition), so at most eight statements are ever prepared
-/// and every one stays in the connection's statement cache.
-const CHUNKS: [usize; 8] = [128, 64, 32, 16, 8, 4, 2, 1];
-
-fn insert_sql(rows: usize) -> &'static str {
-    static SQL: OnceLock<Vec<String>> = OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        CHUNKS
-            .iter()
-            .map(|&n| {
-                let mut sql =
-                    String::from("INSERT INTO events (stream_id, seq, kind, data) VALUES ");
-                for i in 0..n {
-                    sql.push_str(if i == 0 {
-                        "(?, ?, ?, ?)"
-                    } else {
-                        ", (?, ?, ?, ?)"
-                    });
-                }
-                sql
-            })
-            .collect()
-    });
-    let i = CHUNKS
-        .iter()
-        .position(|&n| n == rows)
-        .unwrap_or(CHUNKS.len() - 1);
-    all.get(i).map(String::as_str).unwrap_or("")
-}
-
-async fn insert_events(conn: &mut SqliteConnection, batch: &Batch) -> Result<(), sqlx::Error> {
-    let rows: Vec<(&str, &Event)> = batch
-        .streams
-        .iter()
-        .flat_map(|s| s.events.iter().map(move |e| (&*s.id, e)))
-        .collect();
-    let mut rest: &[(&str, &Event)] = &rows;
-    while !rest.is_empty() {
-        let n = CHUNKS
-            .iter()
-            .copied()
-            .find(|&n| n <= rest.len())
-            .unwrap_or(1);
-        let (chunk, tail) = rest.split_at(n);
-        let mut query = sqlx::query::<Sqlite>(insert_sql(n));
-        for (id, e) in chunk {
-            query = query
-                .bind(*id)
-                .bind(e.seq as i64)
-                .bind(e.kind.as_str())
-                .bind(e.data.as_str());
-        }
-        query.execute(&mut *conn).await?;
-        rest = tail;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn insert_statements_have_one_placeholder_group_per_row() {
-        for n in CHUNKS {
-            assert_eq!(insert_sql(n).matches("(?, ?, ?, ?)").count(), n);
+            Err(e) => return Err(e),
         }
     }
 }

@@ -44,7 +44,7 @@ pub async fn spawn_on(db: &std::path::Path, tweak: impl FnOnce(&mut ServeConfig)
     config.mock_rate = 0.0;
     config.addr = "127.0.0.1:0".parse().unwrap();
     tweak(&mut config);
-    let listener = tokio::net::TcpListener::bind(config.addr).await.unwrap();
+    let listener = spool::listen(config.addr).unwrap();
     let addr = listener.local_addr().unwrap();
     let spool = spool::Spool::start(config).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();

@@ -53,6 +53,14 @@ async fn graceful_shutdown_ends_streams_and_flushes_every_event() {
         );
     }
 
+    // The writer's last act is a full checkpoint: the write-ahead log is empty.
+    let wal = app.db.with_file_name(format!(
+        "{}-wal",
+        app.db.file_name().unwrap().to_string_lossy()
+    ));
+    let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(wal_len, 0, "{} still holds {wal_len} bytes", wal.display());
+
     // The shutdown itself ended the streams: no start-up recovery needed.
     {
         use sqlx::Connection;
