@@ -64,6 +64,7 @@ pub async fn open(
     };
     let base = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
         .with_context(|| format!("invalid SQLite path {path:?}"))?
+        .page_size(1024)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(synchronous)
         .busy_timeout(Duration::from_secs(5))

@@ -61,6 +61,9 @@ enum WriteOp {
 #[derive(Clone)]
 pub struct EventLog {
     tx: mpsc::Sender<WriteOp>,
+    /// New streams skip the queue of token events: a stream's first commit decides
+    /// its time to first token, and nothing sent on `tx` can depend on it.
+    creates: mpsc::Sender<WriteOp>,
 }
 
 /// The writer's task; await it after the last [`EventLog`] handle is gone, or after
@@ -71,12 +74,14 @@ impl EventLog {
     /// Inserts a stream and its `start` event; returns once they are committed.
     pub async fn create(&self, stream: NewStream, start: Event) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(WriteOp::Create {
-            stream,
-            start,
-            reply,
-        })
-        .await?;
+        self.creates
+            .send(WriteOp::Create {
+                stream,
+                start,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -155,24 +160,30 @@ pub fn start(
     metrics: Arc<Metrics>,
 ) -> (EventLog, WriterTask) {
     let batch_max = config.batch_max.max(1);
-    let (tx, rx) = mpsc::channel(batch_max * 4);
+    let (tx, rx) = mpsc::channel(batch_max);
+    let (creates, creates_rx) = mpsc::channel(CREATES_QUEUE);
     let writer = Writer {
         conn,
         checkpointer: Some(checkpointer),
         rx,
+        creates: creates_rx,
         hub,
         metrics,
         window: config.batch_window,
         batch_max,
         lost: HashSet::new(),
     };
-    (EventLog { tx }, tokio::spawn(writer.run()))
+    (EventLog { tx, creates }, tokio::spawn(writer.run()))
 }
+
+/// New streams waiting for the writer, at most.
+const CREATES_QUEUE: usize = 1024;
 
 struct Writer {
     conn: SqliteConnection,
     checkpointer: Option<Checkpointer>,
     rx: mpsc::Receiver<WriteOp>,
+    creates: mpsc::Receiver<WriteOp>,
     hub: Arc<StreamHub>,
     metrics: Arc<Metrics>,
     window: Duration,
@@ -217,6 +228,7 @@ impl Batch {
 impl Writer {
     async fn run(mut self) {
         let mut open = true;
+        let mut creates_open = true;
         // What arrived while the previous batch was committing.
         let mut next = Batch::default();
         loop {
@@ -225,11 +237,21 @@ impl Writer {
                 if !open {
                     break;
                 }
-                match self.rx.recv().await {
-                    Some(op) => batch.add(op),
-                    None => break,
+                tokio::select! {
+                    biased;
+                    op = self.creates.recv(), if creates_open => match op {
+                        Some(op) => batch.add(op),
+                        None => creates_open = false,
+                    },
+                    op = self.rx.recv() => match op {
+                        Some(op) => batch.add(op),
+                        None => open = false,
+                    },
                 }
-                open = self.fill(&mut batch).await;
+                if batch.is_empty() {
+                    continue;
+                }
+                open = self.fill(&mut batch).await && open;
             }
             if !self.lost.is_empty() {
                 batch.retain_streams(|id| !self.lost.contains(id));
@@ -251,6 +273,10 @@ impl Writer {
                     tokio::select! {
                         biased;
                         result = &mut commit => break result,
+                        op = self.creates.recv(), if more && creates_open => match op {
+                            Some(op) => next.add(op),
+                            None => creates_open = false,
+                        },
                         op = self.rx.recv(), if more => match op {
                             Some(op) => next.add(op),
                             None => open = false,
@@ -276,6 +302,10 @@ impl Writer {
     async fn fill(&mut self, batch: &mut Batch) -> bool {
         let deadline = tokio::time::Instant::now() + self.window;
         while batch.events < self.batch_max && !batch.close {
+            if let Ok(op) = self.creates.try_recv() {
+                batch.add(op);
+                continue;
+            }
             match self.rx.try_recv() {
                 Ok(op) => batch.add(op),
                 Err(mpsc::error::TryRecvError::Disconnected) => return false,
