@@ -49,8 +49,12 @@ impl Spool {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(StreamHub::new(config.reader_buffer));
-        let (store, log, writer) = store::open(&config, hub.clone(), metrics.clone()).await?;
         let models = build_models(&config)?;
+        let opened = store::open(&config, hub.clone(), metrics.clone(), &|model| {
+            models.can_continue(model)
+        })
+        .await?;
+        let (store, log, writer) = (opened.store, opened.log, opened.writer);
         let admission = Admission::new(config.max_active, config.max_queued);
         let engine = Engine::new(
             models,
@@ -60,6 +64,7 @@ impl Spool {
             metrics.clone(),
             admission,
         );
+        engine.continue_unfinished(opened.unfinished).await;
         if !config.retention.is_zero() {
             engine.spawn(retention(
                 log.clone(),
@@ -143,6 +148,7 @@ fn build_models(config: &ServeConfig) -> anyhow::Result<Models> {
                 ttft: Duration::from_millis(config.mock_ttft_ms),
                 fail_after: config.mock_fail_after,
                 stall_after: config.mock_stall_after,
+                continuable: config.mock_continue,
             }));
         }
         BackendKind::Openai => anyhow::bail!("SPOOL_BACKEND=openai is not built yet; use mock"),

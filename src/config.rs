@@ -115,6 +115,17 @@ pub struct ServeConfig {
     )]
     pub mock_stall_after: Option<u32>,
 
+    /// Mock backend: continue streams a dead process left running (as the local model
+    /// does) instead of ending them `interrupted`.
+    #[arg(
+        long = "mock-continue",
+        env = "SPOOL_MOCK_CONTINUE",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        global = true
+    )]
+    pub mock_continue: bool,
+
     /// Concurrent generations.
     #[arg(
         long = "max-active",

@@ -20,6 +20,9 @@ pub(super) struct Generation {
     pub backend: Arc<dyn Backend>,
     pub cancel: CancellationToken,
     pub ended: CancellationToken,
+    /// The seq of the stream's last stored event: 1 (its `start`) for a new stream,
+    /// more for one continued after a crash.
+    pub last_seq: u64,
 }
 
 /// How a generation ended.
@@ -43,7 +46,7 @@ struct Progress {
 impl Generation {
     pub async fn run(self, ticket: Ticket) {
         let mut progress = Progress {
-            seq: 1,
+            seq: self.last_seq,
             prompt_tokens: 0,
             completion_tokens: 0,
             reported: None,

@@ -19,12 +19,16 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::event::Usage;
 use crate::event::{Event, StreamStatus, now_ms, rfc3339};
 use crate::hub::StreamHub;
 use crate::ids::new_stream_id;
-use crate::llm::{GenerateRequest, Models};
+use crate::llm::{Continuation, GenerateRequest, Models};
 use crate::metrics::{Gauges, Metrics};
-use crate::store::{EventLog, NewStream, Store, StoreError, StreamRow};
+use crate::store::{
+    EventLog, INTERRUPTED, INTERRUPTED_MESSAGE, NewStream, Store, StoreError, StreamEnd, StreamRow,
+    Unfinished,
+};
 
 pub use admission::Admission;
 pub use stop::StopFilter;
@@ -200,9 +204,71 @@ impl Engine {
             backend,
             cancel: live.cancel,
             ended: live.ended,
+            last_seq: 1,
         };
         self.tasks.spawn(generation.run(ticket));
         Ok(started)
+    }
+
+    /// Continues the streams a dead process was generating (start-up recovery chose
+    /// them: their backend can continue). Each picks up after its last stored event,
+    /// so its readers see no gap; one that cannot be continued ends `interrupted`.
+    pub async fn continue_unfinished(self: &Arc<Self>, streams: Vec<Unfinished>) {
+        for stream in streams {
+            if let Err(reason) = self.continue_one(&stream).await {
+                tracing::warn!(stream = %stream.id, %reason, "cannot continue the stream; ending it as interrupted");
+                let end = StreamEnd {
+                    status: StreamStatus::Interrupted,
+                    finish_reason: None,
+                    error: Some((INTERRUPTED.to_owned(), INTERRUPTED_MESSAGE.to_owned())),
+                    usage: Usage::default(),
+                    finished_at: now_ms(),
+                };
+                let event = Event::error(stream.last_seq + 1, INTERRUPTED, INTERRUPTED_MESSAGE);
+                let _ = self
+                    .log
+                    .append(Arc::from(stream.id.as_str()), event, Some(end))
+                    .await;
+            }
+        }
+    }
+
+    async fn continue_one(self: &Arc<Self>, stream: &Unfinished) -> Result<(), String> {
+        let backend = self
+            .models
+            .get(&stream.model)
+            .cloned()
+            .ok_or("its model is not served")?;
+        let mut request: GenerateRequest = serde_json::from_str(&stream.params)
+            .map_err(|e| format!("its stored request is unreadable: {e}"))?;
+        let (text, token_events) = self
+            .store
+            .token_text(&stream.id)
+            .await
+            .map_err(|e| format!("its events are unreadable: {e}"))?;
+        request.continuation = Some(Continuation { text, token_events });
+        let ticket = self
+            .admission
+            .try_admit()
+            .ok_or("no generation slot is free")?;
+        let live = Live {
+            cancel: self.shutdown.child_token(),
+            ended: CancellationToken::new(),
+        };
+        self.hub.open(&stream.id);
+        self.live().insert(stream.id.clone(), live.clone());
+        tracing::info!(stream = %stream.id, after = stream.last_seq, "continuing a stream a previous process left running");
+        let generation = generation::Generation {
+            engine: self.clone(),
+            id: Arc::from(stream.id.as_str()),
+            request,
+            backend,
+            cancel: live.cancel,
+            ended: live.ended,
+            last_seq: stream.last_seq,
+        };
+        self.tasks.spawn(generation.run(ticket));
+        Ok(())
     }
 
     /// Cancels a stream if it is still running; idempotent. `None`: no such stream.

@@ -138,6 +138,7 @@ impl StreamParams {
             seed: self.seed,
             stop,
             metadata: self.metadata,
+            continuation: None,
         })
     }
 }

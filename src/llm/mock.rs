@@ -19,6 +19,8 @@ pub struct MockBackend {
     pub fail_after: Option<u32>,
     /// Stop producing after this many tokens, until cancelled.
     pub stall_after: Option<u32>,
+    /// Continue streams a dead process left running (token *i* stays ` tok{i}`).
+    pub continuable: bool,
 }
 
 impl Backend for MockBackend {
@@ -26,14 +28,22 @@ impl Backend for MockBackend {
         vec![MODEL.to_owned()]
     }
 
+    fn can_continue(&self) -> bool {
+        self.continuable
+    }
+
     fn generate(&self, request: GenerateRequest, _cancel: CancellationToken) -> TokenStream {
         let this = self.clone();
+        // A continued stream picks up after the tokens it had emitted.
+        let done = request.continuation.as_ref().map_or(0, |c| {
+            c.token_events.min(u64::from(request.max_tokens)) as u32
+        });
         Box::pin(async_stream::stream! {
             let prompt_tokens = request.prompt.flat_text().split_whitespace().count() as u32;
             yield Ok(Output::Prompt { tokens: prompt_tokens });
             let start = tokio::time::Instant::now() + this.ttft;
             let interval = (this.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / this.rate));
-            for i in 1..=request.max_tokens {
+            for i in done + 1..=request.max_tokens {
                 if this.fail_after == Some(i - 1) {
                     yield Err(BackendError {
                         code: "backend_error".into(),
@@ -46,8 +56,8 @@ impl Backend for MockBackend {
                 }
                 match interval {
                     // An absolute schedule, so the rate does not drift under load.
-                    Some(every) => tokio::time::sleep_until(start + every * (i - 1)).await,
-                    None if i == 1 && !this.ttft.is_zero() => tokio::time::sleep_until(start).await,
+                    Some(every) => tokio::time::sleep_until(start + every * (i - 1 - done)).await,
+                    None if i == done + 1 && !this.ttft.is_zero() => tokio::time::sleep_until(start).await,
                     None if i % 64 == 0 => tokio::task::yield_now().await,
                     None => {}
                 }
@@ -77,6 +87,7 @@ mod tests {
             seed: None,
             stop: vec![],
             metadata: None,
+            continuation: None,
         }
     }
 

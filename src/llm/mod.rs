@@ -34,7 +34,7 @@ pub enum Role {
 
 /// What to generate from: a bare prompt or a conversation. Serialized under the name
 /// the client used (`prompt` or `messages`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Prompt {
     #[serde(rename = "prompt")]
     Text(String),
@@ -56,8 +56,9 @@ impl Prompt {
     }
 }
 
-/// A validated generation request, as a backend sees it.
-#[derive(Debug, Clone, Serialize)]
+/// A validated generation request, as a backend sees it. Stored with the stream (as
+/// JSON) so that a stream can be continued after a crash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GenerateRequest {
     pub model: String,
     #[serde(flatten)]
@@ -69,10 +70,23 @@ pub struct GenerateRequest {
     pub top_p: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Set when a stream a dead process was generating is continued: what it had
+    /// already emitted. Never stored.
+    #[serde(skip)]
+    pub continuation: Option<Continuation>,
+}
+
+/// What a continued stream had already emitted before the process died.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Continuation {
+    /// The text of its token events, in order.
+    pub text: String,
+    /// How many token events carried it.
+    pub token_events: u64,
 }
 
 /// One step of a generation.
@@ -120,6 +134,13 @@ pub trait Backend: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether it can continue a stream from the text it had already emitted
+    /// ([`GenerateRequest::continuation`]): the stream then yields only what comes
+    /// after that text, and `Done`'s usage counts the whole generation.
+    fn can_continue(&self) -> bool {
+        false
+    }
+
     /// Starts generating. The stream ends after `Done` or an error; dropping it, or
     /// cancelling `cancel`, stops the work.
     fn generate(&self, request: GenerateRequest, cancel: CancellationToken) -> TokenStream;
@@ -153,6 +174,11 @@ impl Models {
 
     pub fn names(&self) -> Vec<String> {
         self.by_name.keys().cloned().collect()
+    }
+
+    /// Whether `name`'s backend can continue a stream after a crash.
+    pub fn can_continue(&self, name: &str) -> bool {
+        self.get(name).is_some_and(|b| b.can_continue())
     }
 
     pub fn ready(&self) -> bool {

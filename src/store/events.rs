@@ -35,6 +35,11 @@ impl Store {
 
     /// The concatenated text of every token event so far.
     pub async fn text(&self, stream_id: &str) -> Result<String, StoreError> {
+        Ok(self.token_text(stream_id).await?.0)
+    }
+
+    /// The text of every token event so far, and how many there are.
+    pub async fn token_text(&self, stream_id: &str) -> Result<(String, u64), StoreError> {
         let rows: Vec<(String,)> = sqlx::query_as(
             "SELECT data FROM events WHERE stream_id = ? AND kind = 'token' ORDER BY seq",
         )
@@ -42,6 +47,7 @@ impl Store {
         .fetch_all(&self.read)
         .await?;
         let mut text = String::new();
+        let count = rows.len() as u64;
         for (data,) in rows {
             let value: serde_json::Value = serde_json::from_str(&data)
                 .map_err(|e| StoreError::Corrupt(format!("token data of {stream_id}: {e}")))?;
@@ -49,6 +55,6 @@ impl Store {
                 text.push_str(t);
             }
         }
-        Ok(text)
+        Ok((text, count))
     }
 }

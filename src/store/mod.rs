@@ -56,7 +56,8 @@ pub async fn open(
     config: &ServeConfig,
     hub: Arc<StreamHub>,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<(Store, EventLog, WriterTask)> {
+    continuable: &dyn Fn(&str) -> bool,
+) -> anyhow::Result<Opened> {
     let path = config.sqlite_path()?;
     let synchronous = match config.sqlite_synchronous {
         Synchronous::Normal => SqliteSynchronous::Normal,
@@ -86,12 +87,12 @@ pub async fn open(
         .run(&mut write_conn)
         .await
         .with_context(|| format!("cannot migrate the SQLite database at {path}"))?;
-    let recovered = end_interrupted(&mut write_conn)
+    let (ended, unfinished) = recover(&mut write_conn, continuable)
         .await
         .context("start-up recovery")?;
-    if recovered > 0 {
+    if ended > 0 {
         tracing::warn!(
-            streams = recovered,
+            streams = ended,
             "ended streams a previous process left running (interrupted)"
         );
     }
@@ -108,24 +109,65 @@ pub async fn open(
         .await
         .with_context(|| format!("cannot open the checkpoint connection to {path}"))?;
     let checkpointer = checkpoint::Checkpointer::start(checkpoint_conn);
-    let (log, task) = writer::start(write_conn, checkpointer, config, hub, metrics);
-    Ok((Store { read }, log, task))
+    let (log, writer) = writer::start(write_conn, checkpointer, config, hub, metrics);
+    Ok(Opened {
+        store: Store { read },
+        log,
+        writer,
+        unfinished,
+    })
 }
 
-/// Gives every stream left `queued` or `running` by a process that died a terminal
-/// `error` event with code `interrupted`, in one transaction. Runs before the writer
-/// starts, so nothing else is writing.
-async fn end_interrupted(conn: &mut SqliteConnection) -> Result<usize, StoreError> {
-    let open: Vec<(String, i64)> =
-        sqlx::query_as("SELECT id, last_seq FROM streams WHERE status IN ('queued', 'running')")
-            .fetch_all(&mut *conn)
-            .await?;
+/// An open store.
+pub struct Opened {
+    pub store: Store,
+    pub log: EventLog,
+    pub writer: WriterTask,
+    /// Streams a dead process left open whose backend can continue them.
+    pub unfinished: Vec<Unfinished>,
+}
+
+/// A stream a dead process was generating, to be continued.
+#[derive(Debug, Clone)]
+pub struct Unfinished {
+    pub id: String,
+    pub model: String,
+    /// The stored request (JSON).
+    pub params: String,
+    pub last_seq: u64,
+}
+
+/// Start-up recovery, before the writer starts (nothing else is writing): every stream
+/// left `queued` or `running` by a process that died either is returned to be
+/// continued (when `continuable(model)`) or gets a terminal `error` event with code
+/// `interrupted`, in one transaction.
+async fn recover(
+    conn: &mut SqliteConnection,
+    continuable: &dyn Fn(&str) -> bool,
+) -> Result<(usize, Vec<Unfinished>), StoreError> {
+    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "SELECT id, model, params, last_seq FROM streams WHERE status IN ('queued', 'running')",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let (keep, open): (Vec<_>, Vec<_>) = rows
+        .into_iter()
+        .partition(|(_, model, _, _)| continuable(model));
+    let unfinished = keep
+        .into_iter()
+        .map(|(id, model, params, last_seq)| Unfinished {
+            id,
+            model,
+            params,
+            last_seq: last_seq.max(0) as u64,
+        })
+        .collect();
     if open.is_empty() {
-        return Ok(0);
+        return Ok((0, unfinished));
     }
     let now = now_ms();
     let mut tx = conn.begin().await?;
-    for (id, last_seq) in &open {
+    for (id, _, _, last_seq) in &open {
         let seq = *last_seq as u64 + 1;
         let event = Event::error(seq, INTERRUPTED, INTERRUPTED_MESSAGE);
         sqlx::query("INSERT INTO events (stream_id, seq, kind, data) VALUES (?, ?, ?, ?)")
@@ -149,7 +191,7 @@ async fn end_interrupted(conn: &mut SqliteConnection) -> Result<usize, StoreErro
         .await?;
     }
     tx.commit().await?;
-    Ok(open.len())
+    Ok((open.len(), unfinished))
 }
 
 /// The error code of a stream whose process stopped before it finished.

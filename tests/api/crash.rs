@@ -1,5 +1,6 @@
 //! kill -9: the real binary is killed mid-stream; a restart on the same file still has
-//! every event a reader saw, and ends the stream with `interrupted`.
+//! every event a reader saw, and ends the stream with `interrupted` — or, when the
+//! backend can continue, continues it with no gap.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -24,6 +25,10 @@ impl Drop for Server {
 
 /// Starts `target/…/spool` on port 0 and reads its address from its log.
 fn start(db: &std::path::Path) -> Server {
+    start_with(db, &[])
+}
+
+fn start_with(db: &std::path::Path, env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_spool"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -32,6 +37,7 @@ fn start(db: &std::path::Path) -> Server {
         .env("SPOOL_BACKEND", "mock")
         .env("SPOOL_MOCK_RATE", "100")
         .env("SPOOL_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -192,4 +198,79 @@ async fn sigterm_ends_open_responses_flushes_and_exits_within_10s() {
     );
     let ids: Vec<u64> = stored.iter().map(|e| e.id.unwrap()).collect();
     assert_eq!(ids, (1..=stored.len() as u64).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn kill_9_then_a_continuable_stream_goes_on_with_no_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("continue.db");
+    let client = reqwest::Client::new();
+    let env = [("SPOOL_MOCK_CONTINUE", "true"), ("SPOOL_MOCK_RATE", "200")];
+
+    let mut server = start_with(&db, &env);
+    let r = client
+        .post(format!("{}/v1/streams", server.base))
+        .header("Accept", "text/event-stream")
+        .json(&json!({"prompt": "x", "max_tokens": 300}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-stream-id"].to_str().unwrap().to_owned();
+    let mut body = r.bytes_stream();
+    let mut seen = String::new();
+    let until = Instant::now() + DEADLINE;
+    while parse_sse(&seen).len() < 20 {
+        assert!(Instant::now() < until, "no events");
+        let chunk = tokio::time::timeout(DEADLINE, body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    let seen = parse_sse(&seen);
+    let last_seen = seen.last().unwrap().id.unwrap();
+    assert!(last_seen < 250, "the stream ended before the kill");
+
+    // The reader comes back to the restarted server with its Last-Event-ID and reads
+    // to the end: the stream was continued, not interrupted.
+    let server = start_with(&db, &env);
+    let rest = client
+        .get(format!("{}/v1/streams/{id}/events", server.base))
+        .header("Last-Event-ID", last_seen.to_string())
+        .timeout(DEADLINE)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rest = parse_sse(&rest);
+    let all: Vec<_> = seen.iter().chain(rest.iter()).cloned().collect();
+    let ids: Vec<u64> = all.iter().map(|e| e.id.unwrap()).collect();
+    assert_eq!(ids, (1..=302).collect::<Vec<_>>(), "a gap or a duplicate");
+    let last = all.last().unwrap();
+    assert_eq!(last.event, "done", "{:?}", last.data);
+    assert_eq!(last.json()["finish_reason"], "length");
+    assert_eq!(last.json()["usage"]["completion_tokens"], 300);
+    // Exactly the text of an unbroken run.
+    let text: String = all
+        .iter()
+        .filter(|e| e.event == "token")
+        .map(|e| e.json()["text"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: String = (1..=300).map(|i| format!(" tok{i}")).collect();
+    assert_eq!(text, expected);
+    let status: Value = client
+        .get(format!("{}/v1/streams/{id}", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["status"], "completed", "{status}");
+    assert_eq!(status["text"], expected);
 }
