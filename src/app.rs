@@ -35,6 +35,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the server stops accepting: open SSE responses end.
     pub http_shutdown: CancellationToken,
+    /// One permit per open WebSocket (`SPOOL_WS_MAX_SOCKETS`).
+    pub ws_sockets: Arc<tokio::sync::Semaphore>,
 }
 
 /// A started spool: store open, engine ready, not yet serving.
@@ -72,6 +74,7 @@ impl Spool {
                 engine.shutdown_token(),
             ));
         }
+        let ws_sockets = Arc::new(tokio::sync::Semaphore::new(config.ws_max_sockets));
         let state = AppState {
             config,
             engine,
@@ -79,6 +82,7 @@ impl Spool {
             hub,
             metrics,
             http_shutdown: CancellationToken::new(),
+            ws_sockets,
         };
         Ok(Spool { state, log, writer })
     }

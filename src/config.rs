@@ -201,6 +201,46 @@ pub struct ServeConfig {
     )]
     pub reader_buffer: usize,
 
+    /// WebSocket: a protocol Ping frame after this long.
+    #[arg(long = "ws-ping-interval", env = "SPOOL_WS_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub ws_ping_interval: Duration,
+
+    /// WebSocket: a peer silent this long (no pong, no message) is closed.
+    #[arg(long = "ws-pong-timeout", env = "SPOOL_WS_PONG_TIMEOUT", default_value = "75s", value_parser = humantime::parse_duration, global = true)]
+    pub ws_pong_timeout: Duration,
+
+    /// WebSocket: largest client message, in bytes (close 1009 past it).
+    #[arg(long = "ws-max-message", env = "SPOOL_WS_MAX_MESSAGE", default_value_t = 64 * 1024, global = true)]
+    pub ws_max_message: usize,
+
+    /// WebSocket: streams one socket may follow at once.
+    #[arg(
+        long = "ws-max-streams",
+        env = "SPOOL_WS_MAX_STREAMS",
+        default_value_t = 256,
+        global = true
+    )]
+    pub ws_max_streams: usize,
+
+    /// WebSocket: open sockets per server (`503` past it).
+    #[arg(
+        long = "ws-max-sockets",
+        env = "SPOOL_WS_MAX_SOCKETS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub ws_max_sockets: usize,
+
+    /// WebSocket: messages queued for one socket; a stream whose messages do not fit
+    /// waits, and catches up from the store.
+    #[arg(
+        long = "ws-queue",
+        env = "SPOOL_WS_QUEUE",
+        default_value_t = 1024,
+        global = true
+    )]
+    pub ws_queue: usize,
+
     /// How long a graceful shutdown may take before the process exits anyway.
     #[arg(long = "shutdown-timeout", env = "SPOOL_SHUTDOWN_TIMEOUT", default_value = "8s", value_parser = humantime::parse_duration, global = true)]
     pub shutdown_timeout: Duration,

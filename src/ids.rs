@@ -1,6 +1,6 @@
-//! Stream identifiers: opaque, unguessable, URL-safe.
+//! Stream and session identifiers: opaque, unguessable, URL-safe.
 //!
-//! An id is `st_` followed by 104 random bits in lowercase base32 (21 characters),
+//! An id is `st_` (a stream) or `se_` (a session) followed by 104 random bits in lowercase base32 (21 characters),
 //! well above the 96 bits SPEC §1 asks for.
 
 /// Lowercase RFC 4648 base32 alphabet: URL-safe and case-insensitive to read aloud.
@@ -8,9 +8,18 @@ const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 
 /// A fresh random stream id. Fails only if the OS random source fails.
 pub fn new_stream_id() -> Result<String, getrandom::Error> {
+    new_id("st_")
+}
+
+/// A fresh random session id (`se_…`, the same shape as a stream id).
+pub fn new_session_id() -> Result<String, getrandom::Error> {
+    new_id("se_")
+}
+
+fn new_id(prefix: &str) -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; 13];
     getrandom::fill(&mut bytes)?;
-    Ok(format!("st_{}", base32(&bytes)))
+    Ok(format!("{prefix}{}", base32(&bytes)))
 }
 
 fn base32(bytes: &[u8]) -> String {
@@ -34,7 +43,16 @@ fn base32(bytes: &[u8]) -> String {
 /// Whether `s` could be a stream id this server issued; lets handlers answer
 /// `404` without a store round trip for obvious garbage.
 pub fn looks_like_stream_id(s: &str) -> bool {
-    s.len() == 24 && s.starts_with("st_") && s[3..].bytes().all(|b| ALPHABET.contains(&b))
+    looks_like(s, "st_")
+}
+
+/// Whether `s` could be a session id this server issued.
+pub fn looks_like_session_id(s: &str) -> bool {
+    looks_like(s, "se_")
+}
+
+fn looks_like(s: &str, prefix: &str) -> bool {
+    s.len() == 24 && s.starts_with(prefix) && s[3..].bytes().all(|b| ALPHABET.contains(&b))
 }
 
 #[cfg(test)]

@@ -22,6 +22,8 @@ pub struct Metrics {
     resumes: AtomicU64,
     rejected_busy: AtomicU64,
     commit_failures: AtomicU64,
+    ws_sockets: AtomicU64,
+    ws_timeouts: AtomicU64,
     batch_size: Histogram<BATCH_BUCKETS>,
     commit_seconds: Histogram<LATENCY_BUCKETS>,
     ttft_seconds: Histogram<LATENCY_BUCKETS>,
@@ -123,6 +125,19 @@ impl Metrics {
     pub fn rejected_busy(&self) {
         self.rejected_busy.fetch_add(1, Relaxed);
     }
+    pub fn ws_opened(&self) {
+        self.ws_sockets.fetch_add(1, Relaxed);
+    }
+    pub fn ws_closed(&self) {
+        self.ws_sockets.fetch_sub(1, Relaxed);
+    }
+    pub fn ws_timed_out(&self) {
+        self.ws_timeouts.fetch_add(1, Relaxed);
+    }
+    /// Open WebSocket connections.
+    pub fn ws_sockets(&self) -> u64 {
+        self.ws_sockets.load(Relaxed)
+    }
     pub fn commit_failed(&self) {
         self.commit_failures.fetch_add(1, Relaxed);
     }
@@ -190,6 +205,18 @@ impl Metrics {
             "spool_live_streams",
             "Streams with a live fan-out channel.",
             gauges.live_streams as u64,
+        );
+        gauge(
+            &mut out,
+            "spool_ws_sockets",
+            "Open WebSocket connections.",
+            self.ws_sockets.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "spool_ws_pong_timeouts_total",
+            "WebSocket peers closed for missing pongs.",
+            self.ws_timeouts.load(Relaxed),
         );
         counter(
             &mut out,

@@ -41,6 +41,8 @@ struct Progress {
     prompt_tokens: u32,
     completion_tokens: u32,
     reported: Option<Usage>,
+    /// Everything emitted, kept only for a session's turn (its content at the end).
+    text: Option<String>,
 }
 
 impl Generation {
@@ -50,6 +52,13 @@ impl Generation {
             prompt_tokens: 0,
             completion_tokens: 0,
             reported: None,
+            text: self.request.session_id.as_ref().map(|_| {
+                self.request
+                    .continuation
+                    .as_ref()
+                    .map(|c| c.text.clone())
+                    .unwrap_or_default()
+            }),
         };
         let ending = self.drive(ticket, &mut progress).await;
         self.end(ending, &progress).await;
@@ -139,6 +148,9 @@ impl Generation {
             return Ok(());
         }
         progress.seq += 1;
+        if let Some(all) = &mut progress.text {
+            all.push_str(&text);
+        }
         let event = Event::token(progress.seq, &text);
         self.engine
             .log
@@ -194,6 +206,7 @@ impl Generation {
             error,
             usage,
             finished_at,
+            turn_text: progress.text.clone(),
         };
         match self
             .engine

@@ -10,6 +10,7 @@
 
 mod admission;
 mod generation;
+mod sessions;
 mod stop;
 
 use std::collections::HashMap;
@@ -26,11 +27,12 @@ use crate::ids::new_stream_id;
 use crate::llm::{Continuation, GenerateRequest, Models};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::{
-    EventLog, INTERRUPTED, INTERRUPTED_MESSAGE, NewStream, Store, StoreError, StreamEnd, StreamRow,
-    Unfinished,
+    EventLog, INTERRUPTED, INTERRUPTED_MESSAGE, NewStream, NewTurn, Store, StoreError, StreamEnd,
+    StreamRow, Unfinished,
 };
 
 pub use admission::Admission;
+pub use sessions::{NewSessionRequest, SayError};
 pub use stop::StopFilter;
 
 /// Why a stream could not be started. Nothing was stored.
@@ -59,6 +61,8 @@ pub struct Started {
     pub id: String,
     pub model: String,
     pub created_at: i64,
+    /// The session whose turn the stream answers.
+    pub session_id: Option<String>,
 }
 
 /// What a cancel request found.
@@ -88,6 +92,8 @@ pub struct Engine {
     /// Cancelled at shutdown: streams still running end as `interrupted`.
     shutdown: CancellationToken,
     live: Mutex<HashMap<String, Live>>,
+    /// Sessions whose next turn is being started right now (see `sessions`).
+    starting_turns: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Engine {
@@ -109,6 +115,7 @@ impl Engine {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             live: Mutex::new(HashMap::new()),
+            starting_turns: Mutex::new(Default::default()),
         })
     }
 
@@ -147,6 +154,16 @@ impl Engine {
         request: GenerateRequest,
         owner: Option<String>,
     ) -> Result<Started, StartError> {
+        self.start_with(request, owner, None).await
+    }
+
+    /// [`Engine::start`], for a stream that may answer a session's turn.
+    async fn start_with(
+        self: &Arc<Self>,
+        request: GenerateRequest,
+        owner: Option<String>,
+        turn: Option<NewTurn>,
+    ) -> Result<Started, StartError> {
         if self.shutdown.is_cancelled() {
             return Err(StartError::ShuttingDown);
         }
@@ -183,6 +200,7 @@ impl Engine {
             model: request.model.clone(),
             params,
             created_at,
+            turn,
         };
         let start = Event::start(1, &id, &request.model, &rfc3339(created_at));
         if let Err(e) = self.log.create(stream, start).await {
@@ -196,6 +214,7 @@ impl Engine {
             id: id.clone(),
             model: request.model.clone(),
             created_at,
+            session_id: request.session_id.clone(),
         };
         let generation = generation::Generation {
             engine: self.clone(),
@@ -223,6 +242,7 @@ impl Engine {
                     error: Some((INTERRUPTED.to_owned(), INTERRUPTED_MESSAGE.to_owned())),
                     usage: Usage::default(),
                     finished_at: now_ms(),
+                    turn_text: None,
                 };
                 let event = Event::error(stream.last_seq + 1, INTERRUPTED, INTERRUPTED_MESSAGE);
                 let _ = self

@@ -6,8 +6,10 @@ pub mod error;
 pub mod extract;
 pub mod ops;
 pub mod params;
+pub mod sessions;
 pub mod sse;
 pub mod streams;
+pub mod ws;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -20,6 +22,8 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config.body_limit;
     Router::new()
         .merge(streams::router())
+        .merge(sessions::router())
+        .merge(ws::router())
         .merge(ops::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {

@@ -21,6 +21,8 @@ pub struct StreamParams {
     pub stop: Option<StopParam>,
     pub metadata: Option<Map<String, Value>>,
     pub session_id: Option<String>,
+    /// A session turn's message (`prompt` is accepted too).
+    pub content: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -43,6 +45,48 @@ impl StreamParams {
     /// Checks every field; the model is resolved (default or named) but not looked up:
     /// an unknown model is the engine's `404`.
     pub fn validate(
+        self,
+        config: &ServeConfig,
+        models: &Models,
+    ) -> Result<GenerateRequest, ApiError> {
+        if self.content.is_some() {
+            return Err(ApiError::invalid(
+                "`content` is for a session's turn; a stream takes `prompt` or `messages`",
+            ));
+        }
+        self.validate_prompt(config, models)
+    }
+
+    /// Validates a session's turn: the user's message is `content` (or `prompt`);
+    /// `model` defaults to the session's.
+    pub fn validate_turn(
+        mut self,
+        config: &ServeConfig,
+        models: &Models,
+        session_model: Option<&str>,
+    ) -> Result<GenerateRequest, ApiError> {
+        if self.messages.is_some() {
+            return Err(ApiError::invalid(
+                "a session's turn takes `content` (the user's message), not `messages`: the session holds the history",
+            ));
+        }
+        match (self.content.take(), &self.prompt) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "give either `content` or `prompt`, not both",
+                ));
+            }
+            (Some(c), None) => self.prompt = Some(c),
+            (None, Some(_)) => {}
+            (None, None) => return Err(ApiError::invalid("`content` (a string) is required")),
+        }
+        if self.model.is_none() {
+            self.model = session_model.map(str::to_owned);
+        }
+        self.validate_prompt(config, models)
+    }
+
+    fn validate_prompt(
         self,
         config: &ServeConfig,
         models: &Models,
@@ -114,13 +158,6 @@ impl StreamParams {
         if stop.iter().any(String::is_empty) {
             return Err(ApiError::invalid("`stop` sequences must not be empty"));
         }
-        if let Some(id) = self.session_id {
-            return Err(ApiError::new(
-                axum::http::StatusCode::NOT_FOUND,
-                "session_not_found",
-                format!("no session {id:?}"),
-            ));
-        }
         let model = match self.model {
             Some(m) if m.trim().is_empty() => return Err(ApiError::invalid("`model` is empty")),
             Some(m) => m,
@@ -138,6 +175,7 @@ impl StreamParams {
             seed: self.seed,
             stop,
             metadata: self.metadata,
+            session_id: None,
             continuation: None,
         })
     }

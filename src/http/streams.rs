@@ -28,7 +28,7 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Debug, Deserialize)]
-struct CreateQuery {
+pub(super) struct CreateQuery {
     stream: Option<String>,
 }
 
@@ -39,7 +39,21 @@ async fn create(
     headers: HeaderMap,
     JsonBody(params): JsonBody<StreamParams>,
 ) -> Result<Response, ApiError> {
-    let wants_sse = match query.stream.as_deref() {
+    let wants_sse = wants_sse(&query, &headers)?;
+    if let Some(session_id) = params.session_id.clone() {
+        // A stream that answers a session's turn: `prompt` is the user's message.
+        let started = super::sessions::say(&state, &session_id, params).await?;
+        return Ok(started_response(&state, &started, wants_sse));
+    }
+    let request = params.validate(&state.config, state.engine.models())?;
+    let started = state.engine.start(request, None).await?;
+    Ok(started_response(&state, &started, wants_sse))
+}
+
+/// Whether a `POST` that starts a stream answers with its SSE (`?stream=` wins over
+/// `Accept: text/event-stream`).
+pub(super) fn wants_sse(query: &CreateQuery, headers: &HeaderMap) -> Result<bool, ApiError> {
+    Ok(match query.stream.as_deref() {
         Some("true" | "1") => true,
         Some("false" | "0") => false,
         Some(other) => {
@@ -47,30 +61,39 @@ async fn create(
                 "`stream` is {other:?}; expected true or false"
             )));
         }
-        None => accepts_event_stream(&headers),
-    };
-    let request = params.validate(&state.config, state.engine.models())?;
-    let started = state.engine.start(request, None).await?;
+        None => accepts_event_stream(headers),
+    })
+}
+
+/// `201` with the new stream's JSON, or `200` and its SSE from the first event.
+pub(super) fn started_response(state: &AppState, started: &Started, wants_sse: bool) -> Response {
     let location = format!("/v1/streams/{}", started.id);
     if wants_sse {
-        let mut response = event_response(&state, started.id.clone(), 0);
+        let mut response = event_response(state, started.id.clone(), 0);
         set_header(&mut response, "x-stream-id", &started.id);
         set_header(&mut response, header::LOCATION.as_str(), &location);
-        return Ok(response);
+        if let Some(session) = &started.session_id {
+            set_header(&mut response, "x-session-id", session);
+        }
+        return response;
     }
-    let mut response = (StatusCode::CREATED, Json(created_body(&started))).into_response();
+    let mut response = (StatusCode::CREATED, Json(created_body(started))).into_response();
     set_header(&mut response, header::LOCATION.as_str(), &location);
-    Ok(response)
+    response
 }
 
 fn created_body(s: &Started) -> Value {
-    json!({
+    let mut body = json!({
         "id": s.id,
         "status": StreamStatus::Queued,
         "model": s.model,
         "created_at": rfc3339(s.created_at),
         "events_url": format!("/v1/streams/{}/events", s.id),
-    })
+    });
+    if let Some(session) = &s.session_id {
+        body["session_id"] = Value::from(session.as_str());
+    }
+    body
 }
 
 fn accepts_event_stream(headers: &HeaderMap) -> bool {
@@ -270,10 +293,13 @@ fn describe(row: &StreamRow) -> Result<Value, ApiError> {
     if let (Some(code), Some(message)) = (&row.error_code, &row.error_message) {
         body["error"] = json!({ "code": code, "message": message });
     }
-    if let Ok(params) = serde_json::from_str::<Value>(&row.params)
-        && let Some(metadata) = params.get("metadata")
-    {
-        body["metadata"] = metadata.clone();
+    if let Ok(params) = serde_json::from_str::<Value>(&row.params) {
+        if let Some(metadata) = params.get("metadata") {
+            body["metadata"] = metadata.clone();
+        }
+        if let Some(session) = params.get("session_id") {
+            body["session_id"] = session.clone();
+        }
     }
     Ok(body)
 }

@@ -87,6 +87,7 @@ mod tests {
             seed: None,
             stop: vec![],
             metadata: None,
+            session_id: None,
             continuation: None,
         }
     }

@@ -74,6 +74,9 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The session whose turn this stream answers (its prompt is the history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
     /// Set when a stream a dead process was generating is continued: what it had
     /// already emitted. Never stored.
     #[serde(skip)]

@@ -18,7 +18,7 @@ use sqlx::sqlite::{SqliteArguments, SqliteConnection};
 use sqlx::{Connection, Sqlite};
 use tokio::sync::oneshot;
 
-use super::{NewStream, StoreError};
+use super::{NewSession, NewStream, StoreError};
 use crate::event::{Event, FinishReason, StreamStatus, Usage};
 
 /// How a stream ended, written with its terminal event.
@@ -29,6 +29,8 @@ pub struct StreamEnd {
     pub error: Option<(String, String)>,
     pub usage: Usage,
     pub finished_at: i64,
+    /// The stream answers a session's turn: its text, for the turn's content.
+    pub turn_text: Option<String>,
 }
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -43,6 +45,7 @@ pub(super) struct StreamWrites {
 /// Everything one transaction writes, and who waits for it.
 #[derive(Default)]
 pub(super) struct Batch {
+    pub sessions: Vec<(NewSession, Reply<()>)>,
     pub creates: Vec<(NewStream, Reply<()>)>,
     pub running: Vec<(Arc<str>, i64)>,
     pub streams: Vec<StreamWrites>,
@@ -99,7 +102,8 @@ impl Batch {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.creates.is_empty()
+        self.sessions.is_empty()
+            && self.creates.is_empty()
             && self.running.is_empty()
             && self.streams.is_empty()
             && self.deletes.is_empty()
@@ -132,6 +136,20 @@ pub(super) async fn commit(
 }
 
 async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sqlx::Error> {
+    for (s, _) in &batch.sessions {
+        sqlx::query(
+            "INSERT INTO sessions (id, owner, model, system, metadata, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&s.id)
+        .bind(&s.owner)
+        .bind(&s.model)
+        .bind(&s.system)
+        .bind(&s.metadata)
+        .bind(s.created_at)
+        .execute(&mut *conn)
+        .await?;
+    }
     let creates: Vec<&NewStream> = batch.creates.iter().map(|(s, _)| s).collect();
     for_chunks(conn, Shape::CreateStreams, &creates, |q, s| {
         q.bind(s.id.as_str())
@@ -141,6 +159,24 @@ async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sq
             .bind(s.created_at)
     })
     .await?;
+    for s in &creates {
+        if let Some(turn) = &s.turn {
+            sqlx::query(
+                "INSERT INTO turns (session_id, idx, role, content, stream_id, created_at) \
+                 VALUES (?, ?, 'user', ?, NULL, ?), (?, ?, 'assistant', NULL, ?, ?)",
+            )
+            .bind(&turn.session_id)
+            .bind(turn.idx)
+            .bind(&turn.content)
+            .bind(s.created_at)
+            .bind(&turn.session_id)
+            .bind(turn.idx + 1)
+            .bind(&s.id)
+            .bind(s.created_at)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
 
     let running: Vec<&(Arc<str>, i64)> = batch.running.iter().collect();
     for_chunks(conn, Shape::Running, &running, |q, (id, at)| {
@@ -189,6 +225,16 @@ async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sq
             .bind(end.finished_at)
     })
     .await?;
+
+    for (id, _, end) in &ends {
+        if let Some(text) = &end.turn_text {
+            sqlx::query("UPDATE turns SET content = ? WHERE stream_id = ?")
+                .bind(text)
+                .bind(*id)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
 
     let mut deleted = Vec::with_capacity(batch.deletes.len());
     for (id, _) in &batch.deletes {
@@ -367,6 +413,7 @@ mod tests {
                 model: "mock".into(),
                 params: "{}".into(),
                 created_at: 1,
+                turn: None,
             },
             reply,
         ));

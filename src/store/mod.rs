@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod events;
+pub mod sessions;
 pub mod streams;
 pub mod writer;
 
@@ -28,6 +29,7 @@ use crate::hub::StreamHub;
 use crate::metrics::Metrics;
 
 pub use batch::StreamEnd;
+pub use sessions::{NewSession, NewTurn, SessionRow, TurnRow};
 pub use streams::{ListCursor, NewStream, StreamRow};
 pub use writer::{EventLog, WriterTask};
 

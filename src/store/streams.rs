@@ -2,6 +2,7 @@
 
 use sqlx::FromRow;
 
+use super::sessions::NewTurn;
 use super::{Store, StoreError};
 use crate::event::{FinishReason, StreamStatus, Usage};
 
@@ -14,6 +15,8 @@ pub struct NewStream {
     /// The validated request, as JSON.
     pub params: String,
     pub created_at: i64,
+    /// Set when the stream answers a turn of a session.
+    pub turn: Option<NewTurn>,
 }
 
 /// A stream as stored.

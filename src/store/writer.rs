@@ -21,13 +21,17 @@ use tokio::task::JoinHandle;
 
 use super::batch::{self, Batch, Outcome, StreamEnd};
 use super::checkpoint::{self, Checkpointer};
-use super::{NewStream, StoreError};
+use super::{NewSession, NewStream, StoreError};
 use crate::config::ServeConfig;
 use crate::event::Event;
 use crate::hub::StreamHub;
 use crate::metrics::Metrics;
 
 enum WriteOp {
+    CreateSession {
+        session: NewSession,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     Create {
         stream: NewStream,
         start: Event,
@@ -80,6 +84,16 @@ impl EventLog {
                 start,
                 reply,
             })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Inserts a session; returns once it is committed.
+    pub async fn create_session(&self, session: NewSession) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.creates
+            .send(WriteOp::CreateSession { session, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -196,6 +210,7 @@ struct Writer {
 impl Batch {
     fn add(&mut self, op: WriteOp) {
         match op {
+            WriteOp::CreateSession { session, reply } => self.sessions.push((session, reply)),
             WriteOp::Create {
                 stream,
                 start,
@@ -325,6 +340,9 @@ impl Writer {
     fn publish(&mut self, mut batch: Batch, result: Result<Outcome, sqlx::Error>) {
         match result {
             Ok(outcome) => {
+                for (_, reply) in batch.sessions.drain(..) {
+                    let _ = reply.send(Ok(()));
+                }
                 for (_, reply) in batch.creates.drain(..) {
                     let _ = reply.send(Ok(()));
                 }
@@ -347,6 +365,9 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, events = batch.events, "store commit failed; the batch is lost");
                 self.metrics.commit_failed();
+                for (_, reply) in batch.sessions.drain(..) {
+                    let _ = reply.send(Err(StoreError::Closed));
+                }
                 for (_, reply) in batch.creates.drain(..) {
                     let _ = reply.send(Err(StoreError::Closed));
                 }

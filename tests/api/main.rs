@@ -10,6 +10,8 @@ mod examples;
 mod lifecycle;
 mod ops;
 mod resume;
+mod sessions;
 mod shutdown;
 mod slow_reader;
 mod wire;
+mod ws;

@@ -1,0 +1,54 @@
+//! `GET /v1/ws`: the WebSocket endpoint (SPEC §4). This module upgrades the request
+//! within the server's limits; `socket` runs one connection; `protocol` is the wire
+//! format of its messages.
+
+mod protocol;
+mod socket;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::error::ApiError;
+use crate::app::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/ws", get(upgrade))
+}
+
+async fn upgrade(
+    State(state): State<AppState>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return ApiError::new(
+                rejection.status(),
+                "websocket_required",
+                format!("this endpoint speaks WebSocket: {}", rejection.body_text()),
+            )
+            .into_response();
+        }
+    };
+    let Ok(permit) = state.ws_sockets.clone().try_acquire_owned() else {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_sockets",
+            format!(
+                "this server holds its limit of {} WebSocket connections; retry shortly",
+                state.config.ws_max_sockets
+            ),
+        );
+        e.retry_after = Some(1);
+        return e.into_response();
+    };
+    let limit = state.config.ws_max_message;
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| socket::run(socket, state, permit))
+}

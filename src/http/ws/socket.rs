@@ -1,0 +1,404 @@
+//! One WebSocket connection: reads client messages, starts and cancels streams, and
+//! follows any number of streams at once, each in its own task.
+//!
+//! Backpressure: every outgoing message goes through one bounded queue drained by the
+//! connection's writer. A follower whose message does not fit waits; meanwhile its
+//! stream's live channel runs ahead without it, and when it gets going again it is
+//! told it lagged and catches up from the store. So a slow socket never slows a
+//! generation or another socket, and memory per socket is bounded.
+//!
+//! **Architecture Invariant:** a socket closing never cancels its streams, except the
+//! ones generated with `"cancel_on_disconnect": true`.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Map, Value};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::Instant;
+
+use super::protocol::{self, Incoming};
+use crate::app::AppState;
+use crate::feed;
+use crate::http::error::ApiError;
+use crate::http::params::StreamParams;
+use crate::http::sessions;
+use crate::ids::looks_like_stream_id;
+
+/// What the writer sends: a text message, a Ping, or the closing frame.
+enum Out {
+    Text(String),
+    Ping,
+    Close(u16, &'static str),
+}
+
+pub async fn run(socket: WebSocket, state: AppState, _permit: OwnedSemaphorePermit) {
+    state.metrics.ws_opened();
+    let (sink, frames) = socket.split();
+    let (out, out_rx) = mpsc::channel(state.config.ws_queue.max(1));
+    let mut connection = Connection {
+        state: state.clone(),
+        out,
+        followers: JoinSet::new(),
+        following: HashMap::new(),
+        cancel_on_disconnect: HashSet::new(),
+    };
+    let writer = write_loop(sink, out_rx);
+    let reader = async {
+        connection.read_loop(frames).await;
+        connection.finish().await;
+    };
+    tokio::join!(reader, writer);
+    state.metrics.ws_closed();
+}
+
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Out>,
+) {
+    while let Some(out) = rx.recv().await {
+        let (message, last) = match out {
+            Out::Text(text) => (Message::Text(Utf8Bytes::from(text)), false),
+            Out::Ping => (Message::Ping(Default::default()), false),
+            Out::Close(code, reason) => (
+                Message::Close(Some(CloseFrame {
+                    code,
+                    reason: Utf8Bytes::from_static(reason),
+                })),
+                true,
+            ),
+        };
+        if sink.send(message).await.is_err() || last {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+struct Connection {
+    state: AppState,
+    out: mpsc::Sender<Out>,
+    /// One task per followed stream; each returns its stream id when it ends.
+    followers: JoinSet<String>,
+    following: HashMap<String, AbortHandle>,
+    cancel_on_disconnect: HashSet<String>,
+}
+
+impl Connection {
+    async fn read_loop(&mut self, mut frames: futures_util::stream::SplitStream<WebSocket>) {
+        let config = self.state.config.clone();
+        let shutdown = self.state.http_shutdown.clone();
+        let mut ping = tokio::time::interval_at(
+            Instant::now() + config.ws_ping_interval,
+            config.ws_ping_interval.max(Duration::from_millis(10)),
+        );
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heard = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    self.close(close_code::AWAY, "the server is shutting down").await;
+                    return;
+                }
+                frame = frames.next() => {
+                    let message = match frame {
+                        None => return,
+                        Some(Ok(message)) => message,
+                        Some(Err(e)) => {
+                            if is_too_big(&e) {
+                                self.close(close_code::SIZE, "message too big").await;
+                            }
+                            return;
+                        }
+                    };
+                    heard = Instant::now();
+                    match message {
+                        Message::Text(text) => self.on_text(text.as_str()).await,
+                        Message::Binary(_) => {
+                            self.send(protocol::error(
+                                "unsupported_frame",
+                                "binary frames are not supported; send JSON text frames",
+                                None,
+                                None,
+                            ))
+                            .await;
+                        }
+                        Message::Ping(_) | Message::Pong(_) => {}
+                        Message::Close(_) => return,
+                    }
+                }
+                _ = ping.tick() => {
+                    if heard.elapsed() > config.ws_pong_timeout {
+                        self.state.metrics.ws_timed_out();
+                        self.close(close_code::POLICY, "no pong within the timeout").await;
+                        return;
+                    }
+                    // Never wait on a full queue for a ping: a peer that slow will time out.
+                    let _ = self.out.try_send(Out::Ping);
+                }
+                Some(done) = self.followers.join_next() => {
+                    if let Ok(id) = done {
+                        self.following.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops every follower and cancels the streams that asked for it.
+    async fn finish(&mut self) {
+        self.followers.abort_all();
+        while self.followers.join_next().await.is_some() {}
+        for id in self.cancel_on_disconnect.drain() {
+            if let Err(e) = self.state.engine.cancel(&id, None).await {
+                tracing::warn!(stream = %id, error = %e, "cancel on disconnect failed");
+            }
+        }
+    }
+
+    async fn send(&self, text: String) {
+        let _ = self.out.send(Out::Text(text)).await;
+    }
+
+    async fn close(&self, code: u16, reason: &'static str) {
+        let _ = self.out.send(Out::Close(code, reason)).await;
+    }
+
+    async fn send_error(&self, e: &ApiError, reference: Option<&str>, stream_id: Option<&str>) {
+        self.send(protocol::error(e.code, &e.message, reference, stream_id))
+            .await;
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        let message = match protocol::parse(text) {
+            Ok(m) => m,
+            Err(r) => {
+                self.send(protocol::error(
+                    r.code,
+                    &r.message,
+                    r.reference.as_deref(),
+                    None,
+                ))
+                .await;
+                return;
+            }
+        };
+        match message {
+            Incoming::Ping => self.send(protocol::PONG.to_owned()).await,
+            Incoming::Generate {
+                reference,
+                cancel_on_disconnect,
+                body,
+            } => {
+                if let Err(e) = self
+                    .generate(reference.as_deref(), cancel_on_disconnect, body)
+                    .await
+                {
+                    self.send_error(&e, reference.as_deref(), None).await;
+                }
+            }
+            Incoming::SessionSay {
+                reference,
+                session_id,
+                body,
+            } => {
+                if let Err(e) = self.say(reference.as_deref(), session_id, body).await {
+                    self.send_error(&e, reference.as_deref(), None).await;
+                }
+            }
+            Incoming::Subscribe { stream_id, after } => {
+                if let Err(e) = self.subscribe(&stream_id, after).await {
+                    self.send_error(&e, None, Some(&stream_id)).await;
+                }
+            }
+            Incoming::Cancel { stream_id } => {
+                let found = if looks_like_stream_id(&stream_id) {
+                    self.state.engine.cancel(&stream_id, None).await
+                } else {
+                    Ok(None)
+                };
+                match found {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        self.send_error(&ApiError::stream_not_found(), None, Some(&stream_id))
+                            .await;
+                    }
+                    Err(e) => self.send_error(&e.into(), None, Some(&stream_id)).await,
+                }
+            }
+            Incoming::Unsubscribe { stream_id } => {
+                if let Some(task) = self.following.remove(&stream_id) {
+                    task.abort();
+                }
+            }
+        }
+    }
+
+    fn room_for_one_more(&self) -> Result<(), ApiError> {
+        if self.following.len() >= self.state.config.ws_max_streams {
+            return Err(ApiError::bad_request(
+                "too_many_streams",
+                format!(
+                    "this socket follows its limit of {} streams; unsubscribe from one first",
+                    self.state.config.ws_max_streams
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn generate(
+        &mut self,
+        reference: Option<&str>,
+        cancel_on_disconnect: bool,
+        body: Map<String, Value>,
+    ) -> Result<(), ApiError> {
+        self.room_for_one_more()?;
+        let params: StreamParams = params(body)?;
+        let started = if let Some(session_id) = params.session_id.clone() {
+            sessions::say(&self.state, &session_id, params).await?
+        } else {
+            let request = params.validate(&self.state.config, self.state.engine.models())?;
+            self.state.engine.start(request, None).await?
+        };
+        if cancel_on_disconnect {
+            self.cancel_on_disconnect.insert(started.id.clone());
+        }
+        self.send(protocol::started(
+            reference,
+            &started.id,
+            started.session_id.as_deref(),
+        ))
+        .await;
+        self.follow(started.id, 1);
+        Ok(())
+    }
+
+    async fn say(
+        &mut self,
+        reference: Option<&str>,
+        session_id: Option<String>,
+        body: Map<String, Value>,
+    ) -> Result<(), ApiError> {
+        self.room_for_one_more()?;
+        let params: StreamParams = params(body)?;
+        let session_id = match session_id {
+            Some(id) => id,
+            None => {
+                let new = sessions::SessionParams {
+                    model: params.model.clone(),
+                    system: None,
+                    metadata: None,
+                }
+                .validate(&self.state)?;
+                let row = self.state.engine.create_session(new, None).await?;
+                self.send(protocol::session(reference, &row.id)).await;
+                row.id
+            }
+        };
+        let started = sessions::say(&self.state, &session_id, params).await?;
+        self.send(protocol::started(reference, &started.id, Some(&session_id)))
+            .await;
+        self.follow(started.id, 1);
+        Ok(())
+    }
+
+    async fn subscribe(&mut self, stream_id: &str, after: u64) -> Result<(), ApiError> {
+        if !looks_like_stream_id(stream_id) {
+            return Err(ApiError::stream_not_found());
+        }
+        if self.following.contains_key(stream_id) {
+            return Err(ApiError::bad_request(
+                "already_subscribed",
+                "this socket already follows that stream",
+            ));
+        }
+        self.room_for_one_more()?;
+        let row = self
+            .state
+            .store
+            .stream(stream_id, None)
+            .await?
+            .ok_or_else(ApiError::stream_not_found)?;
+        let last = row.last_seq();
+        if after > last {
+            return Err(ApiError::bad_request(
+                "cursor_out_of_range",
+                format!("the resume point {after} is beyond the stream's last event ({last})"),
+            ));
+        }
+        if after == last && row.status()?.is_terminal() {
+            return Err(ApiError::bad_request(
+                "stream_ended",
+                format!("the stream ended with event {last}; nothing follows it"),
+            ));
+        }
+        if after > 0 {
+            self.state.metrics.resumed();
+        }
+        self.follow(stream_id.to_owned(), after);
+        Ok(())
+    }
+
+    /// Follows a stream from `after` to its end in a task of this connection.
+    fn follow(&mut self, stream_id: String, after: u64) {
+        let state = self.state.clone();
+        let out = self.out.clone();
+        let id = stream_id.clone();
+        let task = self.followers.spawn(async move {
+            let feed = feed::follow(
+                state.store.clone(),
+                state.hub.clone(),
+                state.metrics.clone(),
+                id.clone(),
+                after,
+            );
+            futures_util::pin_mut!(feed);
+            while let Some(chunk) = feed.next().await {
+                let chunk = match chunk {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        let e: ApiError = e.into();
+                        let _ = out
+                            .send(Out::Text(protocol::error(
+                                e.code,
+                                &e.message,
+                                None,
+                                Some(&id),
+                            )))
+                            .await;
+                        break;
+                    }
+                };
+                let events = chunk.events();
+                state.metrics.events_delivered(events.len());
+                for event in events {
+                    if let Some(text) = protocol::event_message(&id, event)
+                        && out.send(Out::Text(text)).await.is_err()
+                    {
+                        return id;
+                    }
+                }
+            }
+            id
+        });
+        if let Some(old) = self.following.insert(stream_id, task) {
+            old.abort();
+        }
+    }
+}
+
+/// A client message's parameters, as `POST /v1/streams` takes them.
+fn params(body: Map<String, Value>) -> Result<StreamParams, ApiError> {
+    serde_json::from_value(Value::Object(body)).map_err(|e| ApiError::invalid(e.to_string()))
+}
+
+/// Whether a read failed because the client's message was over the size limit.
+fn is_too_big(e: &axum::Error) -> bool {
+    let text = e.to_string();
+    text.contains("too long") || text.contains("too big") || text.contains("Space limit")
+}
