@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod openai;
 pub mod ops;
 pub mod params;
 pub mod sessions;
@@ -24,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .merge(streams::router())
         .merge(sessions::router())
         .merge(ws::router())
+        .merge(openai::router())
         .merge(ops::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {

@@ -176,6 +176,7 @@ impl StreamParams {
             stop,
             metadata: self.metadata,
             session_id: None,
+            include_usage: false,
             continuation: None,
         })
     }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::ApiError;
 use crate::event::Event;
 use crate::feed::Chunk;
+use crate::http::openai::chunks::{self, ChunkFormat};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
 
@@ -51,8 +52,17 @@ pub fn parse_cursor(raw: &str) -> Result<u64, ApiError> {
     raw.parse().map_err(|_| invalid())
 }
 
+/// How events are written.
+pub enum Format {
+    /// SPEC §3: `retry:` first, `id:`/`event:`/`data:` per event, `: ping` + blank line.
+    Native,
+    /// `chat.completion.chunk` data lines with ids (SPEC §5).
+    OpenAi(ChunkFormat),
+}
+
 /// What the response body needs besides the feed.
 pub struct BodyOptions {
+    pub format: Format,
     pub heartbeat: Duration,
     /// Ends the response at server shutdown (the client will resume).
     pub shutdown: CancellationToken,
@@ -85,7 +95,13 @@ where
 {
     async_stream::stream! {
         let _reader = ReaderGauge::open(options.metrics.clone());
-        yield Ok(Bytes::from_static(RETRY.as_bytes()));
+        let ping = match &options.format {
+            Format::Native => {
+                yield Ok(Bytes::from_static(RETRY.as_bytes()));
+                PING
+            }
+            Format::OpenAi(_) => chunks::PING,
+        };
         let mut feed = std::pin::pin!(feed);
         loop {
             let next = tokio::select! {
@@ -94,13 +110,22 @@ where
                 next = tokio::time::timeout(options.heartbeat, feed.next()) => next,
             };
             match next {
-                Err(_silence) => yield Ok(Bytes::from_static(PING.as_bytes())),
+                Err(_silence) => yield Ok(Bytes::from_static(ping.as_bytes())),
                 Ok(None) => break,
                 Ok(Some(Ok(chunk))) => {
                     let events = chunk.events();
                     let mut out = String::with_capacity(events.len() * 64);
-                    for event in events {
-                        write_event(&mut out, event);
+                    match &options.format {
+                        Format::Native => {
+                            for event in events {
+                                write_event(&mut out, event);
+                            }
+                        }
+                        Format::OpenAi(f) => {
+                            for event in events {
+                                f.write(&mut out, event);
+                            }
+                        }
                     }
                     options.metrics.events_delivered(events.len());
                     yield Ok(Bytes::from(out));

@@ -69,7 +69,7 @@ pub(super) fn wants_sse(query: &CreateQuery, headers: &HeaderMap) -> Result<bool
 pub(super) fn started_response(state: &AppState, started: &Started, wants_sse: bool) -> Response {
     let location = format!("/v1/streams/{}", started.id);
     if wants_sse {
-        let mut response = event_response(state, started.id.clone(), 0);
+        let mut response = event_response(state, started.id.clone(), 0, sse::Format::Native);
         set_header(&mut response, "x-stream-id", &started.id);
         set_header(&mut response, header::LOCATION.as_str(), &location);
         if let Some(session) = &started.session_id {
@@ -107,7 +107,7 @@ fn accepts_event_stream(headers: &HeaderMap) -> bool {
         })
 }
 
-fn set_header(response: &mut Response, name: &'static str, value: &str) {
+pub(super) fn set_header(response: &mut Response, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         response.headers_mut().insert(name, v);
     }
@@ -116,6 +116,7 @@ fn set_header(response: &mut Response, name: &'static str, value: &str) {
 #[derive(Debug, Deserialize)]
 struct EventsQuery {
     after: Option<String>,
+    format: Option<String>,
 }
 
 /// `GET /v1/streams/{id}/events`: replay after the cursor, follow, end after the
@@ -133,6 +134,15 @@ async fn events(
         None => query.after.as_deref().map(sse::parse_cursor).transpose()?,
     };
     let row = find(&state, &id).await?;
+    let format = match query.format.as_deref() {
+        None | Some("sse" | "native") => sse::Format::Native,
+        Some("openai") => sse::Format::OpenAi(super::openai::chunk_format(&row)),
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "`format` is {other:?}; expected \"openai\" or nothing"
+            )));
+        }
+    };
     let after = cursor.unwrap_or(0);
     let last = row.last_seq();
     if after > last {
@@ -147,10 +157,15 @@ async fn events(
     if cursor.is_some() {
         state.metrics.resumed();
     }
-    Ok(event_response(&state, id, after))
+    Ok(event_response(&state, id, after, format))
 }
 
-fn event_response(state: &AppState, id: String, after: u64) -> Response {
+pub(super) fn event_response(
+    state: &AppState,
+    id: String,
+    after: u64,
+    format: sse::Format,
+) -> Response {
     let feed = feed::follow(
         state.store.clone(),
         state.hub.clone(),
@@ -161,6 +176,7 @@ fn event_response(state: &AppState, id: String, after: u64) -> Response {
     sse::response(
         feed,
         sse::BodyOptions {
+            format,
             heartbeat: state.config.heartbeat,
             shutdown: state.http_shutdown.clone(),
             metrics: state.metrics.clone(),
@@ -263,7 +279,7 @@ async fn delete(
     }
 }
 
-async fn find(state: &AppState, id: &str) -> Result<StreamRow, ApiError> {
+pub(super) async fn find(state: &AppState, id: &str) -> Result<StreamRow, ApiError> {
     if !looks_like_stream_id(id) {
         return Err(ApiError::stream_not_found());
     }

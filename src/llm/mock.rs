@@ -88,6 +88,7 @@ mod tests {
             stop: vec![],
             metadata: None,
             session_id: None,
+            include_usage: false,
             continuation: None,
         }
     }

@@ -77,6 +77,10 @@ pub struct GenerateRequest {
     /// The session whose turn this stream answers (its prompt is the history).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
+    /// The OpenAI facade's `stream_options.include_usage`, kept so that a resume in
+    /// that format ends the same way. Backends ignore it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_usage: bool,
     /// Set when a stream a dead process was generating is continued: what it had
     /// already emitted. Never stored.
     #[serde(skip)]
