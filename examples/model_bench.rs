@@ -101,6 +101,8 @@ async fn main() -> anyhow::Result<()> {
         "ttft (~30-token prompt, median of 5): {:.0} ms",
         ttfts[2].as_secs_f64() * 1e3
     );
+    // Throughput: a prompt that makes long answers (a stream ending early counts less).
+    let prompt = "Write a long, detailed story about a dragon who learns to cook.";
     let solo = one(&backend, prompt, tokens, 42).await;
     let decode = (solo.tokens.saturating_sub(1)) as f64 / (solo.total - solo.ttft).as_secs_f64();
     println!(

@@ -12,7 +12,6 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::Context;
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -40,22 +39,94 @@ pub struct Config {
 
 struct Layer {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
     ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// A quantized weight matrix `[out, in]`, whose `in` may be padded with zero columns.
+///
+/// candle's x86 Q8_0 kernel for CPUs with VNNI (repacked tiles; 4× faster for one row
+/// and reusing the weights across rows, so batching pays) needs `in` to be a multiple
+/// of 256. This model's width is 576, so those matrices get zero columns up to 768 and
+/// their inputs zeros to match: the products are unchanged (zero blocks add exactly 0).
+struct Linear {
+    w: QMatMul,
+    /// Columns the weights have (`in` rounded up, or `in`).
+    k: usize,
+}
+
+impl Linear {
+    /// `x` is `[rows, in]`, or already padded to `[rows, k]`.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.w.forward(&pad_to(x, self.k)?)
+    }
+}
+
+/// `x` (`[rows, cols]`) with zero columns up to `k`.
+fn pad_to(x: &Tensor, k: usize) -> candle_core::Result<Tensor> {
+    let cols = x.dim(1)?;
+    if cols < k {
+        x.pad_with_zeros(1, 0, k - cols)
+    } else {
+        Ok(x.clone())
+    }
+}
+
+/// The block size of candle's fast repacked Q8_0 path, if this CPU takes it.
+fn repack_block() -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let vnni = (std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vnni"))
+            || std::arch::is_x86_feature_detected!("avxvnni");
+        if vnni {
+            return Some(256);
+        }
+    }
+    None
+}
+
+/// Makes a weight matrix fast on this CPU: Q4_1/Q5_x (no SIMD kernel in candle) become
+/// Q8_0, and Q8_0 gets zero columns when that unlocks the repacked kernel.
+fn linear(t: QTensor, device: &Device) -> anyhow::Result<Linear> {
+    let (_, k) = t.shape().dims2()?;
+    let requant = matches!(
+        t.dtype(),
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_0
+    );
+    let pad = match repack_block() {
+        Some(block) if requant && !k.is_multiple_of(block) => k.div_ceil(block) * block - k,
+        _ => 0,
+    };
+    if !requant || (t.dtype() == GgmlDType::Q8_0 && pad == 0) {
+        return Ok(Linear {
+            w: QMatMul::from_qtensor(t)?,
+            k,
+        });
+    }
+    let mut w = t.dequantize(device)?;
+    if pad > 0 {
+        w = w.pad_with_zeros(1, 0, pad)?;
+    }
+    Ok(Linear {
+        w: QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0)?)?,
+        k: k + pad,
+    })
 }
 
 pub struct Model {
     pub config: Config,
-    embed: Arc<QTensor>,
+    /// The token embeddings; `None` when tied to the LM head (rows are read from it).
+    embed: Option<QTensor>,
     layers: Vec<Layer>,
     norm: Tensor,
-    lm_head: QMatMul,
+    lm_head: Linear,
     /// `cos`/`sin` of every (position, frequency), `[context][head_dim / 2]`.
     cos: Vec<f32>,
     sin: Vec<f32>,
@@ -174,17 +245,7 @@ impl Model {
                 .tensor(&mut file, name, &device)
                 .with_context(|| format!("reading tensor {name}"))
         };
-        let mut matmul = |name: &str| -> anyhow::Result<QMatMul> {
-            let t = tensor(name)?;
-            let t = match t.dtype() {
-                // No SIMD kernel in candle for these: Q8_0 is both fast and close.
-                GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => {
-                    QTensor::quantize(&t.dequantize(&device)?, GgmlDType::Q8_0)?
-                }
-                _ => t,
-            };
-            Ok(QMatMul::from_qtensor(t)?)
-        };
+        let mut matmul = |name: &str| -> anyhow::Result<Linear> { linear(tensor(name)?, &device) };
         let mut layers = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
             let p = format!("blk.{i}");
@@ -212,19 +273,19 @@ impl Model {
             layer.ffn_norm = vector(&format!("blk.{i}.ffn_norm.weight"))?;
         }
         let norm = vector("output_norm.weight")?;
-        let embed = Arc::new(
+        let mut read = |name: &str| -> anyhow::Result<QTensor> {
             content
-                .tensor(&mut file, "token_embd.weight", &device)
-                .context("reading tensor token_embd.weight")?,
-        );
-        // Tied embeddings when the file has no separate output matrix.
-        let lm_head = match content.tensor_infos.contains_key("output.weight") {
-            true => QMatMul::from_qtensor(
-                content
-                    .tensor(&mut file, "output.weight", &device)
-                    .context("reading tensor output.weight")?,
-            )?,
-            false => QMatMul::from_arc(embed.clone())?,
+                .tensor(&mut file, name, &device)
+                .with_context(|| format!("reading tensor {name}"))
+        };
+        // Tied embeddings when the file has no separate output matrix: one copy serves
+        // both (embedding rows are dequantized from the LM head's).
+        let (embed, lm_head) = match content.tensor_infos.contains_key("output.weight") {
+            true => (
+                Some(read("token_embd.weight")?),
+                linear(read("output.weight")?, &device)?,
+            ),
+            false => (None, linear(read("token_embd.weight")?, &device)?),
         };
         let half = config.head_dim / 2;
         let mut cos = Vec::with_capacity(config.context * half);
@@ -271,11 +332,22 @@ impl Model {
             .flat_map(|s| s.tokens.iter().copied())
             .collect();
         let ids = Tensor::from_vec(ids, rows, &self.device)?;
-        let mut x = self.embed.embedding(&ids)?;
+        let mut x = match &self.embed {
+            Some(embed) => embed.embedding(&ids)?,
+            None => self
+                .lm_head
+                .w
+                .embedding(&ids)?
+                .narrow(1, 0, c.width)?
+                .contiguous()?,
+        };
         let q_width = c.heads * c.head_dim;
         let kv_width = c.kv_heads * c.head_dim;
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.eps)?;
+            let h = pad_to(
+                &candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.eps)?,
+                layer.wq.k,
+            )?;
             let mut q = layer.wq.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
             let mut k = layer.wk.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
             let v = layer.wv.forward(&h)?.flatten_all()?.to_vec1::<f32>()?;
@@ -316,7 +388,10 @@ impl Model {
             }
             let attn = Tensor::from_vec(out, (rows, q_width), &self.device)?;
             x = (x + layer.wo.forward(&attn)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, c.eps)?;
+            let h = pad_to(
+                &candle_nn::ops::rms_norm(&x, &layer.ffn_norm, c.eps)?,
+                layer.gate.k,
+            )?;
             let gated =
                 (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
             x = (x + layer.down.forward(&gated)?)?;
