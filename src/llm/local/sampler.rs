@@ -71,27 +71,35 @@ pub fn sample(config: &SamplerConfig, logits: &mut [f32], context: &[u32], posit
     if config.temperature.is_nan() || config.temperature <= 0.0 {
         return argmax(logits);
     }
-    // Softmax at the temperature, in f64 for a stable sum.
+    // Softmax at the temperature, in f64 for a stable sum, over the tokens within
+    // `CUTOFF` of the best: each one left out weighs less than e^-CUTOFF (1e-13) of it,
+    // so the choice is the same as over the whole vocabulary but much cheaper.
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let inv_t = 1.0 / f64::from(config.temperature);
-    let probs: Vec<f64> = logits
+    let floor = f64::from(max) - CUTOFF / inv_t;
+    let candidates: Vec<(u32, f64)> = logits
         .iter()
-        .map(|&l| ((f64::from(l) - f64::from(max)) * inv_t).exp())
+        .enumerate()
+        .filter(|(_, l)| f64::from(**l) >= floor)
+        .map(|(i, &l)| (i as u32, ((f64::from(l) - f64::from(max)) * inv_t).exp()))
         .collect();
-    let total: f64 = probs.iter().sum();
+    let total: f64 = candidates.iter().map(|(_, p)| p).sum();
     let top_p = f64::from(config.top_p.clamp(f32::MIN_POSITIVE, 1.0)) * total;
-    let nucleus = nucleus(&probs, top_p);
-    let mass: f64 = nucleus.iter().map(|&i| probs[i as usize]).sum();
+    let nucleus = nucleus(candidates, top_p);
+    let mass: f64 = nucleus.iter().map(|(_, p)| p).sum();
     let target = uniform(config.seed, position) * mass;
     let mut cumulative = 0.0;
-    for &id in &nucleus {
-        cumulative += probs[id as usize];
+    for &(id, p) in &nucleus {
+        cumulative += p;
         if target < cumulative {
             return id;
         }
     }
-    nucleus.last().copied().unwrap_or(0)
+    nucleus.last().map_or(0, |(id, _)| *id)
 }
+
+/// How far below the best logit (in units of temperature) a token still counts.
+const CUTOFF: f64 = 30.0;
 
 /// The highest logit; the lowest id wins a tie.
 fn argmax(logits: &[f32]) -> u32 {
@@ -105,32 +113,27 @@ fn argmax(logits: &[f32]) -> u32 {
 }
 
 /// The smallest set of most likely tokens whose mass reaches `mass`, most likely first
-/// (ties by lower id). Sorts only as much of the vocabulary as it needs.
-fn nucleus(probs: &[f64], mass: f64) -> Vec<u32> {
-    let order = |a: &u32, b: &u32| {
-        probs[*b as usize]
-            .total_cmp(&probs[*a as usize])
-            .then(a.cmp(b))
-    };
-    let mut ids: Vec<u32> = (0..probs.len() as u32).collect();
-    let mut k = 64.min(ids.len());
+/// (ties by lower id). Sorts only as much as it needs.
+fn nucleus(mut tokens: Vec<(u32, f64)>, mass: f64) -> Vec<(u32, f64)> {
+    let order = |a: &(u32, f64), b: &(u32, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let mut k = 64.min(tokens.len());
     loop {
-        if k < ids.len() {
-            ids.select_nth_unstable_by(k - 1, order);
+        if k < tokens.len() {
+            tokens.select_nth_unstable_by(k - 1, order);
         }
-        ids[..k].sort_unstable_by(order);
+        tokens[..k].sort_unstable_by(order);
         let mut cumulative = 0.0;
-        for (n, &id) in ids[..k].iter().enumerate() {
-            cumulative += probs[id as usize];
+        for (n, &(_, p)) in tokens[..k].iter().enumerate() {
+            cumulative += p;
             if cumulative >= mass {
-                ids.truncate(n + 1);
-                return ids;
+                tokens.truncate(n + 1);
+                return tokens;
             }
         }
-        if k == ids.len() {
-            return ids;
+        if k == tokens.len() {
+            return tokens;
         }
-        k = (k * 8).min(ids.len());
+        k = (k * 8).min(tokens.len());
     }
 }
 
@@ -190,10 +193,10 @@ mod tests {
 
     #[test]
     fn nucleus_grows_past_the_first_guess() {
-        let probs = vec![1.0; 5000];
-        let n = nucleus(&probs, 0.9 * 5000.0);
+        let tokens: Vec<(u32, f64)> = (0..5000).map(|i| (i, 1.0)).collect();
+        let n = nucleus(tokens, 0.9 * 5000.0);
         assert_eq!(n.len(), 4500);
-        assert_eq!(&n[..3], &[0, 1, 2]);
+        assert_eq!(n[..3].iter().map(|t| t.0).collect::<Vec<_>>(), [0, 1, 2]);
     }
 
     #[test]
