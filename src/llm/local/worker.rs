@@ -180,6 +180,8 @@ pub fn run(setup: WorkerSetup) {
         seconds = started.elapsed().as_secs_f64(),
         layers = model.config.layers,
         vocab = model.config.vocab,
+        compute_threads = std::env::var("CANDLE_NUM_THREADS")
+            .unwrap_or_else(|_| "all physical cores (CANDLE_NUM_THREADS unset)".into()),
         "model loaded"
     );
     state.send_replace(LoadState::Ready(tokenizer.clone()));
