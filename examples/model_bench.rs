@@ -125,8 +125,8 @@ async fn main() -> anyhow::Result<()> {
     // A long prompt: prefill cost and decode speed deep in the context.
     let long = "The history of the river is long and full of change. ".repeat(80);
     let long_run = one(&backend, &format!("{long}Summarize this."), tokens, 7).await;
-    let long_decode = (long_run.tokens.saturating_sub(1)) as f64
-        / (long_run.total - long_run.ttft).as_secs_f64();
+    let long_decode =
+        (long_run.tokens.saturating_sub(1)) as f64 / (long_run.total - long_run.ttft).as_secs_f64();
     println!(
         "~1000-token prompt: ttft {:.0} ms, then {long_decode:.1} tok/s",
         long_run.ttft.as_secs_f64() * 1e3
