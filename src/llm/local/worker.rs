@@ -262,32 +262,35 @@ fn serve(
 /// consumed all its input.
 fn step(model: &Model, tokenizer: &ChatTokenizer, active: &mut [Seq], runnable: &[usize]) {
     let context_limit = model.config.context;
-    let mut chunks = Vec::with_capacity(runnable.len());
-    let mut segments = Vec::with_capacity(runnable.len());
-    // Split borrows: each runnable sequence lends its cache and its next input chunk.
+    // Each runnable sequence lends its cache and its next input: the rest of its prompt
+    // (up to a chunk) or its last sampled token.
     let mut picked: Vec<&mut Seq> = active
         .iter_mut()
         .enumerate()
         .filter(|(i, _)| runnable.contains(i))
         .map(|(_, s)| s)
         .collect();
-    for seq in picked.iter() {
-        let end = seq.context.len().min(seq.fed + PREFILL_CHUNK);
-        chunks.push((seq.fed, end));
+    let mut chunks = Vec::with_capacity(picked.len());
+    let mut segs = Vec::with_capacity(picked.len());
+    for seq in picked.iter_mut() {
+        let Seq {
+            cache,
+            context,
+            fed,
+            ..
+        } = &mut **seq;
+        let end = context.len().min(*fed + PREFILL_CHUNK);
+        chunks.push(end);
+        segs.push(Segment {
+            cache,
+            tokens: &context[*fed..end],
+        });
     }
-    for (seq, &(from, to)) in picked.iter_mut().zip(&chunks) {
-        let Seq { cache, context, .. } = &mut **seq;
-        segments.push((cache, &context[from..to]));
-    }
-    let mut segs: Vec<Segment<'_>> = segments
-        .into_iter()
-        .map(|(cache, tokens)| Segment { cache, tokens })
-        .collect();
     let result = model.forward(&mut segs);
     drop(segs);
     match result {
         Ok(logits) => {
-            for ((seq, (_, to)), mut logits) in picked.iter_mut().zip(chunks).zip(logits) {
+            for ((seq, to), mut logits) in picked.iter_mut().zip(chunks).zip(logits) {
                 seq.fed = to;
                 if seq.fed < seq.context.len() || logits.is_empty() {
                     continue; // still prefilling
