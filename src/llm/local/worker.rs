@@ -166,6 +166,16 @@ pub fn run(setup: WorkerSetup) {
         tracing::info!(path = %path.display(), "loading the model");
         Model::load(&path)
     });
+    // One warm-up step before declaring ready: candle repacks each weight matrix on its
+    // first use, which would otherwise land on the first client's time to first token.
+    let loaded = loaded.and_then(|l| {
+        let mut cache = KvCache::default();
+        l.model.forward(&mut [Segment {
+            cache: &mut cache,
+            tokens: &[IM_END, END_OF_TEXT],
+        }])?;
+        Ok(l)
+    });
     let (model, tokenizer) = match loaded {
         Ok(l) => (l.model, Arc::new(l.tokenizer)),
         Err(e) => {
