@@ -20,6 +20,7 @@ use crate::engine::{Admission, Engine};
 use crate::event::now_ms;
 use crate::hub::StreamHub;
 use crate::llm::Models;
+use crate::llm::local::{LocalBackend, LocalHandle};
 use crate::llm::mock::MockBackend;
 use crate::metrics::Metrics;
 use crate::store::{self, EventLog, Store, WriterTask};
@@ -44,6 +45,8 @@ pub struct Spool {
     state: AppState,
     log: EventLog,
     writer: WriterTask,
+    /// The model thread of the local backend, if it is in use.
+    local: Option<LocalHandle>,
 }
 
 impl Spool {
@@ -51,7 +54,7 @@ impl Spool {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(StreamHub::new(config.reader_buffer));
-        let models = build_models(&config)?;
+        let (models, local) = build_models(&config)?;
         let opened = store::open(&config, hub.clone(), metrics.clone(), &|model| {
             models.can_continue(model)
         })
@@ -84,7 +87,12 @@ impl Spool {
             http_shutdown: CancellationToken::new(),
             ws_sockets,
         };
-        Ok(Spool { state, log, writer })
+        Ok(Spool {
+            state,
+            log,
+            writer,
+            local,
+        })
     }
 
     pub fn router(&self) -> Router {
@@ -93,7 +101,7 @@ impl Spool {
 
     /// Serves on `listener` until `shutdown` resolves, then shuts down in order.
     pub async fn serve(
-        self,
+        mut self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
@@ -102,9 +110,25 @@ impl Spool {
         let http_shutdown = self.state.http_shutdown.clone();
         let config = self.state.config.clone();
         let trigger = http_shutdown.clone();
+        let local = self.local.take();
+        // A model that cannot be loaded stops the server: serving only 503s helps no one.
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
         let watcher = tokio::spawn(async move {
-            shutdown.await;
+            let model_failed = async {
+                match &local {
+                    Some(handle) => handle.failed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown => {}
+                _ = trigger.cancelled() => {}
+                error = model_failed => {
+                    let _ = failed_tx.send(error);
+                }
+            }
             trigger.cancel();
+            local
         });
         let grace = config.shutdown_timeout;
         server::serve(
@@ -115,10 +139,13 @@ impl Spool {
             grace / 4,
         )
         .await;
-        watcher.abort();
+        let local = watcher.await.ok().flatten();
 
         tracing::info!("shutting down: ending running streams");
         self.state.engine.shutdown(grace / 2).await;
+        if let Some(local) = local {
+            local.shutdown(grace / 8).await;
+        }
         let engine_log = self.log;
         if let Err(e) = tokio::time::timeout(grace / 4, engine_log.close())
             .await
@@ -133,20 +160,24 @@ impl Spool {
             tracing::warn!("the writer did not stop in time");
         }
         self.state.store.close().await;
+        if let Ok(error) = failed_rx.await {
+            anyhow::bail!("the local model could not be loaded: {error}");
+        }
         tracing::info!("stopped");
         Ok(())
     }
 }
 
-fn build_models(config: &ServeConfig) -> anyhow::Result<Models> {
+fn build_models(config: &ServeConfig) -> anyhow::Result<(Models, Option<LocalHandle>)> {
     let mut models = Models::default();
+    let mut local = None;
     match config.backend {
-        BackendKind::Mock | BackendKind::Local => {
-            if config.backend == BackendKind::Local {
-                tracing::warn!(
-                    "SPOOL_BACKEND=local: the embedded model is not built yet; serving the mock backend (model \"mock\")"
-                );
-            }
+        BackendKind::Local => {
+            let (backend, handle) = LocalBackend::start(config.model_path.clone())?;
+            models.add(Arc::new(backend));
+            local = Some(handle);
+        }
+        BackendKind::Mock => {
             models.add(Arc::new(MockBackend {
                 rate: config.mock_rate.max(0.0),
                 ttft: Duration::from_millis(config.mock_ttft_ms),
@@ -157,7 +188,7 @@ fn build_models(config: &ServeConfig) -> anyhow::Result<Models> {
         }
         BackendKind::Openai => anyhow::bail!("SPOOL_BACKEND=openai is not built yet; use mock"),
     }
-    Ok(models)
+    Ok((models, local))
 }
 
 /// Deletes streams older than `retention`, in small batches, until shutdown.

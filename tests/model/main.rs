@@ -1,0 +1,10 @@
+//! Tests with the real embedded model (SmolLM2-135M-Instruct), black-box over HTTP
+//! where possible. The model is fetched once per machine into the cache directory (or
+//! taken from `SPOOL_MODEL_PATH`); all tests share one server, so they also exercise
+//! continuous batching against each other.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod forward;
+mod server;
+mod streams;
+mod tokenizer;
