@@ -1,10 +1,11 @@
 //! Load tool: drives concurrent SSE streams against spool and, in the same invocation,
 //! against a minimal in-memory SSE server (the baseline), and prints every figure with
-//! its ratio to the baseline and the targets.
+//! its ratio to the baseline and the targets. The ws scenario drives WebSocket
+//! connections to `/v1/ws`; it has no baseline, so it prints spool's figures alone.
 //!
 //! ```text
 //! cargo build --release --example load --bin spool
-//! cargo run --release --example load -- [--scenario all|throughput|paced|idle|resume]
+//! cargo run --release --example load -- [--scenario all|throughput|paced|ws|idle|resume]
 //! ```
 //!
 //! Each scenario starts a fresh spool (mock backend, SQLite in a temporary directory)
@@ -22,6 +23,7 @@ mod procs;
 mod report;
 mod resume;
 mod scenarios;
+mod ws;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +40,7 @@ enum Scenario {
     All,
     Throughput,
     Paced,
+    Ws,
     Idle,
     Resume,
 }
@@ -74,10 +77,20 @@ pub struct Cli {
     /// Tokens per second per stream in the paced scenario.
     #[arg(long, default_value_t = 50.0)]
     rate: f64,
-    /// Paced: a token counts as delivered if it arrives within tokens/rate + this
-    /// many milliseconds of its stream's request.
+    /// Paced and ws: a token counts as delivered if it arrives within tokens/rate +
+    /// this many milliseconds of its stream's request (ws: its generate message).
     #[arg(long, default_value_t = 500)]
     grace_ms: u64,
+
+    /// Ws scenario: WebSocket connections, each sending one generate message.
+    #[arg(long, default_value_t = 1000)]
+    ws_sockets: usize,
+    /// Ws scenario: max_tokens of each generate message.
+    #[arg(long, default_value_t = 100)]
+    ws_tokens: u32,
+    /// Ws scenario: mock tokens per second per stream (SPOOL_MOCK_RATE).
+    #[arg(long, default_value_t = 20.0)]
+    ws_rate: f64,
 
     /// Idle scenario: open SSE readers.
     #[arg(long, default_value_t = 10_000)]
@@ -224,11 +237,13 @@ async fn run(cli: Cli, fd_limit: u64) -> anyhow::Result<()> {
         Scenario::All => &[
             Scenario::Throughput,
             Scenario::Paced,
+            Scenario::Ws,
             Scenario::Idle,
             Scenario::Resume,
         ],
         Scenario::Throughput => &[Scenario::Throughput],
         Scenario::Paced => &[Scenario::Paced],
+        Scenario::Ws => &[Scenario::Ws],
         Scenario::Idle => &[Scenario::Idle],
         Scenario::Resume => &[Scenario::Resume],
     };
@@ -237,6 +252,7 @@ async fn run(cli: Cli, fd_limit: u64) -> anyhow::Result<()> {
         let section = match scenario {
             Scenario::Throughput => scenarios::throughput(&cli, &target).await?,
             Scenario::Paced => scenarios::paced(&cli, &target).await?,
+            Scenario::Ws => ws::ws(&cli, &target, fd_limit).await?,
             Scenario::Idle => idle::idle(&cli, &target, fd_limit).await?,
             Scenario::Resume => resume::resume(&cli, &target).await?,
             Scenario::All => continue,
