@@ -52,7 +52,7 @@ async fn one(backend: &LocalBackend, prompt: &str, max_tokens: u32, seed: u64) -
     let mut tokens = 0;
     while let Some(item) = stream.next().await {
         match item {
-            Ok(Output::Token(_)) => {
+            Ok(Output::Token { .. }) => {
                 ttft.get_or_insert_with(|| started.elapsed());
                 tokens += 1;
             }

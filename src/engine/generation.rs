@@ -43,6 +43,10 @@ struct Progress {
     reported: Option<Usage>,
     /// Everything emitted, kept only for a session's turn (its content at the end).
     text: Option<String>,
+    /// Token ids whose text is not in an event yet (see `Output::Token`).
+    pending_ids: Vec<u32>,
+    /// A continued stream: text already stored that the backend generates again.
+    skip: String,
 }
 
 impl Generation {
@@ -59,6 +63,13 @@ impl Generation {
                     .map(|c| c.text.clone())
                     .unwrap_or_default()
             }),
+            pending_ids: Vec::new(),
+            skip: self
+                .request
+                .continuation
+                .as_ref()
+                .map(|c| c.unstored_text.clone())
+                .unwrap_or_default(),
         };
         let ending = self.drive(ticket, &mut progress).await;
         self.end(ending, &progress).await;
@@ -106,14 +117,17 @@ impl Generation {
                 item = tokens.next() => item,
             };
             let text = match item {
-                Some(Ok(Output::Token(text))) => text,
+                Some(Ok(Output::Token { text, id })) => {
+                    progress.pending_ids.extend(id);
+                    skip_stored(&mut progress.skip, text)
+                }
                 Some(Ok(Output::Prompt { tokens })) => {
                     progress.prompt_tokens = tokens;
                     continue;
                 }
                 Some(Ok(Output::Done { reason, usage })) => {
                     progress.reported = usage;
-                    if let Err(e) = self.emit(stop.finish(), progress).await {
+                    if let Err(e) = self.emit(stop.finish(), true, progress).await {
                         return e;
                     }
                     return Ending::Finished(reason);
@@ -133,7 +147,9 @@ impl Generation {
                 self.engine.metrics.observe_ttft(accepted.elapsed());
             }
             let filtered = stop.push(&text);
-            if let Err(e) = self.emit(filtered.text, progress).await {
+            // Ids go with an event only when it leaves no text of theirs held back.
+            let complete = !stop.is_holding();
+            if let Err(e) = self.emit(filtered.text, complete, progress).await {
                 return e;
             }
             if filtered.stopped {
@@ -142,8 +158,14 @@ impl Generation {
         }
     }
 
-    /// Queues one token event, unless there is no text.
-    async fn emit(&self, text: String, progress: &mut Progress) -> Result<(), Ending> {
+    /// Queues one token event, unless there is no text. With `complete`, the event
+    /// carries the ids of every token whose text it completes.
+    async fn emit(
+        &self,
+        text: String,
+        complete: bool,
+        progress: &mut Progress,
+    ) -> Result<(), Ending> {
         if text.is_empty() {
             return Ok(());
         }
@@ -151,10 +173,15 @@ impl Generation {
         if let Some(all) = &mut progress.text {
             all.push_str(&text);
         }
+        let ids = if complete {
+            std::mem::take(&mut progress.pending_ids)
+        } else {
+            Vec::new()
+        };
         let event = Event::token(progress.seq, &text);
         self.engine
             .log
-            .append(self.id.clone(), event, None)
+            .append_with_ids(self.id.clone(), event, ids, None)
             .await
             .map_err(|_: StoreError| Ending::StoreGone)
     }
@@ -219,5 +246,40 @@ impl Generation {
                 tracing::error!(stream = %self.id, error = %e, "could not write the terminal event")
             }
         }
+    }
+}
+
+/// A continued stream regenerates the text that was stored after its last stored ids;
+/// that much is dropped (it was sent before the crash). Returns what is left of `text`.
+fn skip_stored(skip: &mut String, text: String) -> String {
+    if skip.is_empty() {
+        return text;
+    }
+    if skip.starts_with(&text) {
+        skip.drain(..text.len());
+        return String::new();
+    }
+    if let Some(rest) = text.strip_prefix(skip.as_str()) {
+        let rest = rest.to_owned();
+        skip.clear();
+        return rest;
+    }
+    // Only a backend that is not deterministic gets here; send its text as it is.
+    tracing::warn!("a continued stream did not regenerate its stored text");
+    skip.clear();
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::skip_stored;
+
+    #[test]
+    fn stored_text_is_skipped_across_token_boundaries() {
+        let mut skip = " wor".to_owned();
+        assert_eq!(skip_stored(&mut skip, " w".into()), "");
+        assert_eq!(skip_stored(&mut skip, "orld".into()), "ld");
+        assert!(skip.is_empty());
+        assert_eq!(skip_stored(&mut skip, " next".into()), " next");
     }
 }

@@ -24,7 +24,7 @@ use crate::event::Usage;
 use crate::event::{Event, StreamStatus, now_ms, rfc3339};
 use crate::hub::StreamHub;
 use crate::ids::new_stream_id;
-use crate::llm::{Continuation, GenerateRequest, Models};
+use crate::llm::{GenerateRequest, Models};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::{
     EventLog, INTERRUPTED, INTERRUPTED_MESSAGE, NewStream, NewTurn, Store, StoreError, StreamEnd,
@@ -261,12 +261,12 @@ impl Engine {
             .ok_or("its model is not served")?;
         let mut request: GenerateRequest = serde_json::from_str(&stream.params)
             .map_err(|e| format!("its stored request is unreadable: {e}"))?;
-        let (text, token_events) = self
+        let continuation = self
             .store
-            .token_text(&stream.id)
+            .continuation(&stream.id)
             .await
             .map_err(|e| format!("its events are unreadable: {e}"))?;
-        request.continuation = Some(Continuation { text, token_events });
+        request.continuation = Some(continuation);
         let ticket = self
             .admission
             .try_admit()

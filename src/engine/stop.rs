@@ -57,6 +57,11 @@ impl StopFilter {
         }
     }
 
+    /// Whether some text is held back (it may be the start of a stop sequence).
+    pub fn is_holding(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// What was held back, once the text has ended without a stop sequence.
     pub fn finish(&mut self) -> String {
         std::mem::take(&mut self.pending)

@@ -34,10 +34,11 @@ impl Backend for MockBackend {
 
     fn generate(&self, request: GenerateRequest, _cancel: CancellationToken) -> TokenStream {
         let this = self.clone();
-        // A continued stream picks up after the tokens it had emitted.
-        let done = request.continuation.as_ref().map_or(0, |c| {
-            c.token_events.min(u64::from(request.max_tokens)) as u32
-        });
+        // A continued stream picks up after the tokens whose ids were stored.
+        let done = request
+            .continuation
+            .as_ref()
+            .map_or(0, |c| (c.ids.len() as u32).min(request.max_tokens));
         Box::pin(async_stream::stream! {
             let prompt_tokens = request.prompt.flat_text().split_whitespace().count() as u32;
             yield Ok(Output::Prompt { tokens: prompt_tokens });
@@ -61,7 +62,7 @@ impl Backend for MockBackend {
                     None if i % 64 == 0 => tokio::task::yield_now().await,
                     None => {}
                 }
-                yield Ok(Output::Token(format!(" tok{i}")));
+                yield Ok(Output::Token { text: format!(" tok{i}"), id: this.continuable.then_some(i) });
             }
             yield Ok(Output::Done {
                 reason: FinishReason::Length,
@@ -100,8 +101,20 @@ mod tests {
             .collect()
             .await;
         assert_eq!(out[0], Ok(Output::Prompt { tokens: 2 }));
-        assert_eq!(out[1], Ok(Output::Token(" tok1".into())));
-        assert_eq!(out[3], Ok(Output::Token(" tok3".into())));
+        assert_eq!(
+            out[1],
+            Ok(Output::Token {
+                text: " tok1".into(),
+                id: None
+            })
+        );
+        assert_eq!(
+            out[3],
+            Ok(Output::Token {
+                text: " tok3".into(),
+                id: None
+            })
+        );
         assert!(matches!(
             out[4],
             Ok(Output::Done {

@@ -88,13 +88,18 @@ pub struct GenerateRequest {
     pub continuation: Option<Continuation>,
 }
 
-/// What a continued stream had already emitted before the process died.
+/// What a continued stream had already generated before the process died.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Continuation {
-    /// The text of its token events, in order.
+    /// The ids of the tokens whose text was stored, in order: the backend re-feeds them
+    /// after the prompt and generates what follows.
+    pub ids: Vec<u32>,
+    /// The text stored after the last event that carried ids (text whose tokens had
+    /// not been stored yet). The engine drops this much of what the backend
+    /// generates again, so nothing is sent twice.
+    pub unstored_text: String,
+    /// All the text stored so far (a session's turn keeps it).
     pub text: String,
-    /// How many token events carried it.
-    pub token_events: u64,
 }
 
 /// One step of a generation.
@@ -102,8 +107,10 @@ pub struct Continuation {
 pub enum Output {
     /// The prompt's size, as soon as the backend knows it.
     Prompt { tokens: u32 },
-    /// Generated text. Never splits a UTF-8 character (it is a `String`).
-    Token(String),
+    /// One generated token: its text (never splitting a UTF-8 character; may be empty
+    /// while a character is incomplete) and, for a backend that can continue a stream
+    /// after a crash, its id (stored with the event that carries its text).
+    Token { text: String, id: Option<u32> },
     /// The backend finished by itself; `usage` if it counted.
     Done {
         reason: FinishReason,
@@ -142,9 +149,11 @@ pub trait Backend: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Whether it can continue a stream from the text it had already emitted
-    /// ([`GenerateRequest::continuation`]): the stream then yields only what comes
-    /// after that text, and `Done`'s usage counts the whole generation.
+    /// Whether it can continue a stream from the token ids it had generated
+    /// ([`GenerateRequest::continuation`], from the ids it reported with its tokens): the
+    /// stream then yields only the tokens after those ids, and `Done`'s usage counts the
+    /// whole generation. With the same seed, the continuation must be what an
+    /// uninterrupted run would have generated.
     fn can_continue(&self) -> bool {
         false
     }

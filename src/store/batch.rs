@@ -39,6 +39,8 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 pub(super) struct StreamWrites {
     pub id: Arc<str>,
     pub events: Vec<Event>,
+    /// The token ids of each event (empty for most), as little-endian bytes.
+    pub ids: Vec<Option<Vec<u8>>>,
     pub end: Option<StreamEnd>,
 }
 
@@ -66,7 +68,13 @@ pub(super) struct Outcome {
 }
 
 impl Batch {
-    pub fn push_event(&mut self, id: Arc<str>, event: Event, end: Option<StreamEnd>) {
+    pub fn push_event(
+        &mut self,
+        id: Arc<str>,
+        event: Event,
+        ids: Vec<u32>,
+        end: Option<StreamEnd>,
+    ) {
         self.events += 1;
         let slot = match self.index.get(&id) {
             Some(&i) => i,
@@ -75,6 +83,7 @@ impl Batch {
                 self.streams.push(StreamWrites {
                     id,
                     events: Vec::new(),
+                    ids: Vec::new(),
                     end: None,
                 });
                 self.streams.len() - 1
@@ -82,6 +91,7 @@ impl Batch {
         };
         if let Some(s) = self.streams.get_mut(slot) {
             s.events.push(event);
+            s.ids.push((!ids.is_empty()).then(|| encode_ids(&ids)));
             if end.is_some() {
                 s.end = end;
             }
@@ -184,16 +194,22 @@ async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sq
     })
     .await?;
 
-    let events: Vec<(&str, &Event)> = batch
+    let events: Vec<(&str, &Event, Option<&[u8]>)> = batch
         .streams
         .iter()
-        .flat_map(|s| s.events.iter().map(move |e| (&*s.id, e)))
+        .flat_map(|s| {
+            s.events
+                .iter()
+                .zip(&s.ids)
+                .map(move |(e, ids)| (&*s.id, e, ids.as_deref()))
+        })
         .collect();
-    for_chunks(conn, Shape::InsertEvents, &events, |q, (id, e)| {
+    for_chunks(conn, Shape::InsertEvents, &events, |q, (id, e, ids)| {
         q.bind(*id)
             .bind(e.seq as i64)
             .bind(e.kind.as_str())
             .bind(e.data.as_str())
+            .bind(*ids)
     })
     .await?;
 
@@ -269,6 +285,19 @@ async fn delete_stream(conn: &mut SqliteConnection, id: &str) -> Result<bool, sq
     Ok(r.rows_affected() > 0)
 }
 
+/// Token ids as stored: little-endian u32s.
+pub fn encode_ids(ids: &[u32]) -> Vec<u8> {
+    ids.iter().flat_map(|id| id.to_le_bytes()).collect()
+}
+
+/// The inverse of [`encode_ids`] (a trailing partial id is ignored).
+pub fn decode_ids(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
 /// The multi-row statements: a head, one row of placeholders repeated, a tail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shape {
@@ -301,8 +330,8 @@ impl Shape {
                 ") AS v WHERE streams.id = v.column1 AND streams.status = 'queued'",
             ),
             Shape::InsertEvents => (
-                "INSERT OR ROLLBACK INTO events (stream_id, seq, kind, data) VALUES ",
-                "(?, ?, ?, ?)",
+                "INSERT OR ROLLBACK INTO events (stream_id, seq, kind, data, ids) VALUES ",
+                "(?, ?, ?, ?, ?)",
                 "",
             ),
             Shape::LastSeq => (
@@ -435,7 +464,12 @@ mod tests {
         }
         for seq in 1..=700u64 {
             let id = ["a", "b", "c"][(seq % 3) as usize];
-            good.push_event(Arc::from(id), Event::token(seq, "x"), None);
+            good.push_event(
+                Arc::from(id),
+                Event::token(seq, "x"),
+                vec![seq as u32],
+                None,
+            );
         }
         commit(&mut conn, &good).await.unwrap();
         assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM events").await, 700);
@@ -447,17 +481,29 @@ mod tests {
         // A duplicate (stream, seq) fails the whole batch: nothing of it is kept.
         let mut bad = Batch::default();
         create(&mut bad, "d");
-        bad.push_event(Arc::from("d"), Event::token(1, "y"), None);
-        bad.push_event(Arc::from("a"), Event::token(3, "dup"), None);
+        bad.push_event(Arc::from("d"), Event::token(1, "y"), Vec::new(), None);
+        bad.push_event(Arc::from("a"), Event::token(3, "dup"), Vec::new(), None);
         assert!(commit(&mut conn, &bad).await.is_err());
         assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM events").await, 700);
         assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM streams").await, 3);
 
         // … and the next batch commits normally.
         let mut next = Batch::default();
-        next.push_event(Arc::from("a"), Event::token(1000, "z"), None);
+        next.push_event(Arc::from("a"), Event::token(1000, "z"), Vec::new(), None);
         commit(&mut conn, &next).await.unwrap();
         assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM events").await, 701);
+        let ids: Vec<u8> =
+            sqlx::query_scalar("SELECT ids FROM events WHERE stream_id = 'a' AND seq = 699")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(decode_ids(&ids), vec![699]);
+    }
+
+    #[test]
+    fn ids_round_trip() {
+        let ids = [0, 1, 49151, u32::MAX];
+        assert_eq!(decode_ids(&encode_ids(&ids)), ids);
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! Reading persisted events back: replay after a cursor, and a stream's text so far.
+//! Reading persisted events back: replay after a cursor, a stream's text so far, and
+//! what a backend needs to continue it after a crash.
 
+use super::batch::decode_ids;
 use super::{Store, StoreError};
 use crate::event::{Event, EventKind};
+use crate::llm::Continuation;
 
 impl Store {
     /// Up to `limit` events of `stream_id` with `seq > after`, in order.
@@ -33,13 +36,33 @@ impl Store {
             .collect()
     }
 
-    /// The concatenated text of every token event so far.
-    pub async fn text(&self, stream_id: &str) -> Result<String, StoreError> {
-        Ok(self.token_text(stream_id).await?.0)
+    /// What a backend needs to continue a stream after a crash: the token ids stored
+    /// with its events, the text stored after the last event that had ids, and all of
+    /// its text.
+    pub async fn continuation(&self, stream_id: &str) -> Result<Continuation, StoreError> {
+        let rows: Vec<(String, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT data, ids FROM events WHERE stream_id = ? AND kind = 'token' ORDER BY seq",
+        )
+        .bind(stream_id)
+        .fetch_all(&self.read)
+        .await?;
+        let mut c = Continuation::default();
+        for (data, ids) in rows {
+            let text = token_text(stream_id, &data)?;
+            c.text.push_str(&text);
+            match ids {
+                Some(ids) => {
+                    c.ids.extend(decode_ids(&ids));
+                    c.unstored_text.clear();
+                }
+                None => c.unstored_text.push_str(&text),
+            }
+        }
+        Ok(c)
     }
 
-    /// The text of every token event so far, and how many there are.
-    pub async fn token_text(&self, stream_id: &str) -> Result<(String, u64), StoreError> {
+    /// The concatenated text of every token event so far.
+    pub async fn text(&self, stream_id: &str) -> Result<String, StoreError> {
         let rows: Vec<(String,)> = sqlx::query_as(
             "SELECT data FROM events WHERE stream_id = ? AND kind = 'token' ORDER BY seq",
         )
@@ -47,14 +70,19 @@ impl Store {
         .fetch_all(&self.read)
         .await?;
         let mut text = String::new();
-        let count = rows.len() as u64;
         for (data,) in rows {
-            let value: serde_json::Value = serde_json::from_str(&data)
-                .map_err(|e| StoreError::Corrupt(format!("token data of {stream_id}: {e}")))?;
-            if let Some(t) = value.get("text").and_then(|t| t.as_str()) {
-                text.push_str(t);
-            }
+            text.push_str(&token_text(stream_id, &data)?);
         }
-        Ok((text, count))
+        Ok(text)
     }
+}
+
+fn token_text(stream_id: &str, data: &str) -> Result<String, StoreError> {
+    let value: serde_json::Value = serde_json::from_str(data)
+        .map_err(|e| StoreError::Corrupt(format!("token data of {stream_id}: {e}")))?;
+    Ok(value
+        .get("text")
+        .and_then(|t| t.as_str())
+        .unwrap_or_default()
+        .to_owned())
 }

@@ -44,6 +44,8 @@ enum WriteOp {
     Append {
         stream_id: Arc<str>,
         event: Event,
+        /// The token ids behind the event's text (see `Output::Token`).
+        ids: Vec<u32>,
         end: Option<StreamEnd>,
     },
     Delete {
@@ -112,9 +114,22 @@ impl EventLog {
         event: Event,
         end: Option<StreamEnd>,
     ) -> Result<(), StoreError> {
+        self.append_with_ids(stream_id, event, Vec::new(), end)
+            .await
+    }
+
+    /// [`EventLog::append`], storing the token ids behind the event's text.
+    pub async fn append_with_ids(
+        &self,
+        stream_id: Arc<str>,
+        event: Event,
+        ids: Vec<u32>,
+        end: Option<StreamEnd>,
+    ) -> Result<(), StoreError> {
         self.send(WriteOp::Append {
             stream_id,
             event,
+            ids,
             end,
         })
         .await
@@ -218,14 +233,15 @@ impl Batch {
             } => {
                 let id: Arc<str> = Arc::from(stream.id.as_str());
                 self.creates.push((stream, reply));
-                self.push_event(id, start, None);
+                self.push_event(id, start, Vec::new(), None);
             }
             WriteOp::Running { stream_id, at } => self.running.push((stream_id, at)),
             WriteOp::Append {
                 stream_id,
                 event,
+                ids,
                 end,
-            } => self.push_event(stream_id, event, end),
+            } => self.push_event(stream_id, event, ids, end),
             WriteOp::Delete { stream_id, reply } => self.deletes.push((stream_id, reply)),
             WriteOp::Purge {
                 created_before,

@@ -4,6 +4,7 @@
 //! continuous batching against each other.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod crash;
 mod forward;
 mod server;
 mod streams;

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Backend, BackendError, GenerateRequest, Output, TokenStream, Unsupported};
 use sampler::SamplerConfig;
-use tokenizer::ChatTokenizer;
+use tokenizer::{ChatTokenizer, Detokenizer};
 use worker::{Job, Msg, WorkerSetup};
 
 /// The model name clients use.
@@ -166,6 +166,10 @@ impl Backend for LocalBackend {
         matches!(&*self.state.borrow(), LoadState::Ready(_))
     }
 
+    fn can_continue(&self) -> bool {
+        true
+    }
+
     fn check(&self, request: &GenerateRequest) -> Result<(), Unsupported> {
         // Before the model is loaded its tokenizer is unknown: generate checks then.
         let Some(tokenizer) = self.tokenizer() else {
@@ -207,6 +211,15 @@ impl Backend for LocalBackend {
                 }
             };
             let prompt_tokens = prompt.ids.len() as u32;
+            let generated = request.continuation.as_ref().map(|c| c.ids.clone()).unwrap_or_default();
+            if generated.len() >= request.max_tokens as usize {
+                // Everything was generated before the crash; only the end was missing.
+                yield Ok(Output::Done {
+                    reason: crate::event::FinishReason::Length,
+                    usage: Some(crate::event::Usage { prompt_tokens, completion_tokens: generated.len() as u32 }),
+                });
+                return;
+            }
             if let Some(message) = this.too_long(prompt.ids.len(), request.max_tokens) {
                 yield Err(BackendError { code: "context_length_exceeded".into(), message });
                 return;
@@ -221,10 +234,13 @@ impl Backend for LocalBackend {
             }
             let seed = request.seed.unwrap_or_else(|| getrandom::u64().unwrap_or(0x5EED));
             let (tx, mut rx) = mpsc::channel(PER_STREAM);
+            let detok = Detokenizer::after(&tokenizer, &generated);
             let job = Job {
                 prompt: prompt.ids,
                 answer_start: prompt.answer_start,
                 max_tokens: request.max_tokens,
+                generated,
+                detok,
                 sampler: SamplerConfig::new(request.temperature, request.top_p, seed),
                 tx,
                 cancel,
@@ -234,7 +250,7 @@ impl Backend for LocalBackend {
                 return;
             }
             while let Some(reply) = rx.recv().await {
-                let last = !matches!(reply, Ok(Output::Token(_)) | Ok(Output::Prompt { .. }));
+                let last = !matches!(reply, Ok(Output::Token { .. }) | Ok(Output::Prompt { .. }));
                 yield reply;
                 if last {
                     return;

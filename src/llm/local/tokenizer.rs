@@ -191,6 +191,16 @@ pub struct Detokenizer {
 }
 
 impl Detokenizer {
+    /// The state after `ids` were pushed and their text taken: what a continued stream
+    /// starts from (an incomplete character's first bytes stay pending).
+    pub fn after(tokenizer: &ChatTokenizer, ids: &[u32]) -> Self {
+        let mut d = Detokenizer::default();
+        for &id in ids {
+            d.push(tokenizer.token_bytes(id));
+        }
+        d
+    }
+
     /// Adds one token's bytes; returns the text that became complete (maybe empty).
     pub fn push(&mut self, bytes: &[u8]) -> String {
         self.pending.extend_from_slice(bytes);

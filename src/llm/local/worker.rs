@@ -45,6 +45,10 @@ pub struct Job {
     /// the answer, never at the question (it would steer away from the words asked about).
     pub answer_start: usize,
     pub max_tokens: u32,
+    /// A continued stream's tokens generated before a crash: re-fed after the prompt.
+    pub generated: Vec<u32>,
+    /// The detokenizer as it was after `generated`.
+    pub detok: Detokenizer,
     pub sampler: SamplerConfig,
     pub tx: mpsc::Sender<Reply>,
     pub cancel: CancellationToken,
@@ -65,14 +69,16 @@ struct Seq {
 }
 
 impl Seq {
-    fn new(job: Job) -> Seq {
+    fn new(mut job: Job) -> Seq {
+        let mut context = job.prompt.clone();
+        context.extend_from_slice(&job.generated);
         Seq {
             prompt_tokens: job.prompt.len() as u32,
-            context: job.prompt.clone(),
             fed: 0,
             cache: KvCache::default(),
-            generated: 0,
-            detok: Detokenizer::default(),
+            generated: job.generated.len() as u32,
+            detok: std::mem::take(&mut job.detok),
+            context,
             outbox: VecDeque::new(),
             finished: false,
             job,
@@ -103,7 +109,7 @@ impl Seq {
 
     fn finish(&mut self, reason: FinishReason, text: String) {
         if !text.is_empty() {
-            self.outbox.push_back(Ok(Output::Token(text)));
+            self.outbox.push_back(Ok(Output::Token { text, id: None }));
         }
         let usage = Some(self.usage());
         self.outbox.push_back(Ok(Output::Done { reason, usage }));
@@ -130,7 +136,8 @@ impl Seq {
         let mut text = self.detok.push(tokenizer.token_bytes(id));
         if self.generated >= self.job.max_tokens || self.context.len() >= context_limit {
             text.push_str(&self.detok.finish());
-            self.outbox.push_back(Ok(Output::Token(text)));
+            self.outbox
+                .push_back(Ok(Output::Token { text, id: Some(id) }));
             let usage = Some(self.usage());
             self.outbox.push_back(Ok(Output::Done {
                 reason: FinishReason::Length,
@@ -140,8 +147,9 @@ impl Seq {
             return;
         }
         // One output per token, even when it completes no character yet, so the engine's
-        // count of tokens is true.
-        self.outbox.push_back(Ok(Output::Token(text)));
+        // count of tokens is true; the id lets a crash continue the stream exactly.
+        self.outbox
+            .push_back(Ok(Output::Token { text, id: Some(id) }));
     }
 }
 
