@@ -100,14 +100,7 @@ impl Engine {
         mut request: GenerateRequest,
         owner: Option<String>,
     ) -> Result<Started, SayError> {
-        let content = match &request.prompt {
-            Prompt::Text(t) => t.clone(),
-            Prompt::Messages(ms) => ms
-                .iter()
-                .map(|m| m.content.as_str())
-                .collect::<Vec<_>>()
-                .join("\n"),
-        };
+        let content = request.prompt.flat_text();
         let inserted = self
             .starting_turns
             .lock()

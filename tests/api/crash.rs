@@ -57,22 +57,25 @@ fn start_with(db: &std::path::Path, env: &[(&str, &str)]) -> Server {
     Server { child, base }
 }
 
-#[tokio::test]
-async fn kill_9_loses_no_event_a_reader_saw() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("crash.db");
-    let client = reqwest::Client::new();
-
-    let mut server = start(&db);
+/// Starts a stream of `max_tokens` over SSE and reads its first 20 events.
+async fn start_reading(
+    client: &reqwest::Client,
+    server: &Server,
+    max_tokens: u32,
+) -> (
+    String,
+    impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + use<>,
+    String,
+) {
     let r = client
         .post(format!("{}/v1/streams", server.base))
         .header("Accept", "text/event-stream")
-        .json(&json!({"prompt": "x", "max_tokens": 10_000}))
+        .json(&json!({"prompt": "x", "max_tokens": max_tokens}))
         .send()
         .await
         .unwrap();
     let id = r.headers()["x-stream-id"].to_str().unwrap().to_owned();
-    let mut body = r.bytes_stream();
+    let mut body = Box::pin(r.bytes_stream());
     let mut seen = String::new();
     let until = Instant::now() + DEADLINE;
     while parse_sse(&seen).len() < 20 {
@@ -84,6 +87,17 @@ async fn kill_9_loses_no_event_a_reader_saw() {
             .unwrap();
         seen.push_str(std::str::from_utf8(&chunk).unwrap());
     }
+    (id, body, seen)
+}
+
+#[tokio::test]
+async fn kill_9_loses_no_event_a_reader_saw() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("crash.db");
+    let client = reqwest::Client::new();
+
+    let mut server = start(&db);
+    let (id, mut body, mut seen) = start_reading(&client, &server, 10_000).await;
     server.child.kill().unwrap(); // SIGKILL
     server.child.wait().unwrap();
     // Whatever else was in flight on the socket was committed before it was sent too.
@@ -208,26 +222,7 @@ async fn kill_9_then_a_continuable_stream_goes_on_with_no_gap() {
     let env = [("SPOOL_MOCK_CONTINUE", "true"), ("SPOOL_MOCK_RATE", "200")];
 
     let mut server = start_with(&db, &env);
-    let r = client
-        .post(format!("{}/v1/streams", server.base))
-        .header("Accept", "text/event-stream")
-        .json(&json!({"prompt": "x", "max_tokens": 300}))
-        .send()
-        .await
-        .unwrap();
-    let id = r.headers()["x-stream-id"].to_str().unwrap().to_owned();
-    let mut body = r.bytes_stream();
-    let mut seen = String::new();
-    let until = Instant::now() + DEADLINE;
-    while parse_sse(&seen).len() < 20 {
-        assert!(Instant::now() < until, "no events");
-        let chunk = tokio::time::timeout(DEADLINE, body.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        seen.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    let (id, _body, seen) = start_reading(&client, &server, 300).await;
     server.child.kill().unwrap(); // SIGKILL
     server.child.wait().unwrap();
     let seen = parse_sse(&seen);
