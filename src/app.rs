@@ -22,6 +22,7 @@ use crate::hub::StreamHub;
 use crate::llm::Models;
 use crate::llm::local::{LocalBackend, LocalHandle};
 use crate::llm::mock::MockBackend;
+use crate::llm::openai::OpenAiBackend;
 use crate::metrics::Metrics;
 use crate::store::{self, EventLog, Store, WriterTask};
 use crate::{http, server};
@@ -54,7 +55,7 @@ impl Spool {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(StreamHub::new(config.reader_buffer));
-        let (models, local) = build_models(&config)?;
+        let (models, local) = build_models(&config).await?;
         let opened = store::open(&config, hub.clone(), metrics.clone(), &|model| {
             models.can_continue(model)
         })
@@ -168,7 +169,7 @@ impl Spool {
     }
 }
 
-fn build_models(config: &ServeConfig) -> anyhow::Result<(Models, Option<LocalHandle>)> {
+async fn build_models(config: &ServeConfig) -> anyhow::Result<(Models, Option<LocalHandle>)> {
     let mut models = Models::default();
     let mut local = None;
     match config.backend {
@@ -186,7 +187,9 @@ fn build_models(config: &ServeConfig) -> anyhow::Result<(Models, Option<LocalHan
                 continuable: config.mock_continue,
             }));
         }
-        BackendKind::Openai => anyhow::bail!("SPOOL_BACKEND=openai is not built yet; use mock"),
+        BackendKind::Openai => {
+            models.add(Arc::new(OpenAiBackend::connect(config).await?));
+        }
     }
     Ok((models, local))
 }

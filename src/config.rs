@@ -91,6 +91,41 @@ pub struct ServeConfig {
     #[arg(long = "model-path", env = "SPOOL_MODEL_PATH", global = true)]
     pub model_path: Option<PathBuf>,
 
+    /// openai backend: the upstream's base URL, e.g. `http://127.0.0.1:9000/v1`.
+    #[arg(long = "openai-base-url", env = "SPOOL_OPENAI_BASE_URL", global = true)]
+    pub openai_base_url: Option<String>,
+
+    /// openai backend: the upstream's API key (sent as a bearer token).
+    #[arg(
+        long = "openai-api-key",
+        env = "SPOOL_OPENAI_API_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub openai_api_key: Option<String>,
+
+    /// openai backend: the model names to serve (comma list). Unset: ask the upstream's
+    /// `/models` at start-up.
+    #[arg(
+        long = "openai-models",
+        env = "SPOOL_OPENAI_MODELS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub openai_models: Vec<String>,
+
+    /// openai backend: the longest wait for a connection to the upstream.
+    #[arg(long = "openai-connect-timeout", env = "SPOOL_OPENAI_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    pub openai_connect_timeout: Duration,
+
+    /// openai backend: the longest wait from the request to the first token.
+    #[arg(long = "openai-ttft-timeout", env = "SPOOL_OPENAI_TTFT_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub openai_ttft_timeout: Duration,
+
+    /// openai backend: the longest silence between two chunks of a stream.
+    #[arg(long = "openai-idle-timeout", env = "SPOOL_OPENAI_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub openai_idle_timeout: Duration,
+
     /// Mock backend: tokens per second per stream (0 = unlimited).
     #[arg(
         long = "mock-rate",

@@ -7,6 +7,7 @@
 
 pub mod local;
 pub mod mock;
+pub mod openai;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;

@@ -15,5 +15,6 @@ mod sdk;
 mod sessions;
 mod shutdown;
 mod slow_reader;
+mod upstream;
 mod wire;
 mod ws;

@@ -1,0 +1,311 @@
+//! The `openai` backend (SPEC §7): streams from any OpenAI-compatible upstream (vLLM,
+//! Ollama, llama.cpp's server, TGI, OpenAI) and makes its streams durable.
+//!
+//! One streaming `POST {base}/chat/completions` per stream, parsed with
+//! `eventsource-stream`. Faults become the stream's `error` event with a clear code:
+//! `upstream_timeout` (no connection, no first token within the TTFT timeout, or
+//! silence between chunks past the idle timeout) and `upstream_error` (a non-2xx answer
+//! with its status, an `error` chunk, a stream cut before it finished). Nothing is
+//! retried: once a token is persisted a retry could only duplicate or diverge, and
+//! before that the client is better told at once. Dropping the token stream (cancel)
+//! drops the response, which closes the upstream connection at once.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Backend, BackendError, GenerateRequest, Output, Prompt, Role, TokenStream};
+use crate::config::ServeConfig;
+use crate::event::{FinishReason, Usage};
+
+#[derive(Clone)]
+pub struct OpenAiBackend {
+    client: reqwest::Client,
+    /// `…/v1`, without a trailing slash.
+    base: String,
+    api_key: Option<String>,
+    models: Vec<String>,
+    ttft_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+/// Most bytes of an upstream's error body quoted in the error message.
+const ERROR_BODY: usize = 300;
+
+impl OpenAiBackend {
+    /// Builds the client and resolves the model names (asking the upstream's `/models`
+    /// when none are configured).
+    pub async fn connect(config: &ServeConfig) -> anyhow::Result<Self> {
+        let base = config
+            .openai_base_url
+            .as_deref()
+            .map(|b| b.trim_end_matches('/').to_owned())
+            .filter(|b| !b.is_empty())
+            .context(
+                "SPOOL_BACKEND=openai needs SPOOL_OPENAI_BASE_URL (e.g. http://127.0.0.1:11434/v1)",
+            )?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.openai_connect_timeout)
+            .tcp_nodelay(true)
+            .build()
+            .context("cannot build the HTTP client")?;
+        let mut backend = OpenAiBackend {
+            client,
+            base,
+            api_key: config.openai_api_key.clone().filter(|k| !k.is_empty()),
+            models: config
+                .openai_models
+                .iter()
+                .map(|m| m.trim().to_owned())
+                .filter(|m| !m.is_empty())
+                .collect(),
+            ttft_timeout: config.openai_ttft_timeout,
+            idle_timeout: config.openai_idle_timeout,
+        };
+        if backend.models.is_empty() {
+            backend.models = backend.list_models().await.with_context(|| {
+                format!(
+                    "cannot list the models of the upstream at {}; set SPOOL_OPENAI_MODELS to name them",
+                    backend.base
+                )
+            })?;
+            tracing::info!(models = ?backend.models, "models from the upstream");
+        }
+        anyhow::ensure!(
+            !backend.models.is_empty(),
+            "the upstream at {} lists no models; set SPOOL_OPENAI_MODELS",
+            backend.base
+        );
+        Ok(backend)
+    }
+
+    async fn list_models(&self) -> anyhow::Result<Vec<String>> {
+        let mut request = self.client.get(format!("{}/models", self.base));
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = tokio::time::timeout(self.ttft_timeout, request.send())
+            .await
+            .context("no answer")??
+            .error_for_status()?;
+        let list: Value = response.json().await?;
+        Ok(list["data"]
+            .as_array()
+            .map(|models| {
+                models
+                    .iter()
+                    .filter_map(|m| m["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    fn body(request: &GenerateRequest) -> Value {
+        let messages: Vec<Value> = match &request.prompt {
+            Prompt::Text(text) => vec![json!({"role": "user", "content": text})],
+            Prompt::Messages(ms) => ms
+                .iter()
+                .map(|m| {
+                    let role = match m.role {
+                        Role::System => "system",
+                        Role::User => "user",
+                        Role::Assistant => "assistant",
+                    };
+                    json!({"role": role, "content": m.content})
+                })
+                .collect(),
+        };
+        let mut body = json!({
+            "model": request.model,
+            "messages": messages,
+            "max_tokens": request.max_tokens,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+        });
+        if let Some(t) = request.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some(p) = request.top_p {
+            body["top_p"] = json!(p);
+        }
+        if let Some(s) = request.seed {
+            body["seed"] = json!(s);
+        }
+        if !request.stop.is_empty() {
+            body["stop"] = json!(request.stop);
+        }
+        body
+    }
+}
+
+fn timeout(message: String) -> BackendError {
+    BackendError {
+        code: "upstream_timeout".into(),
+        message,
+    }
+}
+
+fn upstream_error(message: String) -> BackendError {
+    BackendError {
+        code: "upstream_error".into(),
+        message,
+    }
+}
+
+/// A transport failure, described without the upstream's URL.
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_connect() {
+        "cannot connect to the upstream".to_owned()
+    } else if e.is_timeout() {
+        "the upstream did not answer in time".to_owned()
+    } else if e.is_body() || e.is_decode() {
+        "the upstream's stream broke off".to_owned()
+    } else {
+        "the request to the upstream failed".to_owned()
+    }
+}
+
+impl Backend for OpenAiBackend {
+    fn models(&self) -> Vec<String> {
+        self.models.clone()
+    }
+
+    fn generate(&self, request: GenerateRequest, _cancel: CancellationToken) -> TokenStream {
+        let this = self.clone();
+        Box::pin(async_stream::stream! {
+            let started = Instant::now();
+            let first_token_by = started + this.ttft_timeout;
+            let mut call = this
+                .client
+                .post(format!("{}/chat/completions", this.base))
+                .json(&Self::body(&request));
+            if let Some(key) = &this.api_key {
+                call = call.bearer_auth(key);
+            }
+            let response = match tokio::time::timeout_at(first_token_by, call.send()).await {
+                Err(_) => {
+                    yield Err(timeout(format!("the upstream sent nothing within {:?}", this.ttft_timeout)));
+                    return;
+                }
+                Ok(Err(e)) if e.is_connect() && e.is_timeout() => {
+                    yield Err(timeout("cannot connect to the upstream in time".to_owned()));
+                    return;
+                }
+                Ok(Err(e)) => {
+                    yield Err(upstream_error(describe(&e)));
+                    return;
+                }
+                Ok(Ok(r)) => r,
+            };
+            let status = response.status();
+            if !status.is_success() {
+                let body = tokio::time::timeout(this.idle_timeout, response.text()).await;
+                let body = match body {
+                    Ok(Ok(text)) => text,
+                    _ => String::new(),
+                };
+                let detail: String = serde_json::from_str::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                    .unwrap_or(body)
+                    .chars()
+                    .take(ERROR_BODY)
+                    .collect();
+                yield Err(upstream_error(format!(
+                    "the upstream answered {}{}{}",
+                    status.as_u16(),
+                    if detail.is_empty() { "" } else { ": " },
+                    detail.trim()
+                )));
+                return;
+            }
+
+            let mut events = response.bytes_stream().eventsource();
+            let mut got_token = false;
+            let mut finish: Option<FinishReason> = None;
+            let mut usage: Option<Usage> = None;
+            let mut completion_tokens = 0u32;
+            let mut done = false;
+            loop {
+                // Before the first token the TTFT deadline holds (chunks without text do
+                // not extend it); after it, each chunk must come within the idle timeout.
+                let deadline = if got_token {
+                    Instant::now() + this.idle_timeout
+                } else {
+                    first_token_by
+                };
+                let next = match tokio::time::timeout_at(deadline, events.next()).await {
+                    Err(_) if got_token => {
+                        yield Err(timeout(format!("the upstream went silent for {:?}", this.idle_timeout)));
+                        return;
+                    }
+                    Err(_) => {
+                        yield Err(timeout(format!("no token from the upstream within {:?}", this.ttft_timeout)));
+                        return;
+                    }
+                    Ok(next) => next,
+                };
+                let event = match next {
+                    None => break,
+                    Some(Err(_)) => {
+                        yield Err(upstream_error("the upstream's stream broke off".to_owned()));
+                        return;
+                    }
+                    Some(Ok(event)) => event,
+                };
+                let data = event.data.trim();
+                if data == "[DONE]" {
+                    done = true;
+                    break;
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                let Ok(chunk) = serde_json::from_str::<Value>(data) else {
+                    yield Err(upstream_error("the upstream sent a chunk that is not JSON".to_owned()));
+                    return;
+                };
+                if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
+                    let message = error["message"].as_str().unwrap_or("unknown error");
+                    yield Err(upstream_error(format!("the upstream failed: {message}")));
+                    return;
+                }
+                if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
+                    usage = Some(Usage {
+                        prompt_tokens: u["prompt_tokens"].as_u64().unwrap_or(0) as u32,
+                        completion_tokens: u["completion_tokens"].as_u64().unwrap_or(0) as u32,
+                    });
+                }
+                for choice in chunk["choices"].as_array().into_iter().flatten() {
+                    if let Some(text) = choice["delta"]["content"].as_str()
+                        && !text.is_empty()
+                    {
+                        got_token = true;
+                        completion_tokens += 1;
+                        yield Ok(Output::Token { text: text.to_owned(), id: None });
+                    }
+                    match choice["finish_reason"].as_str() {
+                        Some("length") => finish = Some(FinishReason::Length),
+                        Some(_) => finish = Some(FinishReason::Stop),
+                        None => {}
+                    }
+                }
+            }
+            if !done && finish.is_none() {
+                yield Err(upstream_error("the upstream closed the stream before it finished".to_owned()));
+                return;
+            }
+            let usage = usage.unwrap_or(Usage { prompt_tokens: 0, completion_tokens });
+            yield Ok(Output::Prompt { tokens: usage.prompt_tokens });
+            yield Ok(Output::Done {
+                reason: finish.unwrap_or(FinishReason::Stop),
+                usage: Some(usage),
+            });
+        })
+    }
+}
