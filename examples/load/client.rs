@@ -16,13 +16,18 @@ use tokio::time::Instant;
 /// `POST /v1/streams` with `{"prompt":"bench","max_tokens":T}`; SSE when `sse`.
 pub fn post_stream(addr: SocketAddr, max_tokens: u32, sse: bool) -> Vec<u8> {
     let body = format!("{{\"prompt\":\"bench\",\"max_tokens\":{max_tokens}}}");
+    post_json(addr, "/v1/streams", &body, sse)
+}
+
+/// `POST path` with a JSON body; `Accept: text/event-stream` when `sse`.
+pub fn post_json(addr: SocketAddr, path: &str, body: &str, sse: bool) -> Vec<u8> {
     let accept = if sse {
         "text/event-stream"
     } else {
         "application/json"
     };
     format!(
-        "POST /v1/streams HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\n\
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )

@@ -60,6 +60,7 @@ async fn run_idle(
         stall_after: Some(1),
         heartbeat: Some("1h"),
         baseline_batch: cli.baseline_batch,
+        ..Default::default()
     };
     let server = start(kind, target, &opts).await?;
     let addr = server.addr;
@@ -258,6 +259,7 @@ pub async fn idle(cli: &Cli, target: &Target, fd_limit: u64) -> anyhow::Result<S
     }
     Ok(Section {
         name: "idle",
+        columns: crate::report::SPOOL_BASELINE,
         title: format!(
             "{readers} idle SSE readers over {} stalled streams",
             cli.idle_streams.max(1)

@@ -2,10 +2,13 @@
 //! against a minimal in-memory SSE server (the baseline), and prints every figure with
 //! its ratio to the baseline and the targets. The ws scenario drives WebSocket
 //! connections to `/v1/ws`; it has no baseline, so it prints spool's figures alone.
+//! The relay scenario puts spool (`SPOOL_BACKEND=openai`) in front of a mock OpenAI
+//! upstream (this tool, `--upstream-server`) and compares it with the same load sent
+//! straight to the upstream.
 //!
 //! ```text
 //! cargo build --release --example load --bin spool
-//! cargo run --release --example load -- [--scenario all|throughput|paced|ws|idle|resume]
+//! cargo run --release --example load -- [--scenario all|throughput|paced|ws|idle|resume|relay]
 //! ```
 //!
 //! Each scenario starts a fresh spool (mock backend, SQLite in a temporary directory)
@@ -20,9 +23,11 @@ mod baseline;
 mod client;
 mod idle;
 mod procs;
+mod relay;
 mod report;
 mod resume;
 mod scenarios;
+mod upstream;
 mod ws;
 
 use std::net::SocketAddr;
@@ -43,6 +48,7 @@ enum Scenario {
     Ws,
     Idle,
     Resume,
+    Relay,
 }
 
 /// Drives N concurrent SSE streams against spool and against a minimal in-memory SSE
@@ -118,6 +124,18 @@ pub struct Cli {
     #[arg(long, default_value_t = 1)]
     seed: u64,
 
+    /// Relay scenario: concurrent streams, through spool and straight to the upstream.
+    #[arg(long, default_value_t = 500)]
+    relay_streams: usize,
+    /// Relay scenario: tokens per stream.
+    #[arg(long, default_value_t = 256)]
+    relay_tokens: u32,
+    /// Relay scenario: the mock upstream's most chunks per write while the socket keeps
+    /// up (1..=64). 1 (the default) flushes every chunk on its own, as a token-by-token
+    /// server does; larger lets hyper coalesce ready chunks (at most 16 buffers a write).
+    #[arg(long, default_value_t = 1)]
+    upstream_batch: u32,
+
     /// Deadline of each measured phase, in seconds.
     #[arg(long, default_value_t = 120)]
     deadline_secs: u64,
@@ -135,6 +153,9 @@ pub struct Cli {
     baseline_rate: f64,
     #[arg(long, hide = true)]
     baseline_stall_after: Option<u32>,
+    /// Internal: run the mock OpenAI upstream of the relay scenario.
+    #[arg(long, hide = true)]
+    upstream_server: bool,
     /// Baseline, unlimited rate: most token events per write. 1 (the default) writes
     /// each token as it is produced, as a plain token-by-token SSE server does.
     #[arg(long, default_value_t = 1)]
@@ -163,6 +184,19 @@ fn main() -> std::process::ExitCode {
         });
         if let Err(e) = result {
             eprintln!("baseline: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+        return std::process::ExitCode::SUCCESS;
+    }
+    if cli.upstream_server {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build();
+        let result = rt
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(upstream::run(cli.upstream_batch)));
+        if let Err(e) = result {
+            eprintln!("upstream: {e:#}");
             return std::process::ExitCode::FAILURE;
         }
         return std::process::ExitCode::SUCCESS;
@@ -240,12 +274,14 @@ async fn run(cli: Cli, fd_limit: u64) -> anyhow::Result<()> {
             Scenario::Ws,
             Scenario::Idle,
             Scenario::Resume,
+            Scenario::Relay,
         ],
         Scenario::Throughput => &[Scenario::Throughput],
         Scenario::Paced => &[Scenario::Paced],
         Scenario::Ws => &[Scenario::Ws],
         Scenario::Idle => &[Scenario::Idle],
         Scenario::Resume => &[Scenario::Resume],
+        Scenario::Relay => &[Scenario::Relay],
     };
     let mut sections: Vec<Section> = Vec::new();
     for scenario in which {
@@ -255,6 +291,7 @@ async fn run(cli: Cli, fd_limit: u64) -> anyhow::Result<()> {
             Scenario::Ws => ws::ws(&cli, &target, fd_limit).await?,
             Scenario::Idle => idle::idle(&cli, &target, fd_limit).await?,
             Scenario::Resume => resume::resume(&cli, &target).await?,
+            Scenario::Relay => relay::relay(&cli, &target).await?,
             Scenario::All => continue,
         };
         section.print();

@@ -23,6 +23,8 @@ const KEEP_LINES: usize = 12;
 pub enum Kind {
     Spool,
     Baseline,
+    /// The relay scenario's mock OpenAI upstream.
+    Upstream,
 }
 
 impl Kind {
@@ -30,6 +32,7 @@ impl Kind {
         match self {
             Kind::Spool => "spool",
             Kind::Baseline => "baseline",
+            Kind::Upstream => "upstream",
         }
     }
 }
@@ -44,6 +47,13 @@ pub struct Options {
     pub heartbeat: Option<&'static str>,
     /// Baseline only: most events per write when unpaced.
     pub baseline_batch: u64,
+    /// Spool only: relay this OpenAI-compatible upstream (`SPOOL_BACKEND=openai`, model
+    /// `up`) instead of running the mock backend.
+    pub upstream: Option<SocketAddr>,
+    /// Spool only: `SPOOL_MAX_ACTIVE` and `SPOOL_MAX_QUEUED` (else spool's defaults).
+    pub limits: Option<(usize, usize)>,
+    /// Upstream only: most chunks per write while the socket keeps up.
+    pub upstream_batch: u32,
 }
 
 /// Where the servers come from.
@@ -100,10 +110,23 @@ pub async fn start(kind: Kind, target: &Target, opts: &Options) -> anyhow::Resul
                     cmd.env_remove(k);
                 }
             }
-            cmd.env("SPOOL_BACKEND", "mock")
-                .env("SPOOL_MOCK_RATE", format!("{}", opts.rate))
-                .env("SPOOL_MOCK_TTFT_MS", "0")
-                .env("SPOOL_ADDR", "127.0.0.1:0")
+            match opts.upstream {
+                None => {
+                    cmd.env("SPOOL_BACKEND", "mock")
+                        .env("SPOOL_MOCK_RATE", format!("{}", opts.rate))
+                        .env("SPOOL_MOCK_TTFT_MS", "0");
+                }
+                Some(up) => {
+                    cmd.env("SPOOL_BACKEND", "openai")
+                        .env("SPOOL_OPENAI_BASE_URL", format!("http://{up}/v1"))
+                        .env("SPOOL_OPENAI_MODELS", crate::upstream::MODEL);
+                }
+            }
+            if let Some((active, queued)) = opts.limits {
+                cmd.env("SPOOL_MAX_ACTIVE", active.to_string())
+                    .env("SPOOL_MAX_QUEUED", queued.to_string());
+            }
+            cmd.env("SPOOL_ADDR", "127.0.0.1:0")
                 .env(
                     "DATABASE_URL",
                     format!("sqlite://{}", tmp.path().join("bench.db").display()),
@@ -117,6 +140,12 @@ pub async fn start(kind: Kind, target: &Target, opts: &Options) -> anyhow::Resul
                 cmd.env("SPOOL_HEARTBEAT", h);
             }
             dir = Some(tmp);
+        }
+        (Kind::Upstream, _) => {
+            cmd = Command::new(std::env::current_exe().context("the load tool's own path")?);
+            cmd.arg("--upstream-server")
+                .arg("--upstream-batch")
+                .arg(opts.upstream_batch.max(1).to_string());
         }
         (Kind::Baseline, _) => {
             cmd = Command::new(std::env::current_exe().context("the load tool's own path")?);

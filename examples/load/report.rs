@@ -80,9 +80,14 @@ impl Row {
     }
 }
 
+/// The usual columns: spool against the baseline server.
+pub const SPOOL_BASELINE: [&str; 2] = ["spool", "baseline"];
+
 pub struct Section {
     pub name: &'static str,
     pub title: String,
+    /// The headers of the two figure columns: what ran as "spool", what as "baseline".
+    pub columns: [&'static str; 2],
     pub rows: Vec<Row>,
     pub notes: Vec<String>,
 }
@@ -115,8 +120,8 @@ impl Section {
         println!("== {} — {}", self.name, self.title);
         let header = [
             "metric".to_owned(),
-            "spool".to_owned(),
-            "baseline".to_owned(),
+            self.columns[0].to_owned(),
+            self.columns[1].to_owned(),
             "ratio".to_owned(),
             "target".to_owned(),
             String::new(),
@@ -211,7 +216,7 @@ pub fn to_json(sections: &[Section]) -> Value {
             .collect();
         out.insert(
             s.name.to_owned(),
-            json!({"title": s.title, "rows": rows, "notes": s.notes}),
+            json!({"title": s.title, "columns": s.columns, "rows": rows, "notes": s.notes}),
         );
     }
     Value::Object(out)

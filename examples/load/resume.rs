@@ -454,6 +454,7 @@ pub async fn resume(cli: &Cli, target: &Target) -> anyhow::Result<Section> {
     }
     Ok(Section {
         name: "resume",
+        columns: crate::report::SPOOL_BASELINE,
         title: format!(
             "{} drop-and-resume cycles, {} streams in flight, {} tokens at {} tokens/s",
             cli.cycles, cli.resume_concurrency, cli.resume_tokens, cli.resume_rate

@@ -63,6 +63,11 @@ impl Meter {
         }
     }
 
+    /// The server's CPU since `start`, without stopping it.
+    pub(crate) fn server_cpu(&self, server: &Server) -> Option<f64> {
+        server.cpu_secs().zip(self.server).map(|(b, a)| b - a)
+    }
+
     /// CPU since `start`, memory now, and the log; then stops the server.
     pub(crate) async fn finish(self, server: Server) -> Observed {
         let server_cpu = server.cpu_secs().zip(self.server).map(|(b, a)| b - a);
@@ -130,15 +135,17 @@ pub(crate) fn kinds(cli: &Cli) -> Vec<Kind> {
 // throughput and paced: N concurrent streams read from the first event to `done`
 
 #[derive(Default)]
-struct StreamOutcome {
-    tokens: u32,
-    in_window: u32,
-    ttft_us: Option<u32>,
-    gaps: Vec<u32>,
-    error: Option<String>,
+pub(crate) struct StreamOutcome {
+    pub tokens: u32,
+    pub in_window: u32,
+    pub ttft_us: Option<u32>,
+    pub gaps: Vec<u32>,
+    pub error: Option<String>,
 }
 
-async fn drive_one(
+/// One SSE stream of spool's wire format (`POST /v1/streams` with `Accept:
+/// text/event-stream`), read from `start` to `done`.
+pub(crate) async fn drive_one(
     addr: SocketAddr,
     request: Arc<Vec<u8>>,
     expected: u32,
@@ -219,15 +226,17 @@ async fn drive_one(
 }
 
 #[derive(Default)]
-struct Load {
-    expected: u64,
-    tokens: u64,
-    in_window: u64,
-    complete: u64,
-    errors: Errors,
-    wall: f64,
-    ttft: Vec<u32>,
-    gaps: Vec<u32>,
+pub(crate) struct Load {
+    pub expected: u64,
+    pub tokens: u64,
+    pub in_window: u64,
+    pub complete: u64,
+    /// Streams that got at least one token.
+    pub served: u64,
+    pub errors: Errors,
+    pub wall: f64,
+    pub ttft: Vec<u32>,
+    pub gaps: Vec<u32>,
 }
 
 async fn drive(
@@ -238,10 +247,21 @@ async fn drive(
     deadline: Instant,
 ) -> Load {
     let request = Arc::new(client::post_stream(addr, tokens, true));
+    drive_with(streams, tokens, || {
+        drive_one(addr, request.clone(), tokens, deadline, window)
+    })
+    .await
+}
+
+/// Runs `streams` concurrent streams of `tokens` tokens, each the future `one` makes,
+/// and adds up their outcomes.
+pub(crate) async fn drive_with<F, Fut>(streams: usize, tokens: u32, one: F) -> Load
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = StreamOutcome> + Send + 'static,
+{
     let t0 = Instant::now();
-    let handles: Vec<_> = (0..streams)
-        .map(|_| tokio::spawn(drive_one(addr, request.clone(), tokens, deadline, window)))
-        .collect();
+    let handles: Vec<_> = (0..streams).map(|_| tokio::spawn(one())).collect();
     let mut load = Load {
         expected: streams as u64 * u64::from(tokens),
         gaps: Vec::with_capacity(streams * tokens as usize),
@@ -252,6 +272,9 @@ async fn drive(
             Ok(o) => {
                 load.tokens += u64::from(o.tokens);
                 load.in_window += u64::from(o.in_window);
+                if o.tokens > 0 {
+                    load.served += 1;
+                }
                 load.ttft.extend(o.ttft_us);
                 load.gaps.extend_from_slice(&o.gaps);
                 match o.error {
@@ -427,6 +450,7 @@ pub async fn throughput(cli: &Cli, target: &Target) -> anyhow::Result<Section> {
     }
     Ok(Section {
         name: "throughput",
+        columns: crate::report::SPOOL_BASELINE,
         title: format!(
             "{} concurrent streams × {tokens} tokens, mock rate unlimited",
             cli.streams
@@ -464,6 +488,7 @@ pub async fn paced(cli: &Cli, target: &Target) -> anyhow::Result<Section> {
     );
     Ok(Section {
         name: "paced",
+        columns: crate::report::SPOOL_BASELINE,
         title: format!(
             "{} concurrent streams × {tokens} tokens at {rate} tokens/s each",
             cli.streams

@@ -545,6 +545,7 @@ pub async fn ws(cli: &Cli, target: &Target, fd_limit: u64) -> anyhow::Result<Sec
     notes.extend(r.obs.notes.iter().cloned());
     Ok(Section {
         name: "ws",
+        columns: crate::report::SPOOL_BASELINE,
         title: format!(
             "{sockets} WebSocket connections × 1 generate of {tokens} tokens at {rate} tokens/s each"
         ),
