@@ -10,11 +10,13 @@
 //! before that the client is better told at once. Dropping the token stream (cancel)
 //! drops the response, which closes the upstream connection at once.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use anyhow::Context;
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +34,46 @@ pub struct OpenAiBackend {
     models: Vec<String>,
     ttft_timeout: Duration,
     idle_timeout: Duration,
+}
+
+/// One streamed chunk, as far as it matters here (other members are ignored; strings
+/// are borrowed from the event's data unless they hold escapes).
+#[derive(Deserialize)]
+struct ChunkIn<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<ChoiceIn<'a>>,
+    #[serde(default)]
+    usage: Option<UsageIn>,
+    #[serde(default)]
+    error: Option<ErrorIn>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceIn<'a> {
+    #[serde(default, borrow)]
+    delta: DeltaIn<'a>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Default)]
+struct DeltaIn<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct UsageIn {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct ErrorIn {
+    #[serde(default)]
+    message: Option<String>,
 }
 
 /// Most bytes of an upstream's error body quoted in the error message.
@@ -266,30 +308,33 @@ impl Backend for OpenAiBackend {
                 if data.is_empty() {
                     continue;
                 }
-                let Ok(chunk) = serde_json::from_str::<Value>(data) else {
-                    yield Err(upstream_error("the upstream sent a chunk that is not JSON".to_owned()));
-                    return;
+                let chunk = match serde_json::from_str::<ChunkIn<'_>>(data) {
+                    Ok(chunk) => chunk,
+                    Err(_) => {
+                        yield Err(upstream_error("the upstream sent a chunk that is not a chat completion chunk".to_owned()));
+                        return;
+                    }
                 };
-                if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
-                    let message = error["message"].as_str().unwrap_or("unknown error");
+                if let Some(error) = chunk.error {
+                    let message = error.message.unwrap_or_else(|| "unknown error".to_owned());
                     yield Err(upstream_error(format!("the upstream failed: {message}")));
                     return;
                 }
-                if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
+                if let Some(u) = chunk.usage {
                     usage = Some(Usage {
-                        prompt_tokens: u["prompt_tokens"].as_u64().unwrap_or(0) as u32,
-                        completion_tokens: u["completion_tokens"].as_u64().unwrap_or(0) as u32,
+                        prompt_tokens: u.prompt_tokens as u32,
+                        completion_tokens: u.completion_tokens as u32,
                     });
                 }
-                for choice in chunk["choices"].as_array().into_iter().flatten() {
-                    if let Some(text) = choice["delta"]["content"].as_str()
+                for choice in chunk.choices {
+                    if let Some(text) = choice.delta.content
                         && !text.is_empty()
                     {
                         got_token = true;
                         completion_tokens += 1;
-                        yield Ok(Output::Token { text: text.to_owned(), id: None });
+                        yield Ok(Output::Token { text: text.into_owned(), id: None });
                     }
-                    match choice["finish_reason"].as_str() {
+                    match choice.finish_reason.as_deref() {
                         Some("length") => finish = Some(FinishReason::Length),
                         Some(_) => finish = Some(FinishReason::Stop),
                         None => {}
