@@ -12,6 +12,7 @@
 //! - [`config`] — every setting, as flags and environment variables.
 
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod event;

@@ -7,6 +7,12 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The client commands print to the terminal; they log nothing.
+    match cli.command {
+        Some(Command::Generate(args)) => return spool::cli::generate(args).await,
+        Some(Command::Tail(args)) => return spool::cli::tail(args).await,
+        None | Some(Command::Serve) => {}
+    }
     let filter = cli
         .serve
         .log
@@ -18,9 +24,7 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let result = match cli.command {
-        None | Some(Command::Serve) => spool::run(cli.serve, spool::shutdown_signal()).await,
-    };
+    let result = spool::run(cli.serve, spool::shutdown_signal()).await;
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

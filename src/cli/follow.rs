@@ -1,0 +1,181 @@
+//! Following one stream to its end over SSE, resuming with `Last-Event-ID` whenever the
+//! connection drops, printing each event once.
+
+use std::io::Write;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use super::sse::{SseEvent, SseParser};
+
+/// How following ended.
+pub enum Ending {
+    Done { cancelled: bool },
+    Failed { code: String, message: String },
+    Unreachable(String),
+}
+
+/// Reconnects give up after this long without a single new event.
+const GIVE_UP: Duration = Duration::from_secs(60);
+
+pub struct Follower {
+    client: reqwest::Client,
+    base: String,
+    id: String,
+    last: u64,
+    json: bool,
+}
+
+impl Follower {
+    pub fn new(client: reqwest::Client, base: String, id: String, after: u64, json: bool) -> Self {
+        Follower {
+            client,
+            base,
+            id,
+            last: after,
+            json,
+        }
+    }
+
+    pub fn last_id(&self) -> u64 {
+        self.last
+    }
+
+    pub async fn run(&mut self) -> Ending {
+        let mut pause = Duration::from_millis(100);
+        let mut stalled_since = tokio::time::Instant::now();
+        loop {
+            let before = self.last;
+            match self.connect_once().await {
+                Ok(Some(ending)) => return ending,
+                Ok(None) => {}
+                Err(Fatal(message)) => return Ending::Unreachable(message),
+            }
+            if self.last > before {
+                stalled_since = tokio::time::Instant::now();
+                pause = Duration::from_millis(100);
+            }
+            if stalled_since.elapsed() > GIVE_UP {
+                return Ending::Unreachable(format!(
+                    "lost the connection to {} and could not resume for {GIVE_UP:?}",
+                    self.base
+                ));
+            }
+            eprintln!(
+                "spool: connection lost after event {}; resuming…",
+                self.last
+            );
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// One connection: `Some` once the stream ended, `None` if the connection dropped.
+    async fn connect_once(&mut self) -> Result<Option<Ending>, Fatal> {
+        let url = format!("{}/v1/streams/{}/events", self.base, self.id);
+        let mut request = self.client.get(&url);
+        if self.last > 0 {
+            request = request.header("Last-Event-ID", self.last.to_string());
+        }
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(_) => return Ok(None),
+        };
+        let status = response.status();
+        if status == reqwest::StatusCode::NO_CONTENT {
+            // We are at the terminal event already: ask how it ended.
+            return self.ended_as().await.map(Some);
+        }
+        if !status.is_success() {
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let message = body["error"]["message"].as_str().unwrap_or("no details");
+            if status.is_client_error() {
+                return Err(Fatal(format!("{status}: {message}")));
+            }
+            return Ok(None);
+        }
+        let mut parser = SseParser::default();
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let Ok(chunk) = chunk else {
+                return Ok(None);
+            };
+            for event in parser.push(&chunk) {
+                if let Some(ending) = self.print(&event) {
+                    return Ok(Some(ending));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Prints one event (once: seqs at or below the last printed are skipped).
+    fn print(&mut self, event: &SseEvent) -> Option<Ending> {
+        if let Some(id) = event.id {
+            if id <= self.last {
+                return None;
+            }
+            self.last = id;
+        }
+        let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+        let mut out = std::io::stdout().lock();
+        if self.json {
+            let line = json!({"id": event.id, "event": event.event, "data": data});
+            let _ = writeln!(out, "{line}");
+        } else if event.event == "token" {
+            let _ = write!(out, "{}", data["text"].as_str().unwrap_or_default());
+        }
+        let _ = out.flush();
+        match event.event.as_str() {
+            "done" => {
+                if !self.json {
+                    let _ = writeln!(out);
+                }
+                Some(Ending::Done {
+                    cancelled: data["finish_reason"] == "cancelled",
+                })
+            }
+            "error" => {
+                if !self.json {
+                    let _ = writeln!(out);
+                }
+                Some(Ending::Failed {
+                    code: data["code"].as_str().unwrap_or("error").to_owned(),
+                    message: data["message"].as_str().unwrap_or_default().to_owned(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The ending of a stream whose terminal event was already printed (`204`).
+    async fn ended_as(&self) -> Result<Ending, Fatal> {
+        let status: Value = self
+            .client
+            .get(format!("{}/v1/streams/{}", self.base, self.id))
+            .send()
+            .await
+            .map_err(|e| Fatal(e.to_string()))?
+            .json()
+            .await
+            .map_err(|e| Fatal(e.to_string()))?;
+        Ok(match status["status"].as_str() {
+            Some("completed") => Ending::Done { cancelled: false },
+            Some("cancelled") => Ending::Done { cancelled: true },
+            _ => Ending::Failed {
+                code: status["error"]["code"]
+                    .as_str()
+                    .unwrap_or("failed")
+                    .to_owned(),
+                message: status["error"]["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            },
+        })
+    }
+}
+
+/// A failure that resuming cannot fix (unknown stream, bad cursor).
+struct Fatal(String);
