@@ -1,5 +1,7 @@
 //! The `spool` binary: parse the command line, set up logging, run.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use spool::config::{Cli, Command};
 use tracing_subscriber::EnvFilter;
@@ -21,6 +23,7 @@ async fn main() -> std::process::ExitCode {
         .unwrap_or_else(|| "info,sqlx=warn".to_owned());
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 
