@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod openai;
 pub mod ops;
+pub mod page;
 pub mod params;
 pub mod sessions;
 pub mod sse;
@@ -27,6 +28,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ws::router())
         .merge(openai::router())
         .merge(ops::router())
+        .merge(page::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

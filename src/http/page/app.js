@@ -1,0 +1,330 @@
+// spool's chat page. Talks only to the public API:
+//   GET /v1/models, POST /v1/sessions, POST /v1/sessions/{id}/messages, GET /v1/sessions/{id},
+//   EventSource on /v1/streams/{id}/events (it reconnects by itself with Last-Event-ID),
+//   and {"type":"cancel"} over /v1/ws for Stop.
+// Model text is only ever set with textContent, never parsed as HTML.
+
+const $ = (id) => document.getElementById(id);
+const els = {
+  sessions: $("sessions"), messages: $("messages"), notice: $("notice"), model: $("model"),
+  maxTokens: $("max-tokens"), form: $("composer"), input: $("input"), send: $("send"),
+  stop: $("stop"), newChat: $("new-chat"), toggle: $("toggle-sidebar"), sidebar: $("sidebar"),
+};
+
+const STORE_KEY = "spool.sessions"; // [{id, title, created_at}], newest first
+const CURRENT_KEY = "spool.current";
+
+let sessionId = null;
+let live = null; // the answer being streamed: {streamId, es, el}
+let socket = null;
+
+// ---- small helpers --------------------------------------------------------------------
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function notice(text) {
+  els.notice.textContent = text || "";
+  els.notice.hidden = !text;
+}
+
+async function api(method, path, body) {
+  const init = { method, headers: {} };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const r = await fetch(path, init);
+  const data = r.status === 204 ? null : await r.json().catch(() => null);
+  if (!r.ok) {
+    const message = data?.error?.message || `${r.status} ${r.statusText}`;
+    const err = new Error(message);
+    err.status = r.status;
+    throw err;
+  }
+  return data;
+}
+
+function scrollDown() {
+  els.messages.scrollTop = els.messages.scrollHeight;
+}
+
+// ---- the sessions this browser remembers ----------------------------------------------
+
+function remembered() {
+  try {
+    const list = JSON.parse(localStorage.getItem(STORE_KEY) || "[]");
+    return Array.isArray(list) ? list : [];
+  } catch {
+    return [];
+  }
+}
+
+function remember(list) {
+  localStorage.setItem(STORE_KEY, JSON.stringify(list));
+  renderSessions();
+}
+
+function renderSessions() {
+  els.sessions.replaceChildren();
+  for (const s of remembered()) {
+    const li = el("li");
+    const b = el("button", "session", s.title || "New conversation");
+    b.type = "button";
+    b.dataset.sessionId = s.id;
+    b.title = s.created_at ? new Date(s.created_at).toLocaleString() : s.id;
+    if (s.id === sessionId) b.setAttribute("aria-current", "true");
+    b.addEventListener("click", () => {
+      openSession(s.id);
+      document.body.classList.remove("sidebar-open");
+    });
+    li.append(b);
+    els.sessions.append(li);
+  }
+}
+
+// ---- rendering turns -------------------------------------------------------------------
+
+function addUser(text) {
+  const li = el("li", "msg user");
+  li.append(el("div", "text", text));
+  els.messages.append(li);
+  scrollDown();
+}
+
+function addAssistant(streamId) {
+  const li = el("li", "msg assistant");
+  li.dataset.streamId = streamId || "";
+  li.dataset.state = "waiting";
+  li.dataset.reconnects = "0";
+  const text = el("div", "text");
+  const marker = el("div", "marker");
+  marker.hidden = true;
+  const meta = el("div", "meta");
+  li.append(text, marker, meta);
+  els.messages.append(li);
+  scrollDown();
+  return li;
+}
+
+function setState(li, state, label) {
+  li.dataset.state = state;
+  const marker = li.querySelector(".marker");
+  marker.textContent = label || "";
+  marker.hidden = !label;
+}
+
+// ---- streaming one answer --------------------------------------------------------------
+
+function follow(li, streamId, eventsUrl, sentAt) {
+  stopFollowing();
+  const text = li.querySelector(".text");
+  const meta = li.querySelector(".meta");
+  const stats = { sentAt, first: 0, tokens: 0 };
+  const es = new EventSource(eventsUrl);
+  live = { streamId, es, el: li };
+  els.stop.disabled = false;
+  setState(li, "streaming");
+
+  const showStats = () => {
+    const parts = [`${stats.tokens} tokens`];
+    if (stats.first) {
+      const secs = (performance.now() - stats.first) / 1000;
+      if (stats.tokens > 1 && secs > 0) parts.push(`${((stats.tokens - 1) / secs).toFixed(1)} tokens/s`);
+      if (stats.sentAt) parts.push(`first token ${Math.round(stats.first - stats.sentAt)} ms`);
+    }
+    meta.textContent = parts.join(" · ");
+  };
+  const seen = () => {
+    if (li.dataset.state === "reconnecting") setState(li, "streaming");
+  };
+  const finish = (state, label) => {
+    es.close();
+    setState(li, state, label);
+    if (live && live.es === es) {
+      live = null;
+      els.stop.disabled = true;
+    }
+  };
+
+  es.addEventListener("start", seen);
+  es.addEventListener("token", (e) => {
+    seen();
+    const { text: t } = JSON.parse(e.data);
+    if (!stats.first) stats.first = performance.now();
+    stats.tokens += 1;
+    text.textContent += t;
+    showStats();
+    scrollDown();
+  });
+  es.addEventListener("done", (e) => {
+    const { finish_reason: reason } = JSON.parse(e.data);
+    showStats();
+    if (reason === "cancelled") finish("cancelled", "cancelled");
+    else finish("done", reason === "length" ? "stopped at the token limit" : "");
+  });
+  es.addEventListener("error", (e) => {
+    if (e.data) {
+      // The stream's own terminal error event.
+      const err = JSON.parse(e.data);
+      finish("error", `error: ${err.message || err.code}`);
+    } else if (es.readyState === EventSource.CONNECTING) {
+      // The connection dropped; the browser reconnects with Last-Event-ID.
+      li.dataset.reconnects = String(Number(li.dataset.reconnects) + 1);
+      setState(li, "reconnecting", "reconnecting…");
+    } else {
+      // Closed for good: 204 (the stream is over) or a refused request.
+      finish(li.dataset.state === "streaming" ? "done" : "error", "connection closed");
+    }
+  });
+}
+
+function stopFollowing() {
+  if (live) {
+    live.es.close();
+    live = null;
+  }
+  els.stop.disabled = true;
+}
+
+// ---- Stop, over the WebSocket -----------------------------------------------------------
+
+function ws() {
+  if (socket && socket.readyState <= WebSocket.OPEN) return socket;
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  socket = new WebSocket(`${scheme}://${location.host}/v1/ws`);
+  socket.addEventListener("message", (e) => {
+    const msg = JSON.parse(e.data);
+    if (msg.type === "error") notice(`Stop failed: ${msg.message}`);
+  });
+  return socket;
+}
+
+function cancel(streamId) {
+  const s = ws();
+  const send = () => s.send(JSON.stringify({ type: "cancel", stream_id: streamId }));
+  if (s.readyState === WebSocket.OPEN) send();
+  else s.addEventListener("open", send, { once: true });
+}
+
+// ---- sessions -----------------------------------------------------------------------------
+
+async function openSession(id) {
+  stopFollowing();
+  notice("");
+  let session;
+  try {
+    session = await api("GET", `/v1/sessions/${encodeURIComponent(id)}`);
+  } catch (err) {
+    if (err.status === 404) {
+      remember(remembered().filter((s) => s.id !== id));
+      notice("That conversation no longer exists on the server.");
+      newChat();
+      return;
+    }
+    notice(`Could not load the conversation: ${err.message}`);
+    return;
+  }
+  sessionId = id;
+  localStorage.setItem(CURRENT_KEY, id);
+  els.messages.replaceChildren();
+  for (const turn of session.turns) {
+    if (turn.role === "user") {
+      addUser(turn.content);
+    } else if (turn.role === "assistant") {
+      const li = addAssistant(turn.stream_id);
+      if ((turn.status === "running" || turn.status === "queued") && turn.stream_id) {
+        // Still generating: follow it from the start.
+        follow(li, turn.stream_id, `/v1/streams/${encodeURIComponent(turn.stream_id)}/events`, 0);
+      } else {
+        li.querySelector(".text").textContent = turn.content;
+        const label = turn.status === "completed" ? "" : turn.status || "";
+        setState(li, turn.status === "cancelled" ? "cancelled" : "done", label);
+      }
+    }
+  }
+  renderSessions();
+}
+
+function newChat() {
+  stopFollowing();
+  sessionId = null;
+  localStorage.removeItem(CURRENT_KEY);
+  els.messages.replaceChildren();
+  notice("");
+  renderSessions();
+  els.input.focus();
+}
+
+async function ask(content) {
+  const model = els.model.value || undefined;
+  if (!sessionId) {
+    const s = await api("POST", "/v1/sessions", model ? { model } : {});
+    sessionId = s.id;
+    localStorage.setItem(CURRENT_KEY, s.id);
+    const title = content.length > 48 ? `${content.slice(0, 47)}…` : content;
+    remember([{ id: s.id, title, created_at: s.created_at }, ...remembered()]);
+  }
+  const body = { content };
+  if (model) body.model = model;
+  const max = parseInt(els.maxTokens.value, 10);
+  if (max > 0) body.max_tokens = max;
+  const sentAt = performance.now();
+  const stream = await api("POST", `/v1/sessions/${encodeURIComponent(sessionId)}/messages`, body);
+  addUser(content);
+  follow(addAssistant(stream.id), stream.id, stream.events_url, sentAt);
+}
+
+// ---- wiring ---------------------------------------------------------------------------------
+
+els.form.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const content = els.input.value.trim();
+  if (!content) return;
+  els.send.disabled = true;
+  notice("");
+  try {
+    await ask(content);
+    els.input.value = "";
+  } catch (err) {
+    notice(err.status === 409 ? "The previous answer is still running: wait or press Stop." : err.message);
+  } finally {
+    els.send.disabled = false;
+  }
+});
+
+els.input.addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    els.form.requestSubmit();
+  }
+});
+
+els.stop.addEventListener("click", () => {
+  if (live) cancel(live.streamId);
+});
+
+els.newChat.addEventListener("click", newChat);
+els.toggle.addEventListener("click", () => document.body.classList.toggle("sidebar-open"));
+
+async function start() {
+  const params = new URLSearchParams(location.search);
+  if (params.get("max_tokens")) els.maxTokens.value = params.get("max_tokens");
+  try {
+    const models = await api("GET", "/v1/models");
+    for (const m of models.data) els.model.append(el("option", "", m.id));
+    if (params.get("model")) els.model.value = params.get("model");
+  } catch (err) {
+    notice(`Could not list the models: ${err.message}`);
+  }
+  renderSessions();
+  const current = localStorage.getItem(CURRENT_KEY);
+  if (current) await openSession(current);
+  document.body.dataset.ready = "true";
+}
+
+start();
