@@ -5,6 +5,7 @@
 mod helpers;
 
 mod bad_input;
+mod browser;
 mod cli;
 mod crash;
 mod examples;

@@ -8,16 +8,16 @@ use std::process::Command;
 
 use crate::helpers::*;
 
-fn clients_dir() -> PathBuf {
+pub fn clients_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("clients")
 }
 
-fn repo() -> PathBuf {
+pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// Installs the SDKs if they are not there yet; one install at a time.
-fn install() {
+pub fn install() {
     static ONCE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut done = ONCE.lock().unwrap_or_else(|p| p.into_inner());
     if *done {

@@ -1,0 +1,177 @@
+//! The chat page at `/` in a real headless browser: Debian's `chromium` driven by
+//! `playwright-core` (installed by `tests/clients/install.sh`; no browser download). Each
+//! test starts spool (mock backend, paced) and runs `tests/browser/chat.mjs` for one
+//! case — ask, resume after a cut connection, Stop, reload — then checks the outcome
+//! against the API. Screenshots go to `target/screenshots/`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::helpers::*;
+use crate::sdk::{clients_dir, install, repo};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn screenshots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs one case of `chat.mjs` against `base`; returns its JSON result.
+async fn run_case(case: &str, base: &str) -> Value {
+    assert!(
+        std::path::Path::new(CHROMIUM).exists(),
+        "the browser tests need Debian's chromium: apt-get install -y chromium"
+    );
+    install();
+    // ESM resolves `playwright-core` next to the script: run a copy inside the install.
+    let script = clients_dir().join("node/chat.mjs");
+    std::fs::copy(repo().join("tests/browser/chat.mjs"), &script).unwrap();
+    let shot = screenshots().join(format!("chat-{case}.png"));
+    let args = [
+        script.display().to_string(),
+        case.to_string(),
+        base.to_string(),
+        shot.display().to_string(),
+    ];
+    let started = std::time::Instant::now();
+    let output = tokio::task::spawn_blocking(move || Command::new("node").args(args).output())
+        .await
+        .unwrap()
+        .expect("node could not be started");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "browser case {case} failed:\n{stdout}\n{stderr}"
+    );
+    eprintln!("browser case {case}: {:?}", started.elapsed());
+    assert!(shot.exists(), "no screenshot at {}", shot.display());
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+fn expected(n: u32) -> String {
+    (1..=n).map(|i| format!(" tok{i}")).collect()
+}
+
+#[tokio::test]
+async fn the_page_streams_an_answer() {
+    let app = spawn_with(|c| c.mock_rate = 40.0).await;
+    let r = run_case("ask", &app.base).await;
+    assert_eq!(r["text"], expected(7));
+    let id = r["streamId"].as_str().unwrap();
+    let status = app.status(id).await;
+    assert_eq!(status["status"], "completed", "{status}");
+    assert_eq!(status["text"], expected(7));
+}
+
+/// A proxy in front of spool that cuts the first `/events` response after `after` bytes
+/// (both directions dropped); every other connection passes through untouched.
+async fn cut_first_events(target: std::net::SocketAddr, after: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cut = Arc::new(AtomicBool::new(false));
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let cut = cut.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let events = AtomicBool::new(false);
+                let (mut cr, mut cw) = client.split();
+                let (mut sr, mut sw) = server.split();
+                let up = async {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let k = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => k,
+                        };
+                        if buf[..k].windows(7).any(|w| w == b"/events") {
+                            events.store(true, Ordering::SeqCst);
+                        }
+                        if sw.write_all(&buf[..k]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let down = async {
+                    let mut sent = 0;
+                    let mut buf = [0u8; 256];
+                    loop {
+                        let k = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => k,
+                        };
+                        if cw.write_all(&buf[..k]).await.is_err() {
+                            break;
+                        }
+                        if events.load(Ordering::SeqCst) && !cut.load(Ordering::SeqCst) {
+                            sent += k;
+                            if sent >= after && !cut.swap(true, Ordering::SeqCst) {
+                                break; // cut: drop both sides
+                            }
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = up => {}
+                    _ = down => {}
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn the_page_resumes_a_cut_connection_with_the_exact_text() {
+    let app = spawn_with(|c| c.mock_rate = 40.0).await;
+    let base = cut_first_events(app.addr, 600).await;
+    let r = run_case("resume", &base).await;
+    assert!(r["reconnects"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(r["text"], expected(60));
+    let status = app.status(r["streamId"].as_str().unwrap()).await;
+    assert_eq!(
+        r["text"], status["text"],
+        "the page differs from the stored stream"
+    );
+}
+
+#[tokio::test]
+async fn the_stop_button_cancels_over_the_websocket() {
+    let app = spawn_with(|c| c.mock_rate = 40.0).await;
+    let r = run_case("stop", &app.base).await;
+    assert_eq!(r["state"], "cancelled");
+    let status = app.wait_terminal(r["streamId"].as_str().unwrap()).await;
+    assert_eq!(status["status"], "cancelled", "{status}");
+    assert_eq!(status["finish_reason"], "cancelled", "{status}");
+    assert_eq!(
+        r["text"], status["text"],
+        "the page differs from the stored stream"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_finds_the_sessions_and_their_turns() {
+    let app = spawn_with(|c| c.mock_rate = 40.0).await;
+    let r = run_case("reload", &app.base).await;
+    for id in [&r["first"], &r["second"]] {
+        assert_eq!(
+            app.status(id.as_str().unwrap()).await["status"],
+            "completed"
+        );
+    }
+}

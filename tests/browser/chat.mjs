@@ -1,0 +1,150 @@
+// Drives spool's chat page in Debian's headless Chromium with playwright-core.
+//   node chat.mjs CASE BASE_URL SCREENSHOT.png
+// CASE: ask | resume | stop | reload. Prints one JSON line ({"ok":true,...}) on success;
+// exits non-zero with a message otherwise. Run by tests/api/browser.rs, which starts the
+// server (mock backend) and checks the result against the API.
+import { chromium } from "playwright-core";
+
+const [, , testCase, base, screenshot] = process.argv;
+const TIMEOUT = 20_000;
+
+const expected = (n) => Array.from({ length: n }, (_, i) => ` tok${i + 1}`).join("");
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: [
+    "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+  ],
+});
+const phone = testCase === "stop";
+const context = await browser.newContext(
+  phone ? { viewport: { width: 390, height: 760 }, deviceScaleFactor: 1 } : { viewport: { width: 1100, height: 700 } },
+);
+const page = await context.newPage();
+page.setDefaultTimeout(TIMEOUT);
+const problems = [];
+page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+page.on("console", (m) => {
+  if (m.type() === "error" && !/ERR_EMPTY_RESPONSE|ERR_CONNECTION|net::/.test(m.text())) {
+    problems.push(`console: ${m.text()}`);
+  }
+});
+page.on("response", (r) => {
+  if (r.status() === 404) problems.push(`404: ${r.url()}`);
+});
+
+const last = ".msg.assistant:last-of-type";
+
+async function open(query = "") {
+  await page.goto(`${base}/${query}`);
+  await page.waitForFunction(() => document.body.dataset.ready === "true");
+  await page.waitForFunction(() => document.querySelector("#model").options.length > 0);
+}
+
+async function ask(text, maxTokens) {
+  if (maxTokens) await page.fill("#max-tokens", String(maxTokens));
+  await page.fill("#input", text);
+  await page.click("#send");
+  await page.waitForSelector(last);
+}
+
+// Waits until the last answer is in a final state, returns {state, text, streamId, reconnects}.
+async function finished() {
+  await page.waitForFunction(
+    (sel) => ["done", "cancelled", "error"].includes(document.querySelector(sel)?.dataset.state),
+    last,
+  );
+  return page.$eval(last, (li) => ({
+    state: li.dataset.state,
+    text: li.querySelector(".text").textContent,
+    streamId: li.dataset.streamId,
+    reconnects: Number(li.dataset.reconnects),
+    marker: li.querySelector(".marker").hidden ? "" : li.querySelector(".marker").textContent,
+    meta: li.querySelector(".meta").textContent,
+  }));
+}
+
+function check(cond, message) {
+  if (!cond) throw new Error(message);
+}
+
+const result = { ok: true, case: testCase };
+try {
+  if (testCase === "ask") {
+    await open("?max_tokens=7");
+    await ask("What is spool?");
+    const a = await finished();
+    check(a.state === "done", `state ${a.state}`);
+    check(a.text === expected(7), `text ${JSON.stringify(a.text)}`);
+    check(/tokens\/s/.test(a.meta) && /first token \d+ ms/.test(a.meta), `meta ${a.meta}`);
+    Object.assign(result, a);
+  } else if (testCase === "resume") {
+    // The test's proxy cuts the first events connection after some bytes.
+    await open();
+    // Record whether "reconnecting…" was ever visible, whatever its timing.
+    await page.evaluate(() => {
+      window.sawReconnecting = false;
+      new MutationObserver(() => {
+        const m = document.querySelector(".msg.assistant .marker");
+        if (m && !m.hidden && m.textContent === "reconnecting…") window.sawReconnecting = true;
+      }).observe(document.body, { subtree: true, childList: true, attributes: true, characterData: true });
+    });
+    await ask("Tell me a long story.", 60);
+    await page.waitForFunction(() => window.sawReconnecting);
+    await page.screenshot({ path: screenshot.replace(/\.png$/, "-reconnecting.png") });
+    const a = await finished();
+    check(a.state === "done", `state ${a.state}`);
+    check(a.reconnects >= 1, "no reconnect happened");
+    check(a.text === expected(60), `text ${JSON.stringify(a.text)}`);
+    check(a.marker !== "reconnecting…", "the marker stayed");
+    Object.assign(result, a);
+  } else if (testCase === "stop") {
+    await open("?max_tokens=2000");
+    await ask("Count forever.");
+    await page.waitForFunction((sel) => document.querySelector(sel).querySelector(".text").textContent.length > 40, last);
+    check(!(await page.isDisabled("#stop")), "Stop is disabled while streaming");
+    await page.click("#stop");
+    const a = await finished();
+    check(a.state === "cancelled" && a.marker === "cancelled", `state ${a.state} marker ${a.marker}`);
+    check(await page.isDisabled("#stop"), "Stop still enabled");
+    // The page is usable at phone width: nothing wider than the viewport.
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    check(overflow <= 0, `page is ${overflow}px wider than the phone`);
+    Object.assign(result, a);
+  } else if (testCase === "reload") {
+    await open("?max_tokens=3");
+    await ask("First question");
+    const first = await finished();
+    await page.click("#new-chat");
+    await ask("Second question");
+    const second = await finished();
+    await page.reload();
+    await page.waitForFunction(() => document.body.dataset.ready === "true");
+    // The current conversation comes back, and both are in the sidebar.
+    await page.waitForFunction(() => document.querySelectorAll("#sessions .session").length === 2);
+    const titles = await page.$$eval("#sessions .session", (bs) => bs.map((b) => b.textContent));
+    check(JSON.stringify(titles) === JSON.stringify(["Second question", "First question"]), `sidebar ${titles}`);
+    await page.waitForFunction(() => document.querySelector(".msg.user .text")?.textContent === "Second question");
+    await page.click("#sessions .session >> text=First question");
+    await page.waitForFunction(() => document.querySelector(".msg.user .text")?.textContent === "First question");
+    const turns = await page.$$eval(".msg", (ms) => ms.map((m) => [m.classList[1], m.querySelector(".text").textContent]));
+    check(
+      JSON.stringify(turns) === JSON.stringify([["user", "First question"], ["assistant", expected(3)]]),
+      `turns ${JSON.stringify(turns)}`,
+    );
+    Object.assign(result, { first: first.streamId, second: second.streamId, titles });
+  } else {
+    throw new Error(`unknown case ${testCase}`);
+  }
+  check(problems.length === 0, problems.join("\n"));
+  await page.screenshot({ path: screenshot });
+  console.log(JSON.stringify(result));
+} catch (err) {
+  await page.screenshot({ path: screenshot.replace(/\.png$/, "-failed.png") }).catch(() => {});
+  console.error(`${testCase}: ${err.stack || err}\n${problems.join("\n")}`);
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
