@@ -35,7 +35,7 @@ page.on("response", (r) => {
   if (r.status() === 404) problems.push(`404: ${r.url()}`);
 });
 
-const last = ".msg.assistant:last-of-type";
+const last = ".msg.assistant:last-child"; // answers are always after their question
 
 async function open(query = "") {
   await page.goto(`${base}/${query}`);
@@ -45,9 +45,10 @@ async function open(query = "") {
 
 async function ask(text, maxTokens) {
   if (maxTokens) await page.fill("#max-tokens", String(maxTokens));
+  const before = await page.locator(".msg.assistant").count();
   await page.fill("#input", text);
   await page.click("#send");
-  await page.waitForSelector(last);
+  await page.waitForFunction((n) => document.querySelectorAll(".msg.assistant").length > n, before);
 }
 
 // Waits until the last answer is in a final state, returns {state, text, streamId, reconnects}.
