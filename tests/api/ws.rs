@@ -358,12 +358,20 @@ async fn disconnect_cancels_only_streams_that_asked() {
     let app = spawn_with(|c| c.mock_rate = 20.0).await;
     let mut ws = connect(&app).await;
     let keep = generate(&mut ws, "k", json!({"prompt": "x", "max_tokens": 10_000})).await;
-    let stop = generate(
+    send(
         &mut ws,
-        "s",
-        json!({"prompt": "x", "max_tokens": 10_000, "cancel_on_disconnect": true}),
+        json!({"type": "generate", "ref": "s", "prompt": "x", "max_tokens": 10_000, "cancel_on_disconnect": true}),
     )
     .await;
+    // `keep` is already streaming: its tokens may come before the second `started`.
+    let stop = loop {
+        let m = next(&mut ws).await;
+        if m["type"] == "started" {
+            assert_eq!(m["ref"], "s", "{m}");
+            break m["stream_id"].as_str().unwrap().to_owned();
+        }
+        assert_eq!(m["stream_id"].as_str(), Some(keep.as_str()), "{m}");
+    };
     next(&mut ws).await;
     drop(ws);
     let s = app.wait_terminal(&stop).await;
