@@ -292,6 +292,9 @@ async fn a_peer_that_misses_pongs_is_closed_and_freed() {
         }
     }
     assert_eq!(app.metric("spool_ws_sockets").await, 1.0);
+    // Keep answering pings while the other peer is judged (a client only pongs while
+    // it reads); otherwise both may be closed and the count never shows 1 again.
+    let reader = tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
 
     // One that never reads never pongs: it is closed, and the socket count drops.
     let _silent = connect(&app).await;
@@ -308,7 +311,8 @@ async fn a_peer_that_misses_pongs_is_closed_and_freed() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    drop(ws);
+    assert!(!reader.is_finished(), "the answering peer was closed");
+    reader.abort();
 }
 
 #[tokio::test]
