@@ -76,6 +76,32 @@ async fn the_page_streams_an_answer() {
     assert_eq!(status["text"], expected(7));
 }
 
+#[tokio::test]
+async fn the_page_and_its_assets_are_served_from_the_binary() {
+    let app = spawn_app().await;
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/page/app.js", "text/javascript"),
+        ("/page/style.css", "text/css"),
+    ] {
+        let r = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with(kind), "{path}: {ct}");
+        assert!(
+            r.headers().contains_key("content-security-policy"),
+            "{path}"
+        );
+    }
+    let r = app
+        .client
+        .get(app.url("/favicon.ico"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+}
+
 /// A proxy in front of spool that cuts the first `/events` response after `after` bytes
 /// (both directions dropped); every other connection passes through untouched.
 async fn cut_first_events(target: std::net::SocketAddr, after: usize) -> String {

@@ -75,11 +75,17 @@ const result = { ok: true, case: testCase };
 try {
   if (testCase === "ask") {
     await open("?max_tokens=7");
-    await ask("What is spool?");
+    // Text is never parsed as HTML: a question full of markup shows as typed.
+    const markup = `What is <b>spool</b>? <img src=x onerror="window.pwned=1">`;
+    await ask(markup);
     const a = await finished();
     check(a.state === "done", `state ${a.state}`);
     check(a.text === expected(7), `text ${JSON.stringify(a.text)}`);
     check(/tokens\/s/.test(a.meta) && /first token \d+ ms/.test(a.meta), `meta ${a.meta}`);
+    const user = await page.$eval(".msg.user .text", (t) => [t.textContent, t.children.length]);
+    check(user[0] === markup && user[1] === 0, `user turn rendered as ${JSON.stringify(user)}`);
+    check(await page.evaluate(() => !window.pwned && !document.querySelector(".messages img, .sessions img")), "markup ran");
+    check((await page.textContent("#sessions .session")) === `${markup.slice(0, 47)}…`, "sidebar title");
     Object.assign(result, a);
   } else if (testCase === "resume") {
     // The test's proxy cuts the first events connection after some bytes.
