@@ -1,6 +1,7 @@
 //! The chat page at `GET /` (SPEC §8): one HTML file, its script and its stylesheet,
 //! embedded in the binary at compile time from `src/http/page/` (no build step, nothing
-//! fetched from elsewhere), plus a `204` for `/favicon.ico`. The page talks only to the
+//! fetched from elsewhere), plus a `204` for `/favicon.ico` and the minimal
+//! `examples/eventsource.html` at `/examples/eventsource.html`. The page talks only to the
 //! public API: `/v1/models`, the sessions endpoints, `EventSource` on a stream's events
 //! and `cancel` over `/v1/ws`.
 
@@ -14,6 +15,9 @@ use crate::app::AppState;
 const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
 const STYLE_CSS: &str = include_str!("page/style.css");
+/// `examples/eventsource.html`, served so that it runs on the API's origin. It has an
+/// inline script, so it goes without the page's CSP.
+const EVENTSOURCE_EXAMPLE: &str = include_str!("../../examples/eventsource.html");
 
 /// Scripts, styles and connections only from this origin; no inline script, no frames.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -35,6 +39,15 @@ pub fn router() -> Router<AppState> {
             get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
         )
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .route(
+            "/examples/eventsource.html",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                    EVENTSOURCE_EXAMPLE,
+                )
+            }),
+        )
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {

@@ -77,6 +77,13 @@ async fn the_page_streams_an_answer() {
 }
 
 #[tokio::test]
+async fn the_eventsource_example_streams_in_a_browser() {
+    let app = spawn_with(|c| c.mock_rate = 40.0).await;
+    let r = run_case("eventsource", &app.base).await;
+    assert_eq!(r["ok"], true);
+}
+
+#[tokio::test]
 async fn the_page_and_its_assets_are_served_from_the_binary() {
     let app = spawn_app().await;
     for (path, kind) in [

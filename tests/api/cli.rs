@@ -91,7 +91,7 @@ async fn tail_follows_from_a_point() {
 
 /// Forwards to `target`; each of the first `cuts` connections is closed once it has
 /// carried `after` bytes to the client.
-async fn cutting_proxy(target: std::net::SocketAddr, after: usize, cuts: usize) -> String {
+pub async fn cutting_proxy(target: std::net::SocketAddr, after: usize, cuts: usize) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(AtomicUsize::new(0));

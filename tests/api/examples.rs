@@ -30,3 +30,36 @@ async fn curl_tour_runs_as_documented() {
     );
     assert!(stdout.contains("200\n204\n"), "{stdout}");
 }
+
+/// Runs an example client through a proxy that cuts its first connections mid-stream:
+/// the printed text must still be exactly the stream's.
+async fn client_example(program: &str, script: &str) {
+    let app = spawn_with(|c| c.mock_rate = 300.0).await;
+    let base = crate::cli::cutting_proxy(app.addr, 600, 2).await;
+    let out = tokio::process::Command::new(program)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/").to_owned() + script)
+        .arg("hi")
+        .arg("80")
+        .env("SPOOL_BASE", &base)
+        .output();
+    let out = tokio::time::timeout(DEADLINE, out).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let text: String = (1..=80).map(|i| format!(" tok{i}")).collect();
+    assert_eq!(stdout, format!("{text}\n[length, 80 tokens]\n"), "{stderr}");
+    assert!(
+        stderr.contains("resuming"),
+        "the proxy cut nothing: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn the_python_client_example_resumes_exactly() {
+    client_example("python3", "client.py").await;
+}
+
+#[tokio::test]
+async fn the_node_client_example_resumes_exactly() {
+    client_example("node", "client.mjs").await;
+}

@@ -1,6 +1,6 @@
 // Drives spool's chat page in Debian's headless Chromium with playwright-core.
 //   node chat.mjs CASE BASE_URL SCREENSHOT.png
-// CASE: ask | resume | stop | reload. Prints one JSON line ({"ok":true,...}) on success;
+// CASE: ask | resume | stop | reload | eventsource. Prints one JSON line ({"ok":true,...}) on success;
 // exits non-zero with a message otherwise. Run by tests/api/browser.rs, which starts the
 // server (mock backend) and checks the result against the API.
 import { chromium } from "playwright-core";
@@ -142,6 +142,13 @@ try {
       `turns ${JSON.stringify(turns)}`,
     );
     Object.assign(result, { first: first.streamId, second: second.streamId, titles });
+  } else if (testCase === "eventsource") {
+    // examples/eventsource.html, as a user opens it.
+    await page.goto(`${base}/examples/eventsource.html?max_tokens=5`);
+    await page.click("#start");
+    await page.waitForFunction(() => document.getElementById("status").textContent === "length");
+    const text = await page.textContent("#out");
+    check(text === expected(5), `example text ${JSON.stringify(text)}`);
   } else {
     throw new Error(`unknown case ${testCase}`);
   }
