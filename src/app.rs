@@ -39,6 +39,8 @@ pub struct AppState {
     pub http_shutdown: CancellationToken,
     /// One permit per open WebSocket (`SPOOL_WS_MAX_SOCKETS`).
     pub ws_sockets: Arc<tokio::sync::Semaphore>,
+    /// `SPOOL_API_KEYS`.
+    pub keys: Arc<crate::http::auth::ApiKeys>,
 }
 
 /// A started spool: store open, engine ready, not yet serving.
@@ -79,6 +81,10 @@ impl Spool {
             ));
         }
         let ws_sockets = Arc::new(tokio::sync::Semaphore::new(config.ws_max_sockets));
+        let keys = Arc::new(crate::http::auth::ApiKeys::new(
+            &config.api_keys,
+            config.metrics_auth,
+        ));
         let state = AppState {
             config,
             engine,
@@ -87,6 +93,7 @@ impl Spool {
             metrics,
             http_shutdown: CancellationToken::new(),
             ws_sockets,
+            keys,
         };
         Ok(Spool {
             state,

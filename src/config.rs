@@ -375,6 +375,21 @@ pub struct ServeConfig {
     )]
     pub max_connections: usize,
 
+    /// Bearer keys (comma list). Set: every `/v1` route needs one, and streams and
+    /// sessions belong to the key that made them. Unset: no authentication.
+    #[arg(
+        long = "api-keys",
+        env = "SPOOL_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        global = true
+    )]
+    pub api_keys: Vec<String>,
+
+    /// With API keys set, `/metrics` needs a key too.
+    #[arg(long = "metrics-auth", env = "SPOOL_METRICS_AUTH", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub metrics_auth: bool,
+
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` is used when this is unset.
     #[arg(long = "log", env = "SPOOL_LOG", global = true)]
     pub log: Option<String>,

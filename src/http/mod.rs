@@ -2,6 +2,7 @@
 //! body limit. Handlers validate, call the engine or read the store, and shape JSON;
 //! they hold no SQL and no generation logic.
 
+pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod openai;
@@ -38,5 +39,9 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            auth::keys(&state),
+            auth::require_key,
+        ))
         .with_state(state)
 }

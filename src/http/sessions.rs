@@ -10,6 +10,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::auth::Owner;
 use super::error::ApiError;
 use super::extract::{JsonBody, QueryParams};
 use super::params::StreamParams;
@@ -72,7 +73,11 @@ impl SessionParams {
 }
 
 /// `POST /v1/sessions` (the body is optional): `201` with the empty session.
-async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn create(
+    State(state): State<AppState>,
+    Owner(owner): Owner,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let params: SessionParams = if body.iter().all(u8::is_ascii_whitespace) {
         SessionParams::default()
     } else {
@@ -86,7 +91,7 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, 
     };
     let row = state
         .engine
-        .create_session(params.validate(&state)?, None)
+        .create_session(params.validate(&state)?, owner)
         .await?;
     let mut response = (StatusCode::CREATED, Json(describe(&row, &[]))).into_response();
     if let Ok(v) = format!("/v1/sessions/{}", row.id).parse() {
@@ -98,9 +103,10 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, 
 /// `GET /v1/sessions/{id}`: the session and its turns.
 async fn read(
     State(state): State<AppState>,
+    Owner(owner): Owner,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let row = find(&state, &id).await?;
+    let row = find(&state, &id, owner.as_deref()).await?;
     let turns = state.store.turns(&id).await?;
     Ok(Json(describe(&row, &turns)))
 }
@@ -108,6 +114,7 @@ async fn read(
 /// `POST /v1/sessions/{id}/messages`: a user turn; answers like `POST /v1/streams`.
 async fn message(
     State(state): State<AppState>,
+    Owner(owner): Owner,
     Path(id): Path<String>,
     QueryParams(query): QueryParams<CreateQuery>,
     headers: HeaderMap,
@@ -119,13 +126,18 @@ async fn message(
             "`session_id` in the body differs from the session in the path",
         ));
     }
-    let started = say(&state, &id, params).await?;
+    let started = say(&state, &id, params, owner).await?;
     Ok(started_response(&state, &started, wants_sse))
 }
 
 /// Starts the next turn of session `id` with `params` (its `content` or `prompt`).
-pub async fn say(state: &AppState, id: &str, params: StreamParams) -> Result<Started, ApiError> {
-    let session = find(state, id).await?;
+pub async fn say(
+    state: &AppState,
+    id: &str,
+    params: StreamParams,
+    owner: Option<String>,
+) -> Result<Started, ApiError> {
+    let session = find(state, id, owner.as_deref()).await?;
     let request = params.validate_turn(
         &state.config,
         state.engine.models(),
@@ -133,7 +145,7 @@ pub async fn say(state: &AppState, id: &str, params: StreamParams) -> Result<Sta
     )?;
     state
         .engine
-        .say(&session, request, None)
+        .say(&session, request, owner)
         .await
         .map_err(|e| match e {
             SayError::TurnInProgress => ApiError::new(
@@ -146,7 +158,7 @@ pub async fn say(state: &AppState, id: &str, params: StreamParams) -> Result<Sta
         })
 }
 
-pub async fn find(state: &AppState, id: &str) -> Result<SessionRow, ApiError> {
+pub async fn find(state: &AppState, id: &str, owner: Option<&str>) -> Result<SessionRow, ApiError> {
     let not_found = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -157,7 +169,7 @@ pub async fn find(state: &AppState, id: &str) -> Result<SessionRow, ApiError> {
     if !looks_like_session_id(id) {
         return Err(not_found());
     }
-    state.store.session(id, None).await?.ok_or_else(not_found)
+    state.store.session(id, owner).await?.ok_or_else(not_found)
 }
 
 /// The session object: its settings and turns.

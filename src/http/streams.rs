@@ -8,6 +8,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::auth::Owner;
 use super::error::ApiError;
 use super::extract::{JsonBody, QueryParams};
 use super::params::StreamParams;
@@ -35,6 +36,7 @@ pub(super) struct CreateQuery {
 /// `POST /v1/streams`: `201` with the stream's JSON, or `200` and its SSE from the start.
 async fn create(
     State(state): State<AppState>,
+    Owner(owner): Owner,
     QueryParams(query): QueryParams<CreateQuery>,
     headers: HeaderMap,
     JsonBody(params): JsonBody<StreamParams>,
@@ -42,11 +44,11 @@ async fn create(
     let wants_sse = wants_sse(&query, &headers)?;
     if let Some(session_id) = params.session_id.clone() {
         // A stream that answers a session's turn: `prompt` is the user's message.
-        let started = super::sessions::say(&state, &session_id, params).await?;
+        let started = super::sessions::say(&state, &session_id, params, owner).await?;
         return Ok(started_response(&state, &started, wants_sse));
     }
     let request = params.validate(&state.config, state.engine.models())?;
-    let started = state.engine.start(request, None).await?;
+    let started = state.engine.start(request, owner).await?;
     Ok(started_response(&state, &started, wants_sse))
 }
 
@@ -123,6 +125,7 @@ struct EventsQuery {
 /// terminal event. `Last-Event-ID` wins over `?after=`.
 async fn events(
     State(state): State<AppState>,
+    Owner(owner): Owner,
     Path(id): Path<String>,
     QueryParams(query): QueryParams<EventsQuery>,
     headers: HeaderMap,
@@ -133,7 +136,7 @@ async fn events(
         })?)?),
         None => query.after.as_deref().map(sse::parse_cursor).transpose()?,
     };
-    let row = find(&state, &id).await?;
+    let row = find(&state, &id, owner.as_deref()).await?;
     let format = match query.format.as_deref() {
         None | Some("sse" | "native") => sse::Format::Native,
         Some("openai") => sse::Format::OpenAi(super::openai::chunk_format(&row)),
@@ -187,9 +190,10 @@ pub(super) fn event_response(
 /// `GET /v1/streams/{id}`: the stream's state and its text so far.
 async fn status(
     State(state): State<AppState>,
+    Owner(owner): Owner,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let row = find(&state, &id).await?;
+    let row = find(&state, &id, owner.as_deref()).await?;
     let text = state.store.text(&id).await?;
     let mut body = describe(&row)?;
     body["text"] = Value::from(text);
@@ -205,6 +209,7 @@ struct ListQuery {
 /// `GET /v1/streams`: newest first; `before` is the last id of the previous page.
 async fn list(
     State(state): State<AppState>,
+    Owner(owner): Owner,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = match query.limit.as_deref() {
@@ -221,7 +226,7 @@ async fn list(
     let cursor = match query.before.as_deref() {
         None => None,
         Some(id) => {
-            let row = find(&state, id)
+            let row = find(&state, id, owner.as_deref())
                 .await
                 .map_err(|_| ApiError::invalid(format!("`before` is not a stream: {id:?}")))?;
             Some(ListCursor {
@@ -232,7 +237,7 @@ async fn list(
     };
     let mut rows = state
         .store
-        .list_streams(None, cursor.as_ref(), limit + 1)
+        .list_streams(owner.as_deref(), cursor.as_ref(), limit + 1)
         .await?;
     let has_more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
@@ -248,12 +253,13 @@ async fn list(
 /// `POST /v1/streams/{id}/cancel`: `202` while it stops, `200` if it had ended.
 async fn cancel(
     State(state): State<AppState>,
+    Owner(owner): Owner,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     if !looks_like_stream_id(&id) {
         return Err(ApiError::stream_not_found());
     }
-    match state.engine.cancel(&id, None).await? {
+    match state.engine.cancel(&id, owner.as_deref()).await? {
         None => Err(ApiError::stream_not_found()),
         Some(Cancel::Stopping(row)) => {
             Ok((StatusCode::ACCEPTED, Json(describe(&row)?)).into_response())
@@ -267,25 +273,30 @@ async fn cancel(
 /// `DELETE /v1/streams/{id}`: cancel if running, then delete; `204`.
 async fn delete(
     State(state): State<AppState>,
+    Owner(owner): Owner,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if !looks_like_stream_id(&id) {
         return Err(ApiError::stream_not_found());
     }
-    if state.engine.delete(&id, None).await? {
+    if state.engine.delete(&id, owner.as_deref()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::stream_not_found())
     }
 }
 
-pub(super) async fn find(state: &AppState, id: &str) -> Result<StreamRow, ApiError> {
+pub(super) async fn find(
+    state: &AppState,
+    id: &str,
+    owner: Option<&str>,
+) -> Result<StreamRow, ApiError> {
     if !looks_like_stream_id(id) {
         return Err(ApiError::stream_not_found());
     }
     state
         .store
-        .stream(id, None)
+        .stream(id, owner)
         .await?
         .ok_or_else(ApiError::stream_not_found)
 }

@@ -7,13 +7,14 @@ pub mod chunks;
 mod request;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
+use super::auth::Owner;
 use super::error::ApiError;
 use super::extract::JsonBody;
 use super::sse;
@@ -61,10 +62,10 @@ pub fn chunk_format(row: &StreamRow) -> ChunkFormat {
 
 async fn chat_completions(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Owner(owner): Owner,
     body: Result<JsonBody<ChatRequest>, ApiError>,
 ) -> Response {
-    match complete(state, headers, body).await {
+    match complete(state, owner, body).await {
         Ok(response) => response,
         Err(e) => openai_error(e),
     }
@@ -72,14 +73,14 @@ async fn chat_completions(
 
 async fn complete(
     state: AppState,
-    _headers: HeaderMap,
+    owner: Option<String>,
     body: Result<JsonBody<ChatRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let JsonBody(chat) = body?;
     let streaming = chat.stream.unwrap_or(false);
     let request = chat.into_request(&state.config, state.engine.models())?;
     let include_usage = request.include_usage;
-    let started = state.engine.start(request, None).await?;
+    let started = state.engine.start(request, owner).await?;
     let format = ChunkFormat {
         stream_id: started.id.clone(),
         model: started.model.clone(),

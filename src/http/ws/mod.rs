@@ -13,6 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use super::auth::Owner;
 use super::error::ApiError;
 use crate::app::AppState;
 
@@ -22,6 +23,7 @@ pub fn router() -> Router<AppState> {
 
 async fn upgrade(
     State(state): State<AppState>,
+    Owner(owner): Owner,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let ws = match ws {
@@ -50,5 +52,5 @@ async fn upgrade(
     let limit = state.config.ws_max_message;
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| socket::run(socket, state, permit))
+        .on_upgrade(move |socket| socket::run(socket, state, owner, permit))
 }

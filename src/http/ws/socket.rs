@@ -35,12 +35,18 @@ enum Out {
     Close(u16, &'static str),
 }
 
-pub async fn run(socket: WebSocket, state: AppState, _permit: OwnedSemaphorePermit) {
+pub async fn run(
+    socket: WebSocket,
+    state: AppState,
+    owner: Option<String>,
+    _permit: OwnedSemaphorePermit,
+) {
     state.metrics.ws_opened();
     let (sink, frames) = socket.split();
     let (out, out_rx) = mpsc::channel(state.config.ws_queue.max(1));
     let mut connection = Connection {
         state: state.clone(),
+        owner,
         out,
         followers: JoinSet::new(),
         following: HashMap::new(),
@@ -80,6 +86,8 @@ async fn write_loop(
 
 struct Connection {
     state: AppState,
+    /// The API key's owner (see `http::auth`); every stream it touches is scoped to it.
+    owner: Option<String>,
     out: mpsc::Sender<Out>,
     /// One task per followed stream; each returns its stream id when it ends.
     followers: JoinSet<String>,
@@ -154,7 +162,7 @@ impl Connection {
         self.followers.abort_all();
         while self.followers.join_next().await.is_some() {}
         for id in self.cancel_on_disconnect.drain() {
-            if let Err(e) = self.state.engine.cancel(&id, None).await {
+            if let Err(e) = self.state.engine.cancel(&id, self.owner.as_deref()).await {
                 tracing::warn!(stream = %id, error = %e, "cancel on disconnect failed");
             }
         }
@@ -217,7 +225,10 @@ impl Connection {
             }
             Incoming::Cancel { stream_id } => {
                 let found = if looks_like_stream_id(&stream_id) {
-                    self.state.engine.cancel(&stream_id, None).await
+                    self.state
+                        .engine
+                        .cancel(&stream_id, self.owner.as_deref())
+                        .await
                 } else {
                     Ok(None)
                 };
@@ -260,10 +271,10 @@ impl Connection {
         self.room_for_one_more()?;
         let params: StreamParams = params(body)?;
         let started = if let Some(session_id) = params.session_id.clone() {
-            sessions::say(&self.state, &session_id, params).await?
+            sessions::say(&self.state, &session_id, params, self.owner.clone()).await?
         } else {
             let request = params.validate(&self.state.config, self.state.engine.models())?;
-            self.state.engine.start(request, None).await?
+            self.state.engine.start(request, self.owner.clone()).await?
         };
         if cancel_on_disconnect {
             self.cancel_on_disconnect.insert(started.id.clone());
@@ -295,12 +306,16 @@ impl Connection {
                     metadata: None,
                 }
                 .validate(&self.state)?;
-                let row = self.state.engine.create_session(new, None).await?;
+                let row = self
+                    .state
+                    .engine
+                    .create_session(new, self.owner.clone())
+                    .await?;
                 self.send(protocol::session(reference, &row.id)).await;
                 row.id
             }
         };
-        let started = sessions::say(&self.state, &session_id, params).await?;
+        let started = sessions::say(&self.state, &session_id, params, self.owner.clone()).await?;
         self.send(protocol::started(reference, &started.id, Some(&session_id)))
             .await;
         self.follow(started.id, 1);
@@ -321,7 +336,7 @@ impl Connection {
         let row = self
             .state
             .store
-            .stream(stream_id, None)
+            .stream(stream_id, self.owner.as_deref())
             .await?
             .ok_or_else(ApiError::stream_not_found)?;
         let last = row.last_seq();

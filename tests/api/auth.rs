@@ -1,0 +1,183 @@
+//! API keys: with `SPOOL_API_KEYS` set, `/v1` needs a bearer key, and a key sees only
+//! its own streams and sessions (another key's are a plain `404`).
+
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::helpers::*;
+
+async fn keyed_app() -> TestApp {
+    spawn_with(|c| c.api_keys = vec!["alpha-key".into(), "beta-key".into()]).await
+}
+
+fn post(app: &TestApp, path: &str, key: Option<&str>) -> reqwest::RequestBuilder {
+    let r = app.client.post(app.url(path));
+    match key {
+        Some(k) => r.bearer_auth(k),
+        None => r,
+    }
+}
+
+fn get(app: &TestApp, path: &str, key: Option<&str>) -> reqwest::RequestBuilder {
+    let r = app.client.get(app.url(path));
+    match key {
+        Some(k) => r.bearer_auth(k),
+        None => r,
+    }
+}
+
+#[tokio::test]
+async fn without_a_valid_key_v1_is_401_and_the_probes_stay_open() {
+    let app = keyed_app().await;
+    for key in [None, Some("wrong")] {
+        let r = post(&app, "/v1/streams", key)
+            .json(&json!({"prompt": "x"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "unauthorized");
+        let r = get(&app, "/v1/models", key).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    for open in ["/healthz", "/readyz", "/metrics", "/"] {
+        let r = get(&app, open, None).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{open}");
+    }
+    // Nothing was stored by the refused requests.
+    let list: Value = get(&app, "/v1/streams", Some("alpha-key"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"], json!([]));
+}
+
+#[tokio::test]
+async fn a_key_sees_only_its_own_streams_and_sessions() {
+    let app = keyed_app().await;
+    let r = post(&app, "/v1/streams", Some("alpha-key"))
+        .json(&json!({"prompt": "x", "max_tokens": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The owner reads it to the end.
+    let body = get(&app, &format!("/v1/streams/{id}/events"), Some("alpha-key"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(parse_sse(&body).last().unwrap().event, "done");
+
+    // The other key: 404 everywhere, exactly like a stream that does not exist.
+    for path in [
+        format!("/v1/streams/{id}"),
+        format!("/v1/streams/{id}/events"),
+        format!("/v1/streams/{id}/events?format=openai"),
+    ] {
+        let r = get(&app, &path, Some("beta-key")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "stream_not_found");
+    }
+    let r = post(&app, &format!("/v1/streams/{id}/cancel"), Some("beta-key"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = app
+        .client
+        .delete(app.url(&format!("/v1/streams/{id}")))
+        .bearer_auth("beta-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let theirs: Value = get(&app, "/v1/streams", Some("beta-key"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["data"], json!([]));
+    let mine: Value = get(&app, "/v1/streams", Some("alpha-key"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mine["data"][0]["id"], id.as_str());
+
+    // Sessions too.
+    let s: Value = post(&app, "/v1/sessions", Some("alpha-key"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sid = s["id"].as_str().unwrap();
+    let r = get(&app, &format!("/v1/sessions/{sid}"), Some("beta-key"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = post(
+        &app,
+        &format!("/v1/sessions/{sid}/messages"),
+        Some("beta-key"),
+    )
+    .json(&json!({"content": "hi"}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // And over the WebSocket: the key comes with the upgrade.
+    let mut request = format!("ws://{}/v1/ws", app.addr)
+        .into_client_request()
+        .unwrap();
+    assert!(
+        tokio_tungstenite::connect_async(request.clone())
+            .await
+            .is_err()
+    );
+    request
+        .headers_mut()
+        .insert("authorization", "Bearer beta-key".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        json!({"type": "subscribe", "stream_id": id}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let reply = loop {
+        match tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            tokio_tungstenite::tungstenite::Message::Text(t) => {
+                break serde_json::from_str::<Value>(t.as_str()).unwrap();
+            }
+            _ => continue,
+        }
+    };
+    assert_eq!(reply["code"], "stream_not_found");
+}
