@@ -84,6 +84,8 @@ impl Spool {
         let keys = Arc::new(crate::http::auth::ApiKeys::new(
             &config.api_keys,
             config.metrics_auth,
+            opened.read_token_secret.clone(),
+            config.read_token_ttl,
         ));
         let state = AppState {
             config,

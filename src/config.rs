@@ -386,6 +386,11 @@ pub struct ServeConfig {
     )]
     pub api_keys: Vec<String>,
 
+    /// How long a read token (for a browser's `EventSource`, which cannot send a key)
+    /// stays valid.
+    #[arg(long = "read-token-ttl", env = "SPOOL_READ_TOKEN_TTL", default_value = "1h", value_parser = humantime::parse_duration, global = true)]
+    pub read_token_ttl: Duration,
+
     /// With API keys set, `/metrics` needs a key too.
     #[arg(long = "metrics-auth", env = "SPOOL_METRICS_AUTH", default_value_t = false, action = clap::ArgAction::Set, global = true)]
     pub metrics_auth: bool,

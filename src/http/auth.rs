@@ -6,8 +6,14 @@
 //! streams and sessions to it: another key's stream is a plain `404`, so existence never
 //! leaks. Without keys, every request has no owner and everything is open.
 //! `/healthz`, `/readyz` and the chat page's assets are always open.
+//!
+//! A browser's `EventSource` cannot send a header, so a `POST` that creates a stream also
+//! returns a **read token**: `EXPIRY.HMAC`, an HMAC-SHA256 over the stream id and the
+//! expiry (unix seconds) with a server secret kept in the store. It is accepted as
+//! `?token=` on that one stream's events URL, nowhere else, until it expires.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
@@ -19,15 +25,21 @@ use sha2::{Digest, Sha256};
 use super::error::ApiError;
 use crate::app::AppState;
 
-/// The configured keys, as digests.
+/// The configured keys, as digests, and the read-token signer.
 #[derive(Debug, Default)]
 pub struct ApiKeys {
     digests: Vec<[u8; 32]>,
     metrics: bool,
+    secret: Vec<u8>,
+    token_ttl: Duration,
 }
 
+/// A read token's right: to read this one stream's events.
+#[derive(Debug, Clone)]
+pub struct ReadGrant(pub String);
+
 impl ApiKeys {
-    pub fn new(keys: &[String], metrics: bool) -> Self {
+    pub fn new(keys: &[String], metrics: bool, secret: Vec<u8>, token_ttl: Duration) -> Self {
         ApiKeys {
             digests: keys
                 .iter()
@@ -36,7 +48,40 @@ impl ApiKeys {
                 .map(|k| Sha256::digest(k.as_bytes()).into())
                 .collect(),
             metrics,
+            secret,
+            token_ttl,
         }
+    }
+
+    /// A read token for `stream_id` (only with keys configured: without them, events
+    /// URLs are open anyway).
+    pub fn read_token(&self, stream_id: &str) -> Option<String> {
+        if !self.enabled() {
+            return None;
+        }
+        let expires = unix_now() + self.token_ttl.as_secs();
+        Some(format!("{expires}.{}", hex(&self.sign(stream_id, expires))))
+    }
+
+    fn sign(&self, stream_id: &str, expires: u64) -> [u8; 32] {
+        hmac_sha256(
+            &self.secret,
+            format!("read:{stream_id}:{expires}").as_bytes(),
+        )
+    }
+
+    /// Whether `token` lets its bearer read `stream_id` now.
+    fn check_token(&self, stream_id: &str, token: &str) -> Result<(), &'static str> {
+        let (expires, signature) = token.split_once('.').ok_or("the token is malformed")?;
+        let expires: u64 = expires.parse().map_err(|_| "the token is malformed")?;
+        let signature = unhex(signature).ok_or("the token is malformed")?;
+        if !constant_time_eq(&self.sign(stream_id, expires), &signature) {
+            return Err("the token is not valid for this stream");
+        }
+        if expires <= unix_now() {
+            return Err("the token has expired; start a new one");
+        }
+        Ok(())
     }
 
     pub fn enabled(&self) -> bool {
@@ -69,6 +114,57 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// HMAC-SHA256 (RFC 2104).
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(block.map(|b| b ^ 0x36));
+    inner.update(message);
+    let mut outer = Sha256::new();
+    outer.update(block.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `/v1/streams/{id}/events` → `id`.
+fn events_path_stream(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/streams/")?
+        .strip_suffix("/events")
+        .filter(|id| !id.contains('/'))
+}
+
+fn query_token(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))
+}
+
 /// Who made a request: `Some(owner)` with keys configured, `None` without.
 #[derive(Debug, Clone, Default)]
 pub struct Owner(pub Option<String>);
@@ -94,25 +190,44 @@ pub async fn require_key(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        let Some(owner) = key.and_then(|k| keys.owner(k)) else {
-            let mut response = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                if key.is_some() {
-                    "the API key is not valid"
-                } else {
-                    "this server needs an API key: Authorization: Bearer KEY"
-                },
-            )
-            .into_response();
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
-        };
-        request.extensions_mut().insert(Owner(Some(owner)));
+        match key.and_then(|k| keys.owner(k)) {
+            Some(owner) => {
+                request.extensions_mut().insert(Owner(Some(owner)));
+            }
+            None => {
+                // No key: a read token may open this one stream's events.
+                let path = request.uri().path();
+                let grant = match (events_path_stream(path), query_token(request.uri().query())) {
+                    (Some(stream), Some(token)) if key.is_none() => {
+                        Some(keys.check_token(stream, token).map(|()| stream.to_owned()))
+                    }
+                    _ => None,
+                };
+                match grant {
+                    Some(Ok(stream)) => {
+                        request.extensions_mut().insert(ReadGrant(stream));
+                    }
+                    Some(Err(why)) => return unauthorized(why),
+                    None if key.is_some() => return unauthorized("the API key is not valid"),
+                    None => {
+                        return unauthorized(
+                            "this server needs an API key: Authorization: Bearer KEY",
+                        );
+                    }
+                }
+            }
+        }
     }
     next.run(request).await
+}
+
+fn unauthorized(message: &'static str) -> Response {
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }
 
 /// The keys of a server's state (for the middleware).
@@ -126,7 +241,12 @@ mod tests {
 
     #[test]
     fn keys_map_to_stable_owners_and_unknown_keys_to_none() {
-        let keys = ApiKeys::new(&["alpha".into(), " beta ".into(), "".into()], false);
+        let keys = ApiKeys::new(
+            &["alpha".into(), " beta ".into(), "".into()],
+            false,
+            b"secret".to_vec(),
+            Duration::from_secs(60),
+        );
         assert!(keys.enabled());
         let a = keys.owner("alpha").unwrap();
         assert_eq!(keys.owner("alpha").unwrap(), a);
@@ -136,6 +256,38 @@ mod tests {
         assert!(keys.guards("/v1/streams"));
         assert!(!keys.guards("/healthz"));
         assert!(!keys.guards("/metrics"));
-        assert!(!ApiKeys::new(&[], true).guards("/v1/streams"));
+        assert!(!ApiKeys::new(&[], true, vec![], Duration::ZERO).guards("/v1/streams"));
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231_case_2() {
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            hex(&mac),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn read_tokens_are_scoped_to_one_stream_and_expire() {
+        let keys = ApiKeys::new(&["k".into()], false, b"s".to_vec(), Duration::from_secs(60));
+        let token = keys.read_token("st_a").unwrap();
+        assert_eq!(keys.check_token("st_a", &token), Ok(()));
+        assert!(keys.check_token("st_b", &token).is_err());
+        let mut forged = token.clone();
+        forged.pop();
+        forged.push(if token.ends_with('0') { '1' } else { '0' });
+        assert!(keys.check_token("st_a", &forged).is_err());
+        let expired = ApiKeys::new(&["k".into()], false, b"s".to_vec(), Duration::ZERO);
+        let old = expired.read_token("st_a").unwrap();
+        assert!(
+            expired
+                .check_token("st_a", &old)
+                .unwrap_err()
+                .contains("expired")
+        );
+        assert_eq!(events_path_stream("/v1/streams/st_a/events"), Some("st_a"));
+        assert_eq!(events_path_stream("/v1/streams/st_a"), None);
+        assert_eq!(query_token(Some("after=3&token=9.ab")), Some("9.ab"));
     }
 }

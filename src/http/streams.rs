@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::auth::Owner;
+use super::auth::{Owner, ReadGrant};
 use super::error::ApiError;
 use super::extract::{JsonBody, QueryParams};
 use super::params::StreamParams;
@@ -79,7 +79,11 @@ pub(super) fn started_response(state: &AppState, started: &Started, wants_sse: b
         }
         return response;
     }
-    let mut response = (StatusCode::CREATED, Json(created_body(started))).into_response();
+    let mut body = created_body(started);
+    if let Some(token) = state.keys.read_token(&started.id) {
+        body["read_token"] = Value::from(token);
+    }
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
     set_header(&mut response, header::LOCATION.as_str(), &location);
     response
 }
@@ -126,6 +130,7 @@ struct EventsQuery {
 async fn events(
     State(state): State<AppState>,
     Owner(owner): Owner,
+    grant: Option<axum::Extension<ReadGrant>>,
     Path(id): Path<String>,
     QueryParams(query): QueryParams<EventsQuery>,
     headers: HeaderMap,
@@ -136,7 +141,15 @@ async fn events(
         })?)?),
         None => query.after.as_deref().map(sse::parse_cursor).transpose()?,
     };
-    let row = find(&state, &id, owner.as_deref()).await?;
+    let row = match grant {
+        // A read token for this stream (checked by `auth`) opens it whoever owns it.
+        Some(axum::Extension(ReadGrant(granted))) if granted == id => state
+            .store
+            .stream_unscoped(&id)
+            .await?
+            .ok_or_else(ApiError::stream_not_found)?,
+        _ => find(&state, &id, owner.as_deref()).await?,
+    };
     let format = match query.format.as_deref() {
         None | Some("sse" | "native") => sse::Format::Native,
         Some("openai") => sse::Format::OpenAi(super::openai::chunk_format(&row)),

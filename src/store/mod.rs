@@ -89,6 +89,9 @@ pub async fn open(
         .run(&mut write_conn)
         .await
         .with_context(|| format!("cannot migrate the SQLite database at {path}"))?;
+    let read_token_secret = read_token_secret(&mut write_conn)
+        .await
+        .context("the read-token secret")?;
     let (ended, unfinished) = recover(&mut write_conn, continuable)
         .await
         .context("start-up recovery")?;
@@ -117,6 +120,7 @@ pub async fn open(
         log,
         writer,
         unfinished,
+        read_token_secret,
     })
 }
 
@@ -127,6 +131,23 @@ pub struct Opened {
     pub writer: WriterTask,
     /// Streams a dead process left open whose backend can continue them.
     pub unfinished: Vec<Unfinished>,
+    /// The secret that signs read tokens: made once, kept in `settings`.
+    pub read_token_secret: Vec<u8>,
+}
+
+/// The read-token secret stored in `settings`, made (32 random bytes) on first use.
+async fn read_token_secret(conn: &mut SqliteConnection) -> anyhow::Result<Vec<u8>> {
+    let mut fresh = [0u8; 32];
+    getrandom::fill(&mut fresh).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    sqlx::query("INSERT OR IGNORE INTO settings (name, value) VALUES ('read_token_secret', ?)")
+        .bind(&fresh[..])
+        .execute(&mut *conn)
+        .await?;
+    let (secret,): (Vec<u8>,) =
+        sqlx::query_as("SELECT value FROM settings WHERE name = 'read_token_secret'")
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(secret)
 }
 
 /// A stream a dead process was generating, to be continued.

@@ -89,6 +89,16 @@ impl Store {
             .await?)
     }
 
+    /// One stream, whoever owns it: only for a request that proved its right to it
+    /// otherwise (a read token).
+    pub async fn stream_unscoped(&self, id: &str) -> Result<Option<StreamRow>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM streams WHERE id = ?");
+        Ok(sqlx::query_as::<_, StreamRow>(&sql)
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?)
+    }
+
     /// The owner's streams, newest first, strictly below `before`.
     pub async fn list_streams(
         &self,

@@ -181,3 +181,106 @@ async fn a_key_sees_only_its_own_streams_and_sessions() {
     };
     assert_eq!(reply["code"], "stream_not_found");
 }
+
+#[tokio::test]
+async fn a_read_token_opens_one_streams_events_without_a_key() {
+    let app = keyed_app().await;
+    let create = || async {
+        let r = post(&app, "/v1/streams", Some("alpha-key"))
+            .json(&json!({"prompt": "x", "max_tokens": 3}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()
+    };
+    let a = create().await;
+    let b = create().await;
+    let (id, token) = (a["id"].as_str().unwrap(), a["read_token"].as_str().unwrap());
+
+    // As a browser's EventSource would: no header, the token in the URL.
+    let r = get(
+        &app,
+        &format!("/v1/streams/{id}/events?token={token}"),
+        None,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let events = parse_sse(&r.text().await.unwrap());
+    assert_eq!(events.last().unwrap().event, "done");
+    // Resume works with it too.
+    let r = get(
+        &app,
+        &format!("/v1/streams/{id}/events?token={token}"),
+        None,
+    )
+    .header("Last-Event-ID", "2")
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(parse_sse(&r.text().await.unwrap())[0].id, Some(3));
+
+    // Only that stream, only its events URL, only as issued.
+    let other = b["id"].as_str().unwrap();
+    let forged = format!("{}0", &token[..token.len() - 1]);
+    for path in [
+        format!("/v1/streams/{other}/events?token={token}"),
+        format!("/v1/streams/{id}?token={token}"),
+        format!("/v1/streams/{id}/events?token={forged}"),
+        format!("/v1/streams/{id}/events?token=garbage"),
+    ] {
+        let r = get(&app, &path, None).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
+    // Without keys there are no tokens (everything is open anyway).
+    let open = spawn_app().await;
+    let body = open
+        .client
+        .post(open.url("/v1/streams"))
+        .json(&json!({"prompt": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        body.json::<Value>()
+            .await
+            .unwrap()
+            .get("read_token")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn an_expired_read_token_is_refused() {
+    let app = spawn_with(|c| {
+        c.api_keys = vec!["k".into()];
+        c.read_token_ttl = std::time::Duration::ZERO;
+    })
+    .await;
+    let a: Value = post(&app, "/v1/streams", Some("k"))
+        .json(&json!({"prompt": "x", "max_tokens": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, token) = (a["id"].as_str().unwrap(), a["read_token"].as_str().unwrap());
+    let r = get(
+        &app,
+        &format!("/v1/streams/{id}/events?token={token}"),
+        None,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 401);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("expired"),
+        "{e}"
+    );
+}
