@@ -81,12 +81,15 @@ impl Spool {
             ));
         }
         let ws_sockets = Arc::new(tokio::sync::Semaphore::new(config.ws_max_sockets));
-        let keys = Arc::new(crate::http::auth::ApiKeys::new(
-            &config.api_keys,
-            config.metrics_auth,
-            opened.read_token_secret.clone(),
-            config.read_token_ttl,
-        ));
+        let keys = Arc::new(
+            crate::http::auth::ApiKeys::new(
+                &config.api_keys,
+                config.metrics_auth,
+                opened.read_token_secret.clone(),
+                config.read_token_ttl,
+            )
+            .with_rate_limit(config.rate_limit),
+        );
         let state = AppState {
             config,
             engine,

@@ -391,6 +391,25 @@ pub struct ServeConfig {
     #[arg(long = "read-token-ttl", env = "SPOOL_READ_TOKEN_TTL", default_value = "1h", value_parser = humantime::parse_duration, global = true)]
     pub read_token_ttl: Duration,
 
+    /// With API keys set: most requests per minute per key (`429` past it); 0 = no limit.
+    #[arg(
+        long = "rate-limit",
+        env = "SPOOL_RATE_LIMIT",
+        default_value_t = 0,
+        global = true
+    )]
+    pub rate_limit: u32,
+
+    /// Origins a browser page may call this API from (comma list; `*` for any). Unset:
+    /// no cross-origin access.
+    #[arg(
+        long = "cors-origins",
+        env = "SPOOL_CORS_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub cors_origins: Vec<String>,
+
     /// With API keys set, `/metrics` needs a key too.
     #[arg(long = "metrics-auth", env = "SPOOL_METRICS_AUTH", default_value_t = false, action = clap::ArgAction::Set, global = true)]
     pub metrics_auth: bool,

@@ -23,7 +23,8 @@ use error::ApiError;
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.body_limit;
-    Router::new()
+    let cors = cors(&state.config.cors_origins);
+    let router = Router::new()
         .merge(streams::router())
         .merge(sessions::router())
         .merge(ws::router())
@@ -43,5 +44,46 @@ pub fn router(state: AppState) -> Router {
             auth::keys(&state),
             auth::require_key,
         ))
-        .with_state(state)
+        .with_state(state);
+    // Outside the key check, so that a browser's preflight gets its answer.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// The CORS policy for `SPOOL_CORS_ORIGINS`; `None` (no cross-origin access) when unset.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<&str> = origins
+        .iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+        .collect();
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.contains(&"*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([
+                HeaderName::from_static("x-stream-id"),
+                HeaderName::from_static("x-session-id"),
+                header::LOCATION,
+                header::RETRY_AFTER,
+            ])
+            .max_age(std::time::Duration::from_secs(3600)),
+    )
 }

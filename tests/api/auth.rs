@@ -225,7 +225,8 @@ async fn a_read_token_opens_one_streams_events_without_a_key() {
 
     // Only that stream, only its events URL, only as issued.
     let other = b["id"].as_str().unwrap();
-    let forged = format!("{}0", &token[..token.len() - 1]);
+    let flipped = if token.ends_with('0') { '1' } else { '0' };
+    let forged = format!("{}{flipped}", &token[..token.len() - 1]);
     for path in [
         format!("/v1/streams/{other}/events?token={token}"),
         format!("/v1/streams/{id}?token={token}"),
@@ -283,4 +284,99 @@ async fn an_expired_read_token_is_refused() {
         e["error"]["message"].as_str().unwrap().contains("expired"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn a_key_over_its_rate_gets_429_with_retry_after_and_others_do_not() {
+    let app = spawn_with(|c| {
+        c.api_keys = vec!["alpha-key".into(), "beta-key".into()];
+        c.rate_limit = 5;
+    })
+    .await;
+    let mut codes = Vec::new();
+    for _ in 0..7 {
+        let r = get(&app, "/v1/models", Some("alpha-key"))
+            .send()
+            .await
+            .unwrap();
+        codes.push(r.status().as_u16());
+        if r.status() == 429 {
+            assert!(
+                r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+                    >= 1
+            );
+            let e: Value = r.json().await.unwrap();
+            assert_eq!(e["error"]["code"], "rate_limited");
+        }
+    }
+    assert_eq!(codes, [200, 200, 200, 200, 200, 429, 429]);
+    let r = get(&app, "/v1/models", Some("beta-key"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn cors_is_closed_by_default_and_open_to_listed_origins() {
+    let closed = spawn_app().await;
+    let r = closed
+        .client
+        .get(closed.url("/v1/models"))
+        .header("Origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+
+    let app = spawn_with(|c| {
+        c.cors_origins = vec!["https://app.example".into()];
+        c.api_keys = vec!["k".into()];
+    })
+    .await;
+    // The preflight is answered without a key.
+    let r = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/v1/streams"))
+        .header("Origin", "https://app.example")
+        .header("Access-Control-Request-Method", "POST")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization, content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let r = post(&app, "/v1/streams", Some("k"))
+        .header("Origin", "https://app.example")
+        .json(&json!({"prompt": "x", "max_tokens": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert!(
+        r.headers()["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("x-stream-id")
+    );
+    let r = get(&app, "/v1/models", Some("k"))
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
 }
