@@ -10,6 +10,7 @@ mod browser;
 mod cli;
 mod crash;
 mod examples;
+mod http2;
 mod lifecycle;
 mod openai;
 mod ops;
