@@ -48,12 +48,8 @@ async fn without_a_valid_key_v1_is_401_and_the_probes_stay_open() {
     }
     // Nothing was stored by the refused requests.
     let list: Value = get(&app, "/v1/streams", Some("alpha-key"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     assert_eq!(list["data"], json!([]));
 }
 
@@ -105,31 +101,17 @@ async fn a_key_sees_only_its_own_streams_and_sessions() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    let theirs: Value = get(&app, "/v1/streams", Some("beta-key"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let theirs: Value = get(&app, "/v1/streams", Some("beta-key")).send_json().await;
     assert_eq!(theirs["data"], json!([]));
     let mine: Value = get(&app, "/v1/streams", Some("alpha-key"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     assert_eq!(mine["data"][0]["id"], id.as_str());
 
     // Sessions too.
     let s: Value = post(&app, "/v1/sessions", Some("alpha-key"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     let sid = s["id"].as_str().unwrap();
     let r = get(&app, &format!("/v1/sessions/{sid}"), Some("beta-key"))
         .send()
@@ -263,12 +245,8 @@ async fn an_expired_read_token_is_refused() {
     .await;
     let a: Value = post(&app, "/v1/streams", Some("k"))
         .json(&json!({"prompt": "x", "max_tokens": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     let (id, token) = (a["id"].as_str().unwrap(), a["read_token"].as_str().unwrap());
     let r = get(
         &app,

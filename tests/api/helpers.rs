@@ -256,3 +256,14 @@ pub async fn read_n_events(app: &TestApp, id: &str, n: usize) -> Vec<SseEvent> {
         }
     }
 }
+
+/// Sends a request and reads its JSON body (tests only: panics on any failure).
+pub trait SendJson {
+    async fn send_json(self) -> Value;
+}
+
+impl SendJson for reqwest::RequestBuilder {
+    async fn send_json(self) -> Value {
+        self.send().await.unwrap().json().await.unwrap()
+    }
+}
