@@ -6,12 +6,8 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 use crate::helpers::*;
 use crate::sdk::{clients_dir, install, repo};
@@ -109,70 +105,10 @@ async fn the_page_and_its_assets_are_served_from_the_binary() {
     assert_eq!(r.status(), 204);
 }
 
-/// A proxy in front of spool that cuts the first `/events` response after `after` bytes
-/// (both directions dropped); every other connection passes through untouched.
-async fn cut_first_events(target: std::net::SocketAddr, after: usize) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let cut = Arc::new(AtomicBool::new(false));
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            let cut = cut.clone();
-            tokio::spawn(async move {
-                let Ok(mut server) = TcpStream::connect(target).await else {
-                    return;
-                };
-                let events = AtomicBool::new(false);
-                let (mut cr, mut cw) = client.split();
-                let (mut sr, mut sw) = server.split();
-                let up = async {
-                    let mut buf = [0u8; 4096];
-                    loop {
-                        let k = match cr.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(k) => k,
-                        };
-                        if buf[..k].windows(7).any(|w| w == b"/events") {
-                            events.store(true, Ordering::SeqCst);
-                        }
-                        if sw.write_all(&buf[..k]).await.is_err() {
-                            break;
-                        }
-                    }
-                };
-                let down = async {
-                    let mut sent = 0;
-                    let mut buf = [0u8; 256];
-                    loop {
-                        let k = match sr.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(k) => k,
-                        };
-                        if cw.write_all(&buf[..k]).await.is_err() {
-                            break;
-                        }
-                        if events.load(Ordering::SeqCst) && !cut.load(Ordering::SeqCst) {
-                            sent += k;
-                            if sent >= after && !cut.swap(true, Ordering::SeqCst) {
-                                break; // cut: drop both sides
-                            }
-                        }
-                    }
-                };
-                tokio::select! {
-                    _ = up => {}
-                    _ = down => {}
-                }
-            });
-        }
-    });
-    format!("http://{addr}")
-}
-
 #[tokio::test]
 async fn the_page_resumes_a_cut_connection_with_the_exact_text() {
     let app = spawn_with(|c| c.mock_rate = 40.0).await;
-    let base = cut_first_events(app.addr, 600).await;
+    let base = cutting_proxy(app.addr, 600, 1, Cut::EventsOnly).await;
     let r = run_case("resume", &base).await;
     assert!(r["reconnects"].as_u64().unwrap() >= 1, "{r}");
     assert_eq!(r["text"], expected(60));

@@ -2,12 +2,9 @@
 //! including connections cut mid-stream by a proxy in the test.
 
 use std::process::Stdio;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncReadExt;
 
 use crate::helpers::*;
 
@@ -89,53 +86,10 @@ async fn tail_follows_from_a_point() {
     assert_eq!(out, " tok4 tok5 tok6\n");
 }
 
-/// Forwards to `target`; each of the first `cuts` connections is closed once it has
-/// carried `after` bytes to the client.
-pub async fn cutting_proxy(target: std::net::SocketAddr, after: usize, cuts: usize) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(AtomicUsize::new(0));
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            let n = seen.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let Ok(mut server) = TcpStream::connect(target).await else {
-                    return;
-                };
-                let (mut cr, mut cw) = client.split();
-                let (mut sr, mut sw) = server.split();
-                let up = tokio::io::copy(&mut cr, &mut sw);
-                let down = async {
-                    let mut sent = 0;
-                    let mut buf = [0u8; 256];
-                    loop {
-                        let k = match sr.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(k) => k,
-                        };
-                        if cw.write_all(&buf[..k]).await.is_err() {
-                            break;
-                        }
-                        sent += k;
-                        if n < cuts && sent >= after {
-                            break; // cut: drop both sides
-                        }
-                    }
-                };
-                tokio::select! {
-                    _ = up => {}
-                    _ = down => {}
-                }
-            });
-        }
-    });
-    format!("http://{addr}")
-}
-
 #[tokio::test]
 async fn a_cut_connection_is_resumed_without_repeating_text() {
     let app = spawn_with(|c| c.mock_rate = 300.0).await;
-    let base = cutting_proxy(app.addr, 700, 3).await;
+    let base = cutting_proxy(app.addr, 700, 3, Cut::Any).await;
     let (code, out, err) = spool(&["generate", "--base", &base, "--max-tokens", "120", "hi"]).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, expected(120), "stdout differs from an unbroken run");

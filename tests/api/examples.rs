@@ -35,7 +35,7 @@ async fn curl_tour_runs_as_documented() {
 /// the printed text must still be exactly the stream's.
 async fn client_example(program: &str, script: &str) {
     let app = spawn_with(|c| c.mock_rate = 300.0).await;
-    let base = crate::cli::cutting_proxy(app.addr, 600, 2).await;
+    let base = cutting_proxy(app.addr, 600, 2, Cut::Any).await;
     let out = tokio::process::Command::new(program)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/").to_owned() + script)
         .arg("hi")

@@ -267,3 +267,84 @@ impl SendJson for reqwest::RequestBuilder {
         self.send().await.unwrap().json().await.unwrap()
     }
 }
+
+/// Which connections [`cutting_proxy`] may cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Any connection.
+    Any,
+    /// Only one whose request is for an `/events` URL.
+    EventsOnly,
+}
+
+/// A TCP proxy in front of `target` that cuts connections mid-response, as a flaky
+/// network does: an eligible connection is closed (both sides) once it has carried
+/// `after` bytes to the client, until `cuts` connections have been cut; every other
+/// connection passes through untouched. Returns the proxy's base URL.
+pub async fn cutting_proxy(target: SocketAddr, after: usize, cuts: usize, which: Cut) -> String {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let budget = Arc::new(AtomicUsize::new(cuts));
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let budget = budget.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let eligible = AtomicBool::new(which == Cut::Any);
+                let (mut cr, mut cw) = client.split();
+                let (mut sr, mut sw) = server.split();
+                let up = async {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let k = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => k,
+                        };
+                        if buf[..k].windows(7).any(|w| w == b"/events") {
+                            eligible.store(true, Ordering::SeqCst);
+                        }
+                        if sw.write_all(&buf[..k]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let down = async {
+                    let mut sent = 0;
+                    let mut buf = [0u8; 256];
+                    loop {
+                        let k = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => k,
+                        };
+                        if cw.write_all(&buf[..k]).await.is_err() {
+                            break;
+                        }
+                        if eligible.load(Ordering::SeqCst) {
+                            sent += k;
+                            if sent >= after
+                                && budget
+                                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                                        n.checked_sub(1)
+                                    })
+                                    .is_ok()
+                            {
+                                break; // cut: drop both sides
+                            }
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = up => {}
+                    _ = down => {}
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
