@@ -2,8 +2,7 @@
 //! every event a reader saw, and ends the stream with `interrupted` — or, when the
 //! backend can continue, continues it with no gap.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -11,50 +10,14 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-struct Server {
-    child: Child,
-    base: String,
-}
+use crate::process::Server;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `target/…/spool` on port 0 and reads its address from its log.
 fn start(db: &std::path::Path) -> Server {
-    start_with(db, &[])
+    crate::process::start(db, &[], DEADLINE)
 }
 
 fn start_with(db: &std::path::Path, env: &[(&str, &str)]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spool"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SPOOL_ADDR", "127.0.0.1:0")
-        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
-        .env("SPOOL_BACKEND", "mock")
-        .env("SPOOL_MOCK_RATE", "100")
-        .env("SPOOL_LOG", "info")
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(at) = line.find("listening on http://") {
-                let _ = tx.send(line[at + "listening on ".len()..].trim().to_owned());
-            }
-        }
-    });
-    let base = rx
-        .recv_timeout(DEADLINE)
-        .expect("the server did not report its address");
-    Server { child, base }
+    crate::process::start(db, env, DEADLINE)
 }
 
 /// Starts a stream of `max_tokens` over SSE and reads its first 20 events.

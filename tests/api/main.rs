@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod helpers;
+#[path = "../common/process.rs"]
+mod process;
 
 mod auth;
 mod bad_input;

@@ -2,55 +2,30 @@
 //! from its stored token ids, readers see no gap, and with a seed the text is exactly
 //! what an uninterrupted run produces.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
 use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::server::{DEADLINE, Event, ask, model_path};
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::process::Server;
 
 /// The real binary on port 0, with the local model, ready.
 async fn start(db: &std::path::Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spool"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SPOOL_ADDR", "127.0.0.1:0")
-        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
-        .env("SPOOL_BACKEND", "local")
-        .env("SPOOL_MODEL_PATH", model_path())
-        .env("CANDLE_NUM_THREADS", "1")
-        .env("SPOOL_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(at) = line.find("listening on http://") {
-                let _ = tx.send(line[at + "listening on ".len()..].trim().to_owned());
-            }
-        }
-    });
-    let base = tokio::task::spawn_blocking(move || rx.recv_timeout(DEADLINE))
-        .await
-        .unwrap()
-        .expect("the server did not report its address");
-    let server = Server { child, base };
+    let db = db.to_path_buf();
+    let model = model_path().display().to_string();
+    let server = tokio::task::spawn_blocking(move || {
+        crate::process::start(
+            &db,
+            &[
+                ("SPOOL_BACKEND", "local"),
+                ("SPOOL_MODEL_PATH", &model),
+                ("CANDLE_NUM_THREADS", "1"),
+            ],
+            DEADLINE,
+        )
+    })
+    .await
+    .unwrap();
     let client = reqwest::Client::new();
     let until = tokio::time::Instant::now() + DEADLINE;
     loop {

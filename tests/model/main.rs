@@ -6,6 +6,8 @@
 
 mod crash;
 mod forward;
+#[path = "../common/process.rs"]
+mod process;
 mod server;
 mod streams;
 mod tokenizer;

@@ -1,0 +1,49 @@
+//! The real `spool` binary as a child process on port 0 (shared by the test binaries
+//! that kill it): started with a clean environment, its address read from its log, and
+//! killed when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts spool on `db` with the mock backend at 100 tokens/s; `env` adds or overrides.
+pub fn start(db: &std::path::Path, env: &[(&str, &str)], deadline: Duration) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spool"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SPOOL_ADDR", "127.0.0.1:0")
+        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+        .env("SPOOL_BACKEND", "mock")
+        .env("SPOOL_MOCK_RATE", "100")
+        .env("SPOOL_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(at) = line.find("listening on http://") {
+                let _ = tx.send(line[at + "listening on ".len()..].trim().to_owned());
+            }
+        }
+    });
+    let base = rx
+        .recv_timeout(deadline)
+        .expect("the server did not report its address");
+    Server { child, base }
+}
