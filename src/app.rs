@@ -73,6 +73,10 @@ impl Spool {
             admission,
         );
         engine.continue_unfinished(opened.unfinished).await;
+        if store.is_shared() {
+            tracing::info!(node = store.node(), "sharing the database with other nodes");
+            crate::cluster::start(&engine, store.clone(), hub.clone(), config.node_lease);
+        }
         if !config.retention.is_zero() {
             engine.spawn(retention(
                 log.clone(),
@@ -171,6 +175,11 @@ impl Spool {
             .is_err()
         {
             tracing::warn!("the writer did not stop in time");
+        }
+        // Every stream of this node has ended and is stored: give up the lease, so no
+        // survivor waits for it to expire (one that did not end is swept as an orphan).
+        if let Err(e) = self.state.store.release_lease().await {
+            tracing::warn!(error = %e, "could not release this node's lease");
         }
         self.state.store.close().await;
         if let Ok(error) = failed_rx.await {

@@ -137,7 +137,8 @@ pub struct ServeConfig {
     )]
     pub addr: SocketAddr,
 
-    /// The store: `sqlite://PATH` (created if missing).
+    /// The store: `sqlite://PATH` (created if missing), or `postgres://…` to share one
+    /// database between several nodes.
     #[arg(
         long = "database-url",
         env = "DATABASE_URL",
@@ -155,6 +156,15 @@ pub struct ServeConfig {
         global = true
     )]
     pub sqlite_synchronous: Synchronous,
+
+    /// PostgreSQL: this node's name (unset: a random one per process).
+    #[arg(long = "node-id", env = "SPOOL_NODE_ID", global = true)]
+    pub node_id: Option<String>,
+
+    /// PostgreSQL: how long a node's lease lasts without a heartbeat; a node silent
+    /// this long is dead, and a survivor ends or continues its streams.
+    #[arg(long = "node-lease", env = "SPOOL_NODE_LEASE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub node_lease: Duration,
 
     /// Which backend generates tokens.
     #[arg(
@@ -431,8 +441,8 @@ impl ServeConfig {
         }
     }
 
-    /// The SQLite file path of `database_url`, or a clear error for anything else.
-    pub fn sqlite_path(&self) -> anyhow::Result<String> {
+    /// The database `database_url` names, or a clear error.
+    pub fn database(&self) -> anyhow::Result<Database> {
         let url = self.database_url.trim();
         if let Some(rest) = url
             .strip_prefix("sqlite://")
@@ -445,15 +455,44 @@ impl ServeConfig {
                      an in-memory database would lose every stream"
                 );
             }
-            return Ok(path.to_owned());
+            return Ok(Database::Sqlite(path.to_owned()));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            anyhow::bail!(
-                "DATABASE_URL={url}: the PostgreSQL store is not built yet; use sqlite://PATH"
-            );
+            return Ok(Database::Postgres(url.to_owned()));
         }
-        anyhow::bail!("DATABASE_URL={url}: expected sqlite://PATH")
+        anyhow::bail!("DATABASE_URL={url}: expected sqlite://PATH or postgres://…")
     }
+
+    /// This node's name among those sharing a PostgreSQL database: `SPOOL_NODE_ID`, or
+    /// a fresh random one per process.
+    pub fn node_id(&self) -> anyhow::Result<String> {
+        if let Some(id) = &self.node_id {
+            let ok = !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+            if !ok {
+                anyhow::bail!("SPOOL_NODE_ID={id:?}: use 1 to 64 letters, digits, '-', '_' or '.'");
+            }
+            return Ok(id.clone());
+        }
+        let mut bytes = [0u8; 6];
+        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        Ok(format!(
+            "node_{}",
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ))
+    }
+}
+
+/// Where the store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// A SQLite file (its path).
+    Sqlite(String),
+    /// A PostgreSQL database (its URL), possibly shared by several nodes.
+    Postgres(String),
 }
 
 #[cfg(test)]
@@ -473,12 +512,17 @@ mod tests {
     #[test]
     fn sqlite_paths() {
         let mut c = ServeConfig::defaults();
-        assert_eq!(c.sqlite_path().unwrap(), "spool.db");
+        assert_eq!(c.database().unwrap(), Database::Sqlite("spool.db".into()));
         c.database_url = "sqlite:///tmp/x.db?mode=rwc".into();
-        assert_eq!(c.sqlite_path().unwrap(), "/tmp/x.db");
+        assert_eq!(c.database().unwrap(), Database::Sqlite("/tmp/x.db".into()));
         c.database_url = "sqlite::memory:".into();
-        assert!(c.sqlite_path().is_err());
+        assert!(c.database().is_err());
         c.database_url = "mysql://x".into();
-        assert!(c.sqlite_path().is_err());
+        assert!(c.database().is_err());
+        c.database_url = "postgres://127.0.0.1/test".into();
+        assert_eq!(
+            c.database().unwrap(),
+            Database::Postgres("postgres://127.0.0.1/test".into())
+        );
     }
 }

@@ -38,8 +38,11 @@ impl Chunk {
 
 /// How many stored events one read returns.
 const PAGE: u32 = 512;
-/// How often a stream that is not live in this process is re-read.
+/// How often a stream that is not live in this process is re-read without a wake-up:
+/// on SQLite nothing else wakes such a reader; with several nodes, wake-ups do, and
+/// this is only the safety net.
 const POLL: Duration = Duration::from_millis(200);
+const POLL_SHARED: Duration = Duration::from_millis(1000);
 
 /// Follows `stream_id` from `after` (exclusive) to its terminal event.
 pub fn follow(
@@ -51,6 +54,9 @@ pub fn follow(
 ) -> impl Stream<Item = Result<Chunk, StoreError>> + Send + 'static {
     async_stream::try_stream! {
         let mut live = hub.subscribe(&stream_id);
+        // Not live here: follow the store, woken by other nodes' commits.
+        let mut watch = live.is_none().then(|| hub.watch(&stream_id));
+        let poll = if store.is_shared() { POLL_SHARED } else { POLL };
         let mut cursor = Cursor { last: after, finished: false };
 
         // Read the store at the start, and again only after a lag, a closed channel or
@@ -58,6 +64,9 @@ pub fn follow(
         let mut from_store = true;
         loop {
             while from_store {
+                if let Some(w) = watch.as_mut() {
+                    w.seen();
+                }
                 let events = store.events_after(&stream_id, cursor.last, PAGE).await?;
                 from_store = events.len() as u32 == PAGE;
                 if events.is_empty() {
@@ -98,7 +107,8 @@ pub fn follow(
                     }
                 },
                 None => {
-                    tokio::time::sleep(POLL).await;
+                    let w = watch.get_or_insert_with(|| hub.watch(&stream_id));
+                    let _ = tokio::time::timeout(poll, w.changed()).await;
                     from_store = true;
                 }
             }

@@ -13,6 +13,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod event;

@@ -300,30 +300,54 @@ impl Engine {
         let Some(row) = self.store.stream(id, owner).await? else {
             return Ok(None);
         };
-        let live = self.live().get(id).cloned();
-        if let Some(live) = live {
-            live.cancel.cancel();
+        if self.cancel_local(id) {
             return Ok(Some(Cancel::Stopping(row)));
         }
-        Ok(Some(if row.status()?.is_terminal() {
-            Cancel::AlreadyEnded(row)
-        } else {
-            Cancel::Stopping(row)
-        }))
+        if row.status()?.is_terminal() {
+            return Ok(Some(Cancel::AlreadyEnded(row)));
+        }
+        // Another node runs it: it hears the cancel through the database.
+        self.store.route_cancel(id).await?;
+        Ok(Some(Cancel::Stopping(row)))
+    }
+
+    /// Cancels `id` if this process generates it; false if it does not.
+    pub fn cancel_local(&self, id: &str) -> bool {
+        let live = self.live().get(id).cloned();
+        match live {
+            Some(live) => {
+                live.cancel.cancel();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Cancels a stream if running, waits for its end to be written, then deletes it and
     /// its events. `false`: no such stream.
     pub async fn delete(&self, id: &str, owner: Option<&str>) -> Result<bool, StoreError> {
-        if self.store.stream(id, owner).await?.is_none() {
+        let Some(row) = self.store.stream(id, owner).await? else {
             return Ok(false);
-        }
+        };
         let live = self.live().get(id).cloned();
         if let Some(live) = live {
             live.cancel.cancel();
             // The terminal event is queued before `ended` fires, and the writer keeps
             // order, so the delete below lands after it.
             let _ = tokio::time::timeout(Duration::from_secs(10), live.ended.cancelled()).await;
+        } else if !row.status()?.is_terminal() && self.store.is_shared() {
+            // Another node runs it: cancel it there and wait until its end is stored,
+            // so no event of it is written after the delete.
+            self.store.route_cancel(id).await?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while tokio::time::Instant::now() < deadline {
+                match self.store.stream_unscoped(id).await? {
+                    Some(row) if !row.status()?.is_terminal() => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    _ => break,
+                }
+            }
         }
         self.log.delete(id.to_owned()).await
     }

@@ -2,7 +2,7 @@
 //! what a backend needs to continue it after a crash.
 
 use super::batch::decode_ids;
-use super::{Store, StoreError};
+use super::{Store, StoreError, on_db};
 use crate::event::{Event, EventKind};
 use crate::llm::Continuation;
 
@@ -14,14 +14,16 @@ impl Store {
         after: u64,
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
-        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        let rows: Vec<(i64, String, String)> = on_db!(
+            &self.db,
             "SELECT seq, kind, data FROM events WHERE stream_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(stream_id)
-        .bind(after as i64)
-        .bind(i64::from(limit))
-        .fetch_all(&self.read)
-        .await?;
+            |pool, sql| sqlx::query_as(sql)
+                .bind(stream_id)
+                .bind(after as i64)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        );
         rows.into_iter()
             .map(|(seq, kind, data)| {
                 let kind = EventKind::parse(&kind).ok_or_else(|| {
@@ -40,12 +42,11 @@ impl Store {
     /// with its events, the text stored after the last event that had ids, and all of
     /// its text.
     pub async fn continuation(&self, stream_id: &str) -> Result<Continuation, StoreError> {
-        let rows: Vec<(String, Option<Vec<u8>>)> = sqlx::query_as(
+        let rows: Vec<(String, Option<Vec<u8>>)> = on_db!(
+            &self.db,
             "SELECT data, ids FROM events WHERE stream_id = ? AND kind = 'token' ORDER BY seq",
-        )
-        .bind(stream_id)
-        .fetch_all(&self.read)
-        .await?;
+            |pool, sql| sqlx::query_as(sql).bind(stream_id).fetch_all(pool).await?
+        );
         let mut c = Continuation::default();
         for (data, ids) in rows {
             let text = token_text(stream_id, &data)?;
@@ -63,12 +64,11 @@ impl Store {
 
     /// The concatenated text of every token event so far.
     pub async fn text(&self, stream_id: &str) -> Result<String, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as(
+        let rows: Vec<(String,)> = on_db!(
+            &self.db,
             "SELECT data FROM events WHERE stream_id = ? AND kind = 'token' ORDER BY seq",
-        )
-        .bind(stream_id)
-        .fetch_all(&self.read)
-        .await?;
+            |pool, sql| sqlx::query_as(sql).bind(stream_id).fetch_all(pool).await?
+        );
         let mut text = String::new();
         for (data,) in rows {
             text.push_str(&token_text(stream_id, &data)?);

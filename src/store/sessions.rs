@@ -2,7 +2,7 @@
 
 use sqlx::FromRow;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, on_db};
 
 /// A new session, as the writer inserts it.
 #[derive(Debug, Clone)]
@@ -55,26 +55,30 @@ impl Store {
         id: &str,
         owner: Option<&str>,
     ) -> Result<Option<SessionRow>, StoreError> {
-        Ok(sqlx::query_as::<_, SessionRow>(
+        Ok(on_db!(
+            &self.db,
             "SELECT id, owner, model, system, metadata, created_at FROM sessions \
              WHERE id = ? AND owner IS ?",
-        )
-        .bind(id)
-        .bind(owner)
-        .fetch_optional(&self.read)
-        .await?)
+            |pool, sql| sqlx::query_as::<_, SessionRow>(sql)
+                .bind(id)
+                .bind(owner)
+                .fetch_optional(pool)
+                .await?
+        ))
     }
 
     /// A session's turns in order, each assistant turn with its text so far.
     pub async fn turns(&self, session_id: &str) -> Result<Vec<TurnRow>, StoreError> {
-        let mut turns = sqlx::query_as::<_, TurnRow>(
+        let mut turns: Vec<TurnRow> = on_db!(
+            &self.db,
             "SELECT t.idx, t.role, t.content, t.stream_id, t.created_at, s.status \
              FROM turns t LEFT JOIN streams s ON s.id = t.stream_id \
              WHERE t.session_id = ? ORDER BY t.idx",
-        )
-        .bind(session_id)
-        .fetch_all(&self.read)
-        .await?;
+            |pool, sql| sqlx::query_as::<_, TurnRow>(sql)
+                .bind(session_id)
+                .fetch_all(pool)
+                .await?
+        );
         for turn in &mut turns {
             if turn.content.is_none()
                 && let Some(stream) = &turn.stream_id

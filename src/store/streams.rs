@@ -3,7 +3,7 @@
 use sqlx::FromRow;
 
 use super::sessions::NewTurn;
-use super::{Store, StoreError};
+use super::{Store, StoreError, on_db};
 use crate::event::{FinishReason, StreamStatus, Usage};
 
 /// A new stream, as the writer inserts it.
@@ -81,22 +81,28 @@ impl Store {
         id: &str,
         owner: Option<&str>,
     ) -> Result<Option<StreamRow>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM streams WHERE id = ? AND owner IS ?");
-        Ok(sqlx::query_as::<_, StreamRow>(&sql)
-            .bind(id)
-            .bind(owner)
-            .fetch_optional(&self.read)
-            .await?)
+        let text = format!("SELECT {COLUMNS} FROM streams WHERE id = ? AND owner IS ?");
+        Ok(on_db!(&self.db, text, |pool, sql| sqlx::query_as::<
+            _,
+            StreamRow,
+        >(sql)
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(pool)
+        .await?))
     }
 
     /// One stream, whoever owns it: only for a request that proved its right to it
     /// otherwise (a read token).
     pub async fn stream_unscoped(&self, id: &str) -> Result<Option<StreamRow>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM streams WHERE id = ?");
-        Ok(sqlx::query_as::<_, StreamRow>(&sql)
-            .bind(id)
-            .fetch_optional(&self.read)
-            .await?)
+        let text = format!("SELECT {COLUMNS} FROM streams WHERE id = ?");
+        Ok(on_db!(&self.db, text, |pool, sql| sqlx::query_as::<
+            _,
+            StreamRow,
+        >(sql)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?))
     }
 
     /// The owner's streams, newest first, strictly below `before`.
@@ -108,30 +114,34 @@ impl Store {
     ) -> Result<Vec<StreamRow>, StoreError> {
         let rows = match before {
             None => {
-                let sql = format!(
+                let text = format!(
                     "SELECT {COLUMNS} FROM streams WHERE owner IS ? \
                      ORDER BY created_at DESC, id DESC LIMIT ?"
                 );
-                sqlx::query_as::<_, StreamRow>(&sql)
-                    .bind(owner)
-                    .bind(i64::from(limit))
-                    .fetch_all(&self.read)
-                    .await?
+                on_db!(&self.db, text, |pool, sql| sqlx::query_as::<_, StreamRow>(
+                    sql
+                )
+                .bind(owner)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?)
             }
             Some(c) => {
-                let sql = format!(
+                let text = format!(
                     "SELECT {COLUMNS} FROM streams WHERE owner IS ? \
                      AND (created_at < ? OR (created_at = ? AND id < ?)) \
                      ORDER BY created_at DESC, id DESC LIMIT ?"
                 );
-                sqlx::query_as::<_, StreamRow>(&sql)
-                    .bind(owner)
-                    .bind(c.created_at)
-                    .bind(c.created_at)
-                    .bind(&c.id)
-                    .bind(i64::from(limit))
-                    .fetch_all(&self.read)
-                    .await?
+                on_db!(&self.db, text, |pool, sql| sqlx::query_as::<_, StreamRow>(
+                    sql
+                )
+                .bind(owner)
+                .bind(c.created_at)
+                .bind(c.created_at)
+                .bind(&c.id)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?)
             }
         };
         Ok(rows)

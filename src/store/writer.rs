@@ -3,7 +3,8 @@
 //! Events of every stream arrive through one bounded channel. When the writer is idle
 //! it takes the first waiting operation and keeps collecting for at most
 //! `batch_window` or until `batch_max` events; then it commits the whole batch in one
-//! `BEGIN IMMEDIATE` transaction (see [`super::batch`]). While a commit runs it keeps
+//! transaction (see [`super::batch`]; on PostgreSQL the same transaction notifies the
+//! other nodes, see [`super::postgres::batch`]). While a commit runs it keeps
 //! collecting the next batch, which is committed as soon as the previous one is done:
 //! under load, batching costs no waiting at all. Only after `COMMIT` returns does it
 //! hand the batch's events to the [`StreamHub`].
@@ -15,13 +16,14 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sqlx::postgres::PgConnection;
 use sqlx::sqlite::SqliteConnection;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::batch::{self, Batch, Outcome, StreamEnd};
-use super::checkpoint::{self, Checkpointer};
-use super::{NewSession, NewStream, StoreError};
+use super::batch::{Batch, Outcome, StreamEnd};
+use super::sqlite::checkpoint::{self, Checkpointer};
+use super::{NewSession, NewStream, StoreError, postgres, sqlite};
 use crate::config::ServeConfig;
 use crate::event::Event;
 use crate::hub::StreamHub;
@@ -179,11 +181,44 @@ impl EventLog {
     }
 }
 
+/// The writer's connection, to one database or the other.
+pub(super) enum Conn {
+    Sqlite {
+        conn: SqliteConnection,
+        /// Stopped when the writer closes, before its last checkpoint.
+        checkpointer: Option<Checkpointer>,
+    },
+    Postgres {
+        conn: PgConnection,
+        /// Written as the owner of the streams this process creates, and named in
+        /// the notifications of its commits.
+        node: Arc<str>,
+    },
+}
+
+impl Conn {
+    async fn commit(&mut self, batch: &Batch) -> Result<Outcome, sqlx::Error> {
+        match self {
+            Conn::Sqlite { conn, .. } => sqlite::batch::commit(conn, batch).await,
+            Conn::Postgres { conn, node } => postgres::batch::commit(conn, batch, node).await,
+        }
+    }
+
+    /// At close: SQLite's log is checkpointed and truncated.
+    async fn close(&mut self) {
+        if let Conn::Sqlite { conn, checkpointer } = self {
+            if let Some(checkpointer) = checkpointer.take() {
+                checkpointer.stop().await;
+            }
+            checkpoint::truncate(conn).await;
+        }
+    }
+}
+
 /// Starts the writer on `conn`. The task ends when every [`EventLog`] is dropped, after
 /// committing what was queued.
-pub fn start(
-    conn: SqliteConnection,
-    checkpointer: Checkpointer,
+pub(super) fn start(
+    conn: Conn,
     config: &ServeConfig,
     hub: Arc<StreamHub>,
     metrics: Arc<Metrics>,
@@ -193,7 +228,6 @@ pub fn start(
     let (creates, creates_rx) = mpsc::channel(CREATES_QUEUE);
     let writer = Writer {
         conn,
-        checkpointer: Some(checkpointer),
         rx,
         creates: creates_rx,
         hub,
@@ -209,8 +243,7 @@ pub fn start(
 const CREATES_QUEUE: usize = 1024;
 
 struct Writer {
-    conn: SqliteConnection,
-    checkpointer: Option<Checkpointer>,
+    conn: Conn,
     rx: mpsc::Receiver<WriteOp>,
     creates: mpsc::Receiver<WriteOp>,
     hub: Arc<StreamHub>,
@@ -321,10 +354,7 @@ impl Writer {
                 break;
             }
         }
-        if let Some(checkpointer) = self.checkpointer.take() {
-            checkpointer.stop().await;
-        }
-        checkpoint::truncate(&mut self.conn).await;
+        self.conn.close().await;
         tracing::debug!("event log closed");
     }
 
@@ -408,13 +438,10 @@ impl Writer {
 }
 
 /// Commits, retrying a failed transaction three times with a growing pause.
-async fn commit_with_retry(
-    conn: &mut SqliteConnection,
-    batch: &Batch,
-) -> Result<Outcome, sqlx::Error> {
+async fn commit_with_retry(conn: &mut Conn, batch: &Batch) -> Result<Outcome, sqlx::Error> {
     let mut attempt = 0;
     loop {
-        match batch::commit(conn, batch).await {
+        match conn.commit(batch).await {
             Ok(outcome) => return Ok(outcome),
             Err(e) if attempt < 3 => {
                 attempt += 1;

@@ -1,0 +1,150 @@
+//! Several nodes on one PostgreSQL database: the background work that makes them one
+//! service. Nothing here runs on SQLite.
+//!
+//! - **Lease**: every `lease / 3` the node renews its row in `nodes`.
+//! - **Sweep**: as often, it looks for nodes whose lease expired; exactly one survivor
+//!   takes each (`FOR UPDATE SKIP LOCKED`) and ends its open streams `interrupted`, or
+//!   continues them here when the backend can (see [`crate::store::Store::sweep`]).
+//! - **Listen**: one `LISTEN` connection hears every node's commits (stream ids and last
+//!   seqs) and wakes this node's readers of those streams through the hub; and hears
+//!   cancels, which it applies to the streams generated here. When the connection is
+//!   lost every reader is woken to catch up from the table, and it reconnects.
+//!
+//! **Architecture Invariant:** a notification carries no event data: readers on every
+//! node read events from the table, so a reader on any node sees the same bytes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Engine;
+use crate::hub::StreamHub;
+use crate::store::Store;
+use crate::store::postgres::cluster::Notice;
+
+/// Starts the lease, sweep and listen loops as tracked tasks of the engine; they end
+/// when the engine shuts down.
+pub fn start(engine: &Arc<Engine>, store: Store, hub: Arc<StreamHub>, lease: Duration) {
+    let every = (lease / 3).max(Duration::from_millis(100));
+    let shutdown = engine.shutdown_token();
+    engine.spawn(renew(store.clone(), lease, every, shutdown.clone()));
+    engine.spawn(sweep(
+        engine.clone(),
+        store.clone(),
+        every,
+        shutdown.clone(),
+    ));
+    engine.spawn(listen(engine.clone(), store, hub, shutdown));
+}
+
+async fn renew(store: Store, lease: Duration, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match store.renew_lease(lease).await {
+            Ok(true) => {}
+            Ok(false) => tracing::error!(
+                node = store.node(),
+                "this node's lease had expired: another node may have ended or taken over \
+                 its streams"
+            ),
+            Err(e) => tracing::warn!(error = %e, "renewing the node lease failed; retrying"),
+        }
+    }
+}
+
+async fn sweep(engine: Arc<Engine>, store: Store, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let models = engine.models();
+        match store.sweep(&|model| models.can_continue(model)).await {
+            Ok(sweep) => {
+                if !sweep.dead.is_empty() || !sweep.ended.is_empty() || !sweep.claimed.is_empty() {
+                    tracing::warn!(
+                        dead = ?sweep.dead,
+                        ended = sweep.ended.len(),
+                        continued = sweep.claimed.len(),
+                        "took over from dead nodes"
+                    );
+                }
+                if !sweep.claimed.is_empty() {
+                    engine.continue_unfinished(sweep.claimed).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "sweeping dead nodes failed; retrying"),
+        }
+    }
+}
+
+async fn listen(
+    engine: Arc<Engine>,
+    store: Store,
+    hub: Arc<StreamHub>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let listener = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            l = store.listen() => l,
+        };
+        let mut listener = match listener {
+            Ok(Some(l)) => l,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for other nodes; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        // Whatever was committed while nobody listened is in the table.
+        hub.wake_all();
+        loop {
+            let notice = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                n = listener.recv() => n,
+            };
+            match notice {
+                Ok(Notice::Committed(streams)) => {
+                    backoff = Duration::from_millis(100);
+                    for (id, seq) in streams {
+                        hub.wake(&id, seq);
+                    }
+                }
+                Ok(Notice::Cancel(id)) => {
+                    if engine.cancel_local(&id) {
+                        tracing::info!(stream = %id, "cancelled at another node's request");
+                    }
+                }
+                Ok(Notice::Lost) => {
+                    tracing::warn!("lost the LISTEN connection; readers catch up from the table");
+                    hub.wake_all();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the LISTEN connection failed; reconnecting");
+                    hub.wake_all();
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,378 @@
+//! The PostgreSQL writing of a group commit: one transaction per batch, every kind of
+//! row in one statement over arrays (`INSERT … SELECT * FROM UNNEST($1::text[], …)`,
+//! `UPDATE … FROM UNNEST(…)`), so a batch of any size is a handful of round trips.
+//!
+//! The same transaction sends the batch's notification on [`EVENTS_CHANNEL`]: the
+//! streams it wrote to and their last seqs (never token text). PostgreSQL delivers a
+//! notification only when its transaction commits, so no node is woken for events it
+//! cannot read yet.
+
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+
+use super::EVENTS_CHANNEL;
+use crate::event::FinishReason;
+use crate::store::batch::{Batch, Outcome};
+
+/// Runs the batch in one transaction; rolls back on any error.
+pub(in crate::store) async fn commit(
+    conn: &mut PgConnection,
+    batch: &Batch,
+    node: &str,
+) -> Result<Outcome, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    let outcome = write(&mut tx, batch, node).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Outcome, sqlx::Error> {
+    if !batch.sessions.is_empty() {
+        let s: Vec<_> = batch.sessions.iter().map(|(s, _)| s).collect();
+        sqlx::query(
+            "INSERT INTO sessions (id, owner, model, system, metadata, created_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::bigint[])",
+        )
+        .bind(s.iter().map(|s| s.id.as_str()).collect::<Vec<_>>())
+        .bind(s.iter().map(|s| s.owner.as_deref()).collect::<Vec<_>>())
+        .bind(s.iter().map(|s| s.model.as_deref()).collect::<Vec<_>>())
+        .bind(s.iter().map(|s| s.system.as_deref()).collect::<Vec<_>>())
+        .bind(s.iter().map(|s| s.metadata.as_deref()).collect::<Vec<_>>())
+        .bind(s.iter().map(|s| s.created_at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    if !batch.creates.is_empty() {
+        let c: Vec<_> = batch.creates.iter().map(|(s, _)| s).collect();
+        sqlx::query(
+            "INSERT INTO streams (id, owner, status, model, params, created_at, last_seq, node) \
+             SELECT v.id, v.owner, 'queued', v.model, v.params, v.created_at, 0, $6 \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
+             AS v(id, owner, model, params, created_at)",
+        )
+        .bind(c.iter().map(|s| s.id.as_str()).collect::<Vec<_>>())
+        .bind(c.iter().map(|s| s.owner.as_deref()).collect::<Vec<_>>())
+        .bind(c.iter().map(|s| s.model.as_str()).collect::<Vec<_>>())
+        .bind(c.iter().map(|s| s.params.as_str()).collect::<Vec<_>>())
+        .bind(c.iter().map(|s| s.created_at).collect::<Vec<_>>())
+        .bind(node)
+        .execute(&mut *conn)
+        .await?;
+
+        // A session's turn: the user's message and the assistant's (the stream).
+        let mut turns = Turns::default();
+        for s in &c {
+            if let Some(t) = &s.turn {
+                turns.push(
+                    &t.session_id,
+                    t.idx,
+                    "user",
+                    Some(&t.content),
+                    None,
+                    s.created_at,
+                );
+                turns.push(
+                    &t.session_id,
+                    t.idx + 1,
+                    "assistant",
+                    None,
+                    Some(&s.id),
+                    s.created_at,
+                );
+            }
+        }
+        if !turns.session.is_empty() {
+            sqlx::query(
+                "INSERT INTO turns (session_id, idx, role, content, stream_id, created_at) \
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], \
+                 $5::text[], $6::bigint[])",
+            )
+            .bind(turns.session)
+            .bind(turns.idx)
+            .bind(turns.role)
+            .bind(turns.content)
+            .bind(turns.stream)
+            .bind(turns.created_at)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+
+    if !batch.running.is_empty() {
+        sqlx::query(
+            "UPDATE streams SET status = 'running', started_at = v.at \
+             FROM UNNEST($1::text[], $2::bigint[]) AS v(id, at) \
+             WHERE streams.id = v.id AND streams.status = 'queued'",
+        )
+        .bind(
+            batch
+                .running
+                .iter()
+                .map(|(id, _)| &**id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(batch.running.iter().map(|(_, at)| *at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    if batch.events > 0 {
+        let mut stream = Vec::with_capacity(batch.events);
+        let mut seq = Vec::with_capacity(batch.events);
+        let mut kind = Vec::with_capacity(batch.events);
+        let mut data = Vec::with_capacity(batch.events);
+        let mut ids = Vec::with_capacity(batch.events);
+        for s in &batch.streams {
+            for (e, i) in s.events.iter().zip(&s.ids) {
+                stream.push(&*s.id);
+                seq.push(e.seq as i64);
+                kind.push(e.kind.as_str());
+                data.push(e.data.as_str());
+                ids.push(i.as_deref());
+            }
+        }
+        sqlx::query(
+            "INSERT INTO events (stream_id, seq, kind, data, ids) \
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bytea[])",
+        )
+        .bind(stream)
+        .bind(seq)
+        .bind(kind)
+        .bind(data)
+        .bind(ids)
+        .execute(&mut *conn)
+        .await?;
+    }
+
+    let mut progress: (Vec<&str>, Vec<i64>) = Default::default();
+    let mut ends = Ends::default();
+    for s in &batch.streams {
+        let Some(last) = s.events.last() else {
+            continue;
+        };
+        let seq = last.seq as i64;
+        match &s.end {
+            None => {
+                progress.0.push(&s.id);
+                progress.1.push(seq);
+            }
+            Some(end) => {
+                ends.id.push(&s.id);
+                ends.seq.push(seq);
+                ends.status.push(end.status.as_str());
+                ends.finish_reason
+                    .push(end.finish_reason.map(FinishReason::as_str));
+                ends.code.push(end.error.as_ref().map(|(c, _)| c.as_str()));
+                ends.message
+                    .push(end.error.as_ref().map(|(_, m)| m.as_str()));
+                ends.prompt.push(i64::from(end.usage.prompt_tokens));
+                ends.completion.push(i64::from(end.usage.completion_tokens));
+                ends.finished_at.push(end.finished_at);
+                if let Some(text) = &end.turn_text {
+                    ends.turn_stream.push(&s.id);
+                    ends.turn_text.push(text.as_str());
+                }
+            }
+        }
+    }
+    if !progress.0.is_empty() {
+        sqlx::query(
+            "UPDATE streams SET last_seq = v.seq FROM UNNEST($1::text[], $2::bigint[]) \
+             AS v(id, seq) WHERE streams.id = v.id",
+        )
+        .bind(progress.0)
+        .bind(progress.1)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !ends.id.is_empty() {
+        sqlx::query(
+            "UPDATE streams SET last_seq = v.seq, status = v.status, finish_reason = v.reason, \
+             error_code = v.code, error_message = v.message, prompt_tokens = v.prompt, \
+             completion_tokens = v.completion, finished_at = v.finished_at, \
+             started_at = COALESCE(streams.started_at, v.finished_at) \
+             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+             $6::text[], $7::bigint[], $8::bigint[], $9::bigint[]) \
+             AS v(id, seq, status, reason, code, message, prompt, completion, finished_at) \
+             WHERE streams.id = v.id",
+        )
+        .bind(&ends.id)
+        .bind(&ends.seq)
+        .bind(&ends.status)
+        .bind(&ends.finish_reason)
+        .bind(&ends.code)
+        .bind(&ends.message)
+        .bind(&ends.prompt)
+        .bind(&ends.completion)
+        .bind(&ends.finished_at)
+        .execute(&mut *conn)
+        .await?;
+        if !ends.turn_stream.is_empty() {
+            sqlx::query(
+                "UPDATE turns SET content = v.text FROM UNNEST($1::text[], $2::text[]) \
+                 AS v(id, text) WHERE turns.stream_id = v.id",
+            )
+            .bind(&ends.turn_stream)
+            .bind(&ends.turn_text)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+
+    let mut deleted = Vec::with_capacity(batch.deletes.len());
+    for (id, _) in &batch.deletes {
+        deleted.push(delete_streams(conn, std::slice::from_ref(id)).await? > 0);
+    }
+    let mut purged = Vec::with_capacity(batch.purges.len());
+    for (before, max, _) in &batch.purges {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM streams WHERE created_at < $1 \
+             AND status NOT IN ('queued', 'running') LIMIT $2",
+        )
+        .bind(before)
+        .bind(i64::from(*max))
+        .fetch_all(&mut *conn)
+        .await?;
+        purged.push(delete_streams(conn, &ids).await?);
+    }
+
+    for payload in notifications(
+        node,
+        batch
+            .streams
+            .iter()
+            .filter_map(|s| s.events.last().map(|e| (&*s.id, e.seq))),
+    ) {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(EVENTS_CHANNEL)
+            .bind(payload)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(Outcome { deleted, purged })
+}
+
+async fn delete_streams(conn: &mut PgConnection, ids: &[String]) -> Result<u64, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    sqlx::query("DELETE FROM events WHERE stream_id = ANY($1)")
+        .bind(ids)
+        .execute(&mut *conn)
+        .await?;
+    let r = sqlx::query("DELETE FROM streams WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(&mut *conn)
+        .await?;
+    Ok(r.rows_affected())
+}
+
+/// A notification's payload is at most this long (PostgreSQL's limit is 8000 bytes).
+const PAYLOAD_MAX: usize = 7900;
+
+/// The payloads announcing `(stream, last seq)` pairs: `node|id:seq,id:seq…`, split
+/// only where one would pass [`PAYLOAD_MAX`] (about 200 streams each).
+pub fn notifications<'a>(node: &str, streams: impl Iterator<Item = (&'a str, u64)>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for (id, seq) in streams {
+        let item = format!("{id}:{seq}");
+        if !current.is_empty() && current.len() + 1 + item.len() > PAYLOAD_MAX {
+            out.push(std::mem::take(&mut current));
+        }
+        if current.is_empty() {
+            current.push_str(node);
+            current.push('|');
+        } else {
+            current.push(',');
+        }
+        current.push_str(&item);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// The inverse of [`notifications`], for one payload: the sending node and its pairs.
+/// Items that do not parse are skipped (they would only cost a wake-up).
+pub fn parse_notification(payload: &str) -> Option<(&str, Vec<(&str, u64)>)> {
+    let (node, items) = payload.split_once('|')?;
+    let pairs = items
+        .split(',')
+        .filter_map(|item| {
+            let (id, seq) = item.rsplit_once(':')?;
+            Some((id, seq.parse().ok()?))
+        })
+        .collect();
+    Some((node, pairs))
+}
+
+#[derive(Default)]
+struct Turns<'a> {
+    session: Vec<&'a str>,
+    idx: Vec<i64>,
+    role: Vec<&'static str>,
+    content: Vec<Option<&'a str>>,
+    stream: Vec<Option<&'a str>>,
+    created_at: Vec<i64>,
+}
+
+impl<'a> Turns<'a> {
+    fn push(
+        &mut self,
+        session: &'a str,
+        idx: i64,
+        role: &'static str,
+        content: Option<&'a str>,
+        stream: Option<&'a str>,
+        created_at: i64,
+    ) {
+        self.session.push(session);
+        self.idx.push(idx);
+        self.role.push(role);
+        self.content.push(content);
+        self.stream.push(stream);
+        self.created_at.push(created_at);
+    }
+}
+
+#[derive(Default)]
+struct Ends<'a> {
+    id: Vec<&'a str>,
+    seq: Vec<i64>,
+    status: Vec<&'static str>,
+    finish_reason: Vec<Option<&'static str>>,
+    code: Vec<Option<&'a str>>,
+    message: Vec<Option<&'a str>>,
+    prompt: Vec<i64>,
+    completion: Vec<i64>,
+    finished_at: Vec<i64>,
+    turn_stream: Vec<&'a str>,
+    turn_text: Vec<&'a str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_round_trip_and_stay_under_the_payload_limit() {
+        let ids: Vec<String> = (0..1000).map(|i| format!("st_{i:026}")).collect();
+        let payloads = notifications("node_a", ids.iter().map(|id| (id.as_str(), 7)));
+        assert!(payloads.len() > 1);
+        let mut seen = Vec::new();
+        for p in &payloads {
+            assert!(p.len() <= PAYLOAD_MAX, "{}", p.len());
+            let (node, pairs) = parse_notification(p).unwrap();
+            assert_eq!(node, "node_a");
+            seen.extend(pairs.into_iter().map(|(id, seq)| (id.to_owned(), seq)));
+        }
+        assert_eq!(seen.len(), 1000);
+        assert!(seen.iter().zip(&ids).all(|((a, seq), b)| a == b && *seq == 7));
+        assert!(notifications("n", std::iter::empty()).is_empty());
+        assert!(parse_notification("garbage").is_none());
+    }
+}

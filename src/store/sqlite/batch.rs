@@ -1,0 +1,398 @@
+//! The SQLite writing of a group commit, in a single `BEGIN IMMEDIATE` transaction.
+//!
+//! Every kind of row is written with multi-row statements (`INSERT … VALUES (…), (…)`
+//! and `UPDATE … FROM (VALUES …)`), so a batch of any size costs a handful of round
+//! trips to SQLite's worker thread rather than one per event or per stream. Statement
+//! sizes are powers of two (a batch is cut into its binary decomposition), so only a
+//! few distinct statements exist and every one stays prepared in the connection's
+//! statement cache. They are all `OR ROLLBACK`: a failed row fails the whole
+//! transaction anyway, and a statement that cannot be half-done needs no statement
+//! journal (which would otherwise copy every page a multi-row statement touches).
+
+use std::sync::{Arc, OnceLock};
+
+use sqlx::query::Query;
+use sqlx::sqlite::{SqliteArguments, SqliteConnection};
+use sqlx::{Connection, Sqlite};
+
+use crate::event::{Event, FinishReason};
+use crate::store::NewStream;
+use crate::store::batch::{Batch, Outcome};
+
+/// Runs the batch in one `BEGIN IMMEDIATE` transaction; rolls back on any error.
+pub(in crate::store) async fn commit(
+    conn: &mut SqliteConnection,
+    batch: &Batch,
+) -> Result<Outcome, sqlx::Error> {
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    match write(conn, batch).await {
+        Ok(outcome) => {
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok(outcome)
+        }
+        Err(e) => {
+            // An `OR ROLLBACK` conflict has already ended the transaction, and then
+            // this ROLLBACK fails harmlessly.
+            if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+                tracing::debug!(error = %rollback, "rollback after a failed batch");
+                let _ = conn.ping().await;
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sqlx::Error> {
+    for (s, _) in &batch.sessions {
+        sqlx::query(
+            "INSERT INTO sessions (id, owner, model, system, metadata, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&s.id)
+        .bind(&s.owner)
+        .bind(&s.model)
+        .bind(&s.system)
+        .bind(&s.metadata)
+        .bind(s.created_at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let creates: Vec<&NewStream> = batch.creates.iter().map(|(s, _)| s).collect();
+    for_chunks(conn, Shape::CreateStreams, &creates, |q, s| {
+        q.bind(s.id.as_str())
+            .bind(s.owner.as_deref())
+            .bind(s.model.as_str())
+            .bind(s.params.as_str())
+            .bind(s.created_at)
+    })
+    .await?;
+    for s in &creates {
+        if let Some(turn) = &s.turn {
+            sqlx::query(
+                "INSERT INTO turns (session_id, idx, role, content, stream_id, created_at) \
+                 VALUES (?, ?, 'user', ?, NULL, ?), (?, ?, 'assistant', NULL, ?, ?)",
+            )
+            .bind(&turn.session_id)
+            .bind(turn.idx)
+            .bind(&turn.content)
+            .bind(s.created_at)
+            .bind(&turn.session_id)
+            .bind(turn.idx + 1)
+            .bind(&s.id)
+            .bind(s.created_at)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+
+    let running: Vec<&(Arc<str>, i64)> = batch.running.iter().collect();
+    for_chunks(conn, Shape::Running, &running, |q, (id, at)| {
+        q.bind(&**id).bind(*at)
+    })
+    .await?;
+
+    let events: Vec<(&str, &Event, Option<&[u8]>)> = batch
+        .streams
+        .iter()
+        .flat_map(|s| {
+            s.events
+                .iter()
+                .zip(&s.ids)
+                .map(move |(e, ids)| (&*s.id, e, ids.as_deref()))
+        })
+        .collect();
+    for_chunks(conn, Shape::InsertEvents, &events, |q, (id, e, ids)| {
+        q.bind(*id)
+            .bind(e.seq as i64)
+            .bind(e.kind.as_str())
+            .bind(e.data.as_str())
+            .bind(*ids)
+    })
+    .await?;
+
+    let mut progress = Vec::new();
+    let mut ends = Vec::new();
+    for s in &batch.streams {
+        let Some(last) = s.events.last() else {
+            continue;
+        };
+        let seq = last.seq as i64;
+        match &s.end {
+            None => progress.push((&*s.id, seq)),
+            Some(end) => ends.push((&*s.id, seq, end)),
+        }
+    }
+    for_chunks(conn, Shape::LastSeq, &progress, |q, (id, seq)| {
+        q.bind(*id).bind(*seq)
+    })
+    .await?;
+    for_chunks(conn, Shape::End, &ends, |q, (id, seq, end)| {
+        q.bind(*id)
+            .bind(*seq)
+            .bind(end.status.as_str())
+            .bind(end.finish_reason.map(FinishReason::as_str))
+            .bind(end.error.as_ref().map(|(code, _)| code.as_str()))
+            .bind(end.error.as_ref().map(|(_, message)| message.as_str()))
+            .bind(i64::from(end.usage.prompt_tokens))
+            .bind(i64::from(end.usage.completion_tokens))
+            .bind(end.finished_at)
+    })
+    .await?;
+
+    for (id, _, end) in &ends {
+        if let Some(text) = &end.turn_text {
+            sqlx::query("UPDATE turns SET content = ? WHERE stream_id = ?")
+                .bind(text)
+                .bind(*id)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+
+    let mut deleted = Vec::with_capacity(batch.deletes.len());
+    for (id, _) in &batch.deletes {
+        deleted.push(delete_stream(conn, id).await?);
+    }
+    let mut purged = Vec::with_capacity(batch.purges.len());
+    for (before, max, _) in &batch.purges {
+        let ids: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM streams WHERE created_at < ? AND status NOT IN ('queued', 'running') LIMIT ?",
+        )
+        .bind(before)
+        .bind(i64::from(*max))
+        .fetch_all(&mut *conn)
+        .await?;
+        for (id,) in &ids {
+            delete_stream(conn, id).await?;
+        }
+        purged.push(ids.len() as u64);
+    }
+    Ok(Outcome { deleted, purged })
+}
+
+async fn delete_stream(conn: &mut SqliteConnection, id: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query("DELETE FROM events WHERE stream_id = ?")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    let r = sqlx::query("DELETE FROM streams WHERE id = ?")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// The multi-row statements: a head, one row of placeholders repeated, a tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    CreateStreams,
+    Running,
+    InsertEvents,
+    LastSeq,
+    End,
+}
+
+impl Shape {
+    const ALL: [Shape; 5] = [
+        Shape::CreateStreams,
+        Shape::Running,
+        Shape::InsertEvents,
+        Shape::LastSeq,
+        Shape::End,
+    ];
+
+    fn parts(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Shape::CreateStreams => (
+                "INSERT OR ROLLBACK INTO streams (id, owner, status, model, params, created_at, last_seq) VALUES ",
+                "(?, ?, 'queued', ?, ?, ?, 0)",
+                "",
+            ),
+            Shape::Running => (
+                "UPDATE OR ROLLBACK streams SET status = 'running', started_at = v.column2 FROM (VALUES ",
+                "(?, ?)",
+                ") AS v WHERE streams.id = v.column1 AND streams.status = 'queued'",
+            ),
+            Shape::InsertEvents => (
+                "INSERT OR ROLLBACK INTO events (stream_id, seq, kind, data, ids) VALUES ",
+                "(?, ?, ?, ?, ?)",
+                "",
+            ),
+            Shape::LastSeq => (
+                "UPDATE OR ROLLBACK streams SET last_seq = v.column2 FROM (VALUES ",
+                "(?, ?)",
+                ") AS v WHERE streams.id = v.column1",
+            ),
+            Shape::End => (
+                "UPDATE OR ROLLBACK streams SET last_seq = v.column2, status = v.column3, \
+                 finish_reason = v.column4, error_code = v.column5, error_message = v.column6, \
+                 prompt_tokens = v.column7, completion_tokens = v.column8, \
+                 finished_at = v.column9, started_at = COALESCE(streams.started_at, v.column9) \
+                 FROM (VALUES ",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                ") AS v WHERE streams.id = v.column1",
+            ),
+        }
+    }
+}
+
+/// Rows per statement, largest first. 512 rows of 9 values stay far below SQLite's
+/// limit of 32,766 variables.
+const CHUNKS: [usize; 10] = [512, 256, 128, 64, 32, 16, 8, 4, 2, 1];
+
+fn sql(shape: Shape, rows: usize) -> &'static str {
+    static SQL: OnceLock<Vec<Vec<String>>> = OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        Shape::ALL
+            .iter()
+            .map(|shape| {
+                let (head, row, tail) = shape.parts();
+                CHUNKS
+                    .iter()
+                    .map(|&n| {
+                        let mut sql = String::with_capacity(head.len() + n * (row.len() + 2));
+                        sql.push_str(head);
+                        for i in 0..n {
+                            if i > 0 {
+                                sql.push_str(", ");
+                            }
+                            sql.push_str(row);
+                        }
+                        sql.push_str(tail);
+                        sql
+                    })
+                    .collect()
+            })
+            .collect()
+    });
+    let s = Shape::ALL.iter().position(|&s| s == shape).unwrap_or(0);
+    let n = CHUNKS.iter().position(|&n| n == rows).unwrap_or(0);
+    all.get(s)
+        .and_then(|v| v.get(n))
+        .map(String::as_str)
+        .unwrap_or("")
+}
+
+type Args<'q> = Query<'q, Sqlite, SqliteArguments<'q>>;
+
+/// Writes `rows` with as few statements of `shape` as its binary decomposition needs.
+async fn for_chunks<'r, T>(
+    conn: &mut SqliteConnection,
+    shape: Shape,
+    rows: &'r [T],
+    bind: impl Fn(Args<'r>, &'r T) -> Args<'r>,
+) -> Result<(), sqlx::Error> {
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let n = CHUNKS
+            .iter()
+            .copied()
+            .find(|&n| n <= rest.len())
+            .unwrap_or(1);
+        let (chunk, tail) = rest.split_at(n);
+        let mut query = sqlx::query::<Sqlite>(sql(shape, n));
+        for row in chunk {
+            query = bind(query, row);
+        }
+        query.execute(&mut *conn).await?;
+        rest = tail;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::batch::decode_ids;
+    use sqlx::ConnectOptions;
+    use sqlx::sqlite::SqliteConnectOptions;
+    use tokio::sync::oneshot;
+
+    async fn open(dir: &tempfile::TempDir) -> SqliteConnection {
+        let mut conn = SqliteConnectOptions::new()
+            .filename(dir.path().join("t.db"))
+            .create_if_missing(true)
+            .connect()
+            .await
+            .unwrap();
+        super::super::MIGRATOR.run(&mut conn).await.unwrap();
+        conn
+    }
+
+    fn create(batch: &mut Batch, id: &str) {
+        let (reply, _) = oneshot::channel();
+        batch.creates.push((
+            NewStream {
+                id: id.into(),
+                owner: None,
+                model: "mock".into(),
+                params: "{}".into(),
+                created_at: 1,
+                turn: None,
+            },
+            reply,
+        ));
+    }
+
+    async fn count(conn: &mut SqliteConnection, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&mut *conn).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_batch_writes_all_its_rows_or_none_and_the_connection_stays_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open(&dir).await;
+
+        // 700 events over 3 streams: several chunk sizes, one UPDATE per kind.
+        let mut good = Batch::default();
+        for id in ["a", "b", "c"] {
+            create(&mut good, id);
+        }
+        for seq in 1..=700u64 {
+            let id = ["a", "b", "c"][(seq % 3) as usize];
+            good.push_event(
+                Arc::from(id),
+                Event::token(seq, "x"),
+                vec![seq as u32],
+                None,
+            );
+        }
+        commit(&mut conn, &good).await.unwrap();
+        assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM events").await, 700);
+        assert_eq!(
+            count(&mut conn, "SELECT last_seq FROM streams WHERE id = 'a'").await,
+            699
+        );
+
+        // A duplicate (stream, seq) fails the whole batch: nothing of it is kept.
+        let mut bad = Batch::default();
+        create(&mut bad, "d");
+        bad.push_event(Arc::from("d"), Event::token(1, "y"), Vec::new(), None);
+        bad.push_event(Arc::from("a"), Event::token(3, "dup"), Vec::new(), None);
+        assert!(commit(&mut conn, &bad).await.is_err());
+        assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM events").await, 700);
+        assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM streams").await, 3);
+
+        // … and the next batch commits normally.
+        let mut next = Batch::default();
+        next.push_event(Arc::from("a"), Event::token(1000, "z"), Vec::new(), None);
+        commit(&mut conn, &next).await.unwrap();
+        assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM events").await, 701);
+        let ids: Vec<u8> =
+            sqlx::query_scalar("SELECT ids FROM events WHERE stream_id = 'a' AND seq = 699")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(decode_ids(&ids), vec![699]);
+    }
+
+    #[test]
+    fn statements_have_one_placeholder_group_per_row() {
+        for shape in Shape::ALL {
+            let (_, row, _) = shape.parts();
+            for n in CHUNKS {
+                assert_eq!(sql(shape, n).matches(row).count(), n, "{shape:?} × {n}");
+            }
+        }
+    }
+}
