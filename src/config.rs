@@ -115,6 +115,16 @@ pub enum BackendKind {
     Openai,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event, spans as `name{field=value}:` prefixes.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `message`, the event's fields,
+    /// `target`, `span` (the innermost) and `spans` (all, outermost first).
+    Json,
+}
+
 /// SQLite's `synchronous` pragma for the event log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Synchronous {
@@ -427,6 +437,17 @@ pub struct ServeConfig {
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` is used when this is unset.
     #[arg(long = "log", env = "SPOOL_LOG", global = true)]
     pub log: Option<String>,
+
+    /// Log lines on stderr: `text` for people, `json` (one object per line) for a log
+    /// collector.
+    #[arg(
+        long = "log-format",
+        env = "SPOOL_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
 }
 
 impl ServeConfig {
@@ -507,6 +528,7 @@ mod tests {
         assert_eq!(c.backend, BackendKind::Local);
         assert_eq!(c.heartbeat, Duration::from_secs(15));
         assert!(c.max_active + c.max_queued >= 1000);
+        assert_eq!(c.log_format, LogFormat::Text);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Stream and session identifiers: opaque, unguessable, URL-safe.
 //!
 //! An id is `st_` (a stream) or `se_` (a session) followed by 104 random bits in lowercase base32 (21 characters),
-//! well above the 96 bits SPEC §1 asks for.
+//! well above the 96 bits SPEC §1 asks for. Request ids for the logs (`req_…`) have
+//! the same shape.
 
 /// Lowercase RFC 4648 base32 alphabet: URL-safe and case-insensitive to read aloud.
 const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
@@ -14,6 +15,11 @@ pub fn new_stream_id() -> Result<String, getrandom::Error> {
 /// A fresh random session id (`se_…`, the same shape as a stream id).
 pub fn new_session_id() -> Result<String, getrandom::Error> {
     new_id("se_")
+}
+
+/// A fresh request id (`req_…`), for a request that brought none of its own.
+pub fn new_request_id() -> Result<String, getrandom::Error> {
+    new_id("req_")
 }
 
 fn new_id(prefix: &str) -> Result<String, getrandom::Error> {

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
-use spool::config::{Cli, Command};
+use spool::config::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -21,17 +21,25 @@ async fn main() -> std::process::ExitCode {
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| "info,sqlx=warn".to_owned());
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.serve.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // Event fields at the top level, next to `message`; spans under `span`/`spans`.
+        LogFormat::Json => logs.with_ansi(false).json().flatten_event(true).init(),
+    }
 
+    let format = cli.serve.log_format;
     let result = spool::run(cli.serve, spool::shutdown_signal()).await;
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("spool: {e:#}");
+            match format {
+                LogFormat::Text => eprintln!("spool: {e:#}"),
+                // A log collector parses every line.
+                LogFormat::Json => tracing::error!(error = %format!("{e:#}"), "spool stopped"),
+            }
             std::process::ExitCode::FAILURE
         }
     }

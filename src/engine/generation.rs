@@ -1,5 +1,7 @@
 //! The generation task of one stream: wait for a run permit, pull tokens from the
 //! backend, number and persist them, and end the stream with exactly one terminal event.
+//! It runs inside the stream's span (see the engine), and logs one line when the stream
+//! ends: how, with what usage, after how long.
 
 use std::sync::Arc;
 
@@ -36,6 +38,8 @@ enum Ending {
 }
 
 struct Progress {
+    /// When the task began (the stream was accepted).
+    began: Instant,
     /// The seq of the last event handed to the writer (`start` is 1).
     seq: u64,
     prompt_tokens: u32,
@@ -52,6 +56,7 @@ struct Progress {
 impl Generation {
     pub async fn run(self, ticket: Ticket) {
         let mut progress = Progress {
+            began: Instant::now(),
             seq: self.last_seq,
             prompt_tokens: 0,
             completion_tokens: 0,
@@ -105,6 +110,10 @@ impl Generation {
         {
             return Ending::StoreGone;
         }
+        tracing::debug!(
+            queued_ms = accepted.elapsed().as_millis() as u64,
+            "stream running"
+        );
         let mut stop = StopFilter::new(&self.request.stop);
         let mut tokens = self
             .backend
@@ -213,20 +222,21 @@ impl Generation {
                 None,
                 Some((INTERRUPTED.to_owned(), INTERRUPTED_MESSAGE.to_owned())),
             ),
-            Ending::Failed(e) => {
-                tracing::warn!(stream = %self.id, code = %e.code, message = %e.message, "generation failed");
-                (
-                    Event::error(seq, &e.code, &e.message),
-                    StreamStatus::Failed,
-                    None,
-                    Some((e.code, e.message)),
-                )
-            }
+            Ending::Failed(e) => (
+                Event::error(seq, &e.code, &e.message),
+                StreamStatus::Failed,
+                None,
+                Some((e.code, e.message)),
+            ),
             Ending::StoreGone => {
-                tracing::error!(stream = %self.id, "the store refused this stream's events; start-up recovery will end it");
+                tracing::error!(
+                    "the store refused this stream's events; start-up recovery will end it"
+                );
                 return;
             }
         };
+        let ms = progress.began.elapsed().as_millis() as u64;
+        let (code, message) = error.as_ref().map(|(c, m)| (c.clone(), m.clone())).unzip();
         let end = StreamEnd {
             status,
             finish_reason: reason,
@@ -241,10 +251,33 @@ impl Generation {
             .append(self.id.clone(), event, Some(end))
             .await
         {
-            Ok(()) => self.engine.finished(status),
-            Err(e) => {
-                tracing::error!(stream = %self.id, error = %e, "could not write the terminal event")
+            Ok(()) => {
+                self.engine.finished(status);
+                if status == StreamStatus::Failed {
+                    tracing::warn!(
+                        status = status.as_str(),
+                        code,
+                        message,
+                        prompt_tokens = usage.prompt_tokens,
+                        completion_tokens = usage.completion_tokens,
+                        events = seq,
+                        ms,
+                        "stream ended"
+                    );
+                } else {
+                    tracing::info!(
+                        status = status.as_str(),
+                        finish_reason = reason.map(FinishReason::as_str),
+                        code,
+                        prompt_tokens = usage.prompt_tokens,
+                        completion_tokens = usage.completion_tokens,
+                        events = seq,
+                        ms,
+                        "stream ended"
+                    );
+                }
             }
+            Err(e) => tracing::error!(error = %e, "could not write the terminal event"),
         }
     }
 }

@@ -7,6 +7,12 @@
 //! **Architecture Invariant:** a stream's events are numbered and written only by its
 //! generation task (its `start` event by [`Engine::start`] before that task exists),
 //! so seqs are gap-free without coordination.
+//!
+//! Logs: a generation runs in a `stream` span (its `stream_id`), a child of the span
+//! that started it — the HTTP request's or the WebSocket's, which carry the request id
+//! (see `http::request_id`) — so everything a stream logs, long after its request
+//! answered, names the request too. One `info` line when a stream is accepted, one when
+//! it ends; nothing per token.
 
 mod admission;
 mod generation;
@@ -19,6 +25,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::event::Usage;
 use crate::event::{Event, StreamStatus, now_ms, rfc3339};
@@ -184,6 +191,8 @@ impl Engine {
             return Err(StartError::Busy);
         };
         let id = new_stream_id().map_err(|_| StartError::Random)?;
+        // At `error` level, like the request span, so it exists under any filter.
+        let span = tracing::error_span!("stream", stream_id = %id);
         let created_at = now_ms();
         let params = serde_json::to_string(&request).unwrap_or_else(|_| "{}".to_owned());
         let live = Live {
@@ -209,6 +218,14 @@ impl Engine {
             return Err(e.into());
         }
         self.metrics.stream_started();
+        span.in_scope(|| {
+            tracing::info!(
+                model = %request.model,
+                max_tokens = request.max_tokens,
+                session_id = request.session_id.as_deref(),
+                "stream started"
+            );
+        });
 
         let started = Started {
             id: id.clone(),
@@ -225,7 +242,7 @@ impl Engine {
             ended: live.ended,
             last_seq: 1,
         };
-        self.tasks.spawn(generation.run(ticket));
+        self.tasks.spawn(generation.run(ticket).instrument(span));
         Ok(started)
     }
 
@@ -235,7 +252,7 @@ impl Engine {
     pub async fn continue_unfinished(self: &Arc<Self>, streams: Vec<Unfinished>) {
         for stream in streams {
             if let Err(reason) = self.continue_one(&stream).await {
-                tracing::warn!(stream = %stream.id, %reason, "cannot continue the stream; ending it as interrupted");
+                tracing::warn!(stream_id = %stream.id, %reason, "cannot continue the stream; ending it as interrupted");
                 let end = StreamEnd {
                     status: StreamStatus::Interrupted,
                     finish_reason: None,
@@ -277,7 +294,15 @@ impl Engine {
         };
         self.hub.open(&stream.id);
         self.live().insert(stream.id.clone(), live.clone());
-        tracing::info!(stream = %stream.id, after = stream.last_seq, "continuing a stream a previous process left running");
+        // No request started this one: its span stands alone.
+        let span = tracing::error_span!(parent: None, "stream", stream_id = %stream.id);
+        span.in_scope(|| {
+            tracing::info!(
+                model = %stream.model,
+                after = stream.last_seq,
+                "stream continued: a previous process left it running"
+            );
+        });
         let generation = generation::Generation {
             engine: self.clone(),
             id: Arc::from(stream.id.as_str()),
@@ -287,7 +312,7 @@ impl Engine {
             ended: live.ended,
             last_seq: stream.last_seq,
         };
-        self.tasks.spawn(generation.run(ticket));
+        self.tasks.spawn(generation.run(ticket).instrument(span));
         Ok(())
     }
 
@@ -301,12 +326,16 @@ impl Engine {
             return Ok(None);
         };
         if self.cancel_local(id) {
+            // In the span of the request that cancels; the stream's own end line
+            // (`stream ended … status=cancelled`) follows in the span that started it.
+            tracing::info!(stream_id = %id, "cancel requested");
             return Ok(Some(Cancel::Stopping(row)));
         }
         if row.status()?.is_terminal() {
             return Ok(Some(Cancel::AlreadyEnded(row)));
         }
         // Another node runs it: it hears the cancel through the database.
+        tracing::info!(stream_id = %id, "cancel requested; passed on to the node running it");
         self.store.route_cancel(id).await?;
         Ok(Some(Cancel::Stopping(row)))
     }
@@ -331,6 +360,7 @@ impl Engine {
         };
         let live = self.live().get(id).cloned();
         if let Some(live) = live {
+            tracing::info!(stream_id = %id, "delete of a running stream: cancelling it");
             live.cancel.cancel();
             // The terminal event is queued before `ended` fires, and the writer keeps
             // order, so the delete below lands after it.

@@ -1,5 +1,5 @@
-//! The HTTP API: one module per resource, merged here with the JSON fallbacks and the
-//! body limit. Handlers validate, call the engine or read the store, and shape JSON;
+//! The HTTP API: one module per resource, merged here with the JSON fallbacks, the
+//! body limit, the key check, CORS and (outermost) the request id. Handlers validate, call the engine or read the store, and shape JSON;
 //! they hold no SQL and no generation logic.
 
 pub mod auth;
@@ -9,6 +9,7 @@ pub mod openai;
 pub mod ops;
 pub mod page;
 pub mod params;
+pub mod request_id;
 pub mod sessions;
 pub mod sse;
 pub mod streams;
@@ -46,10 +47,12 @@ pub fn router(state: AppState) -> Router {
         ))
         .with_state(state);
     // Outside the key check, so that a browser's preflight gets its answer.
-    match cors {
+    let router = match cors {
         Some(cors) => router.layer(cors),
         None => router,
-    }
+    };
+    // Outermost: every response, whoever made it, carries the request id.
+    router.layer(axum::middleware::from_fn(request_id::layer))
 }
 
 /// The CORS policy for `SPOOL_CORS_ORIGINS`; `None` (no cross-origin access) when unset.
@@ -77,12 +80,14 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
                 HeaderName::from_static("last-event-id"),
+                request_id::HEADER,
             ])
             .expose_headers([
                 HeaderName::from_static("x-stream-id"),
                 HeaderName::from_static("x-session-id"),
                 header::LOCATION,
                 header::RETRY_AFTER,
+                request_id::HEADER,
             ])
             .max_age(std::time::Duration::from_secs(3600)),
     )

@@ -3,7 +3,9 @@
 //! fetched from elsewhere), plus a `204` for `/favicon.ico` and the minimal
 //! `examples/eventsource.html` at `/examples/eventsource.html`. The page talks only to the
 //! public API: `/v1/models`, the sessions endpoints, `EventSource` on a stream's events
-//! and `cancel` over `/v1/ws`.
+//! and `cancel` over `/v1/ws` — or, on a server with API keys, the key the page asks for
+//! on fetches, the stream's read token on the `EventSource`, and
+//! `POST /v1/streams/{id}/cancel` (a browser's WebSocket cannot send the key).
 
 use axum::Router;
 use axum::http::{StatusCode, header};

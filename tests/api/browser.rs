@@ -1,8 +1,8 @@
 //! The chat page at `/` in a real headless browser: Debian's `chromium` driven by
 //! `playwright-core` (installed by `tests/clients/install.sh`; no browser download). Each
 //! test starts spool (mock backend, paced) and runs `tests/browser/chat.mjs` for one
-//! case — ask, resume after a cut connection, Stop, reload — then checks the outcome
-//! against the API. Screenshots go to `target/screenshots/`.
+//! case — ask, resume after a cut connection, Stop, reload, a server with API keys — then
+//! checks the outcome against the API. Screenshots go to `target/screenshots/`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -143,4 +143,43 @@ async fn a_reload_finds_the_sessions_and_their_turns() {
             "completed"
         );
     }
+}
+
+#[tokio::test]
+async fn with_api_keys_the_page_asks_for_a_key_then_streams_and_stops() {
+    // `page-key-1` is the key chat.mjs types.
+    let app = spawn_with(|c| {
+        c.mock_rate = 40.0;
+        c.api_keys = vec!["page-key-1".into()];
+    })
+    .await;
+    let r = run_case("keys", &app.base).await;
+    let status = |id: &str| {
+        let request = app
+            .client
+            .get(app.url(&format!("/v1/streams/{id}")))
+            .bearer_auth("page-key-1");
+        async move {
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let first = status(r["first"].as_str().unwrap()).await;
+    assert_eq!(first["status"], "completed", "{first}");
+    assert_eq!(first["text"], expected(5));
+    let until = tokio::time::Instant::now() + DEADLINE;
+    let second = loop {
+        let s = status(r["second"].as_str().unwrap()).await;
+        if !matches!(s["status"].as_str(), Some("queued" | "running")) {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < until, "never ended: {s}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(second["status"], "cancelled", "{second}");
+    assert_eq!(
+        r["stoppedText"], second["text"],
+        "the page differs from the stored stream"
+    );
 }

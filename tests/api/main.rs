@@ -14,6 +14,7 @@ mod crash;
 mod examples;
 mod http2;
 mod lifecycle;
+mod logs;
 mod openai;
 mod ops;
 mod resume;

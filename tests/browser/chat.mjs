@@ -1,12 +1,14 @@
 // Drives spool's chat page in Debian's headless Chromium with playwright-core.
 //   node chat.mjs CASE BASE_URL SCREENSHOT.png
-// CASE: ask | resume | stop | reload | eventsource. Prints one JSON line ({"ok":true,...}) on success;
+// CASE: ask | resume | stop | reload | keys | eventsource. Prints one JSON line ({"ok":true,...}) on success;
 // exits non-zero with a message otherwise. Run by tests/api/browser.rs, which starts the
 // server (mock backend) and checks the result against the API.
 import { chromium } from "playwright-core";
 
 const [, , testCase, base, screenshot] = process.argv;
 const TIMEOUT = 20_000;
+// The key tests/api/browser.rs starts the server with for the `keys` case.
+const KEY = "page-key-1";
 
 const expected = (n) => Array.from({ length: n }, (_, i) => ` tok${i + 1}`).join("");
 
@@ -27,7 +29,9 @@ page.setDefaultTimeout(TIMEOUT);
 const problems = [];
 page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
 page.on("console", (m) => {
-  if (m.type() === "error" && !/ERR_EMPTY_RESPONSE|ERR_CONNECTION|net::/.test(m.text())) {
+  // The keys case meets 401s on purpose: that is how the page learns it needs a key.
+  const expected401 = testCase === "keys" && /status of 401/.test(m.text());
+  if (m.type() === "error" && !expected401 && !/ERR_EMPTY_RESPONSE|ERR_CONNECTION|net::/.test(m.text())) {
     problems.push(`console: ${m.text()}`);
   }
 });
@@ -142,6 +146,38 @@ try {
       `turns ${JSON.stringify(turns)}`,
     );
     Object.assign(result, { first: first.streamId, second: second.streamId, titles });
+  } else if (testCase === "keys") {
+    // The server wants a key: the page asks for it inline, then works as without one.
+    await page.goto(`${base}/?max_tokens=5`);
+    await page.waitForSelector("#key-form", { state: "visible" });
+    const asked = await page.textContent("#key-message");
+    check(/needs an API key/.test(asked), `key prompt ${JSON.stringify(asked)}`);
+    await page.screenshot({ path: screenshot.replace(/\.png$/, "-asking.png") });
+    await page.fill("#api-key", KEY);
+    await page.press("#api-key", "Enter");
+    await page.waitForFunction(() => document.body.dataset.ready === "true");
+    await page.waitForFunction(() => document.querySelector("#model").options.length > 0);
+    check(await page.isHidden("#key-form"), "the key form stayed");
+    check((await page.evaluate(() => localStorage.getItem("spool.apiKey"))) === KEY, "key not kept");
+    await ask("Hello with a key");
+    const first = await finished();
+    check(first.state === "done", `state ${first.state} ${first.marker}`);
+    check(first.text === expected(5), `text ${JSON.stringify(first.text)}`);
+    // Stop, with the key over HTTP (a browser's WebSocket cannot send it).
+    await ask("Count forever.", 2000);
+    await page.waitForFunction((sel) => document.querySelector(sel).querySelector(".text").textContent.length > 40, last);
+    await page.click("#stop");
+    const second = await finished();
+    check(second.state === "cancelled" && second.marker === "cancelled", `state ${second.state} marker ${second.marker}`);
+    // A reload asks nothing: the sidebar and the conversation load with the kept key.
+    await page.reload();
+    await page.waitForFunction(() => document.body.dataset.ready === "true");
+    check(await page.isHidden("#key-form"), "asked for the key again after a reload");
+    await page.waitForFunction(() => document.querySelectorAll("#sessions .session").length === 1);
+    await page.waitForFunction(() => document.querySelectorAll(".msg").length === 4);
+    const turns = await page.$$eval(".msg", (ms) => ms.map((m) => m.querySelector(".text").textContent));
+    check(turns[1] === expected(5) && turns[3] === second.text, `turns ${JSON.stringify(turns)}`);
+    Object.assign(result, { first: first.streamId, second: second.streamId, stoppedText: second.text });
   } else if (testCase === "eventsource") {
     // examples/eventsource.html, as a user opens it.
     await page.goto(`${base}/examples/eventsource.html?max_tokens=5`);

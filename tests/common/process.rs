@@ -1,14 +1,25 @@
 //! The real `spool` binary as a child process on port 0 (shared by the test binaries
-//! that kill it): started with a clean environment, its address read from its log, and
-//! killed when dropped.
+//! that kill it or read its logs): started with a clean environment, its address read
+//! from its log, its stderr kept line by line, and killed when dropped.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub struct Server {
     pub child: Child,
     pub base: String,
+    /// Every line the server has written to stderr so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// The log lines written so far.
+    #[allow(dead_code)] // not every test binary reads logs
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
 }
 
 impl Drop for Server {
@@ -35,15 +46,23 @@ pub fn start(db: &std::path::Path, env: &[(&str, &str)], deadline: Duration) -> 
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let lines = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(at) = line.find("listening on http://") {
-                let _ = tx.send(line[at + "listening on ".len()..].trim().to_owned());
+                // The URL ends at a space or, in a JSON log line, at its closing quote.
+                let url = line[at + "listening on ".len()..]
+                    .split(|c: char| c.is_whitespace() || c == '"')
+                    .next()
+                    .unwrap_or_default();
+                let _ = tx.send(url.to_owned());
             }
+            lines.lock().unwrap().push(line);
         }
     });
     let base = rx
         .recv_timeout(deadline)
         .expect("the server did not report its address");
-    Server { child, base }
+    Server { child, base, log }
 }

@@ -2,6 +2,11 @@
 //   GET /v1/models, POST /v1/sessions, POST /v1/sessions/{id}/messages, GET /v1/sessions/{id},
 //   EventSource on /v1/streams/{id}/events (it reconnects by itself with Last-Event-ID),
 //   and {"type":"cancel"} over /v1/ws for Stop.
+// On a server with API keys (a /v1 call answers 401) it asks for a key, keeps it in
+// localStorage and sends it as `Authorization: Bearer` on every fetch. EventSource and
+// WebSocket cannot send that header: the EventSource opens with the stream's read_token
+// (?token=, returned by the POST that started it), and Stop uses
+// POST /v1/streams/{id}/cancel instead of the WebSocket.
 // Model text is only ever set with textContent, never parsed as HTML.
 
 const $ = (id) => document.getElementById(id);
@@ -9,14 +14,20 @@ const els = {
   sessions: $("sessions"), messages: $("messages"), notice: $("notice"), model: $("model"),
   maxTokens: $("max-tokens"), form: $("composer"), input: $("input"), send: $("send"),
   stop: $("stop"), newChat: $("new-chat"), toggle: $("toggle-sidebar"), sidebar: $("sidebar"),
+  keyForm: $("key-form"), key: $("api-key"), keyMessage: $("key-message"),
 };
 
 const STORE_KEY = "spool.sessions"; // [{id, title, created_at}], newest first
 const CURRENT_KEY = "spool.current";
+const API_KEY = "spool.apiKey"; // the bearer key, on a server that wants one
+const TOKENS_KEY = "spool.readTokens"; // [[streamId, read_token]], newest first
+const TOKENS_KEPT = 50;
 
 let sessionId = null;
 let live = null; // the answer being streamed: {streamId, es, el}
 let socket = null;
+let apiKey = localStorage.getItem(API_KEY) || "";
+let keyWanted = null; // while the key form is shown: resolves once a key is entered
 
 // ---- small helpers --------------------------------------------------------------------
 
@@ -32,21 +43,86 @@ function notice(text) {
   els.notice.hidden = !text;
 }
 
+// ---- the API key --------------------------------------------------------------------------
+
+function authHeaders(headers = {}) {
+  if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
+  return headers;
+}
+
+// Shows the key form; every caller that met a 401 waits for the same entry.
+function askForKey(message) {
+  if (keyWanted) return keyWanted;
+  keyWanted = new Promise((resolve) => {
+    els.keyMessage.textContent = message;
+    els.key.value = "";
+    els.keyForm.hidden = false;
+    els.key.focus();
+    const submit = (e) => {
+      e.preventDefault();
+      const key = els.key.value.trim();
+      if (!key) return;
+      els.keyForm.removeEventListener("submit", submit);
+      els.keyForm.hidden = true;
+      apiKey = key;
+      localStorage.setItem(API_KEY, key);
+      keyWanted = null;
+      resolve();
+    };
+    els.keyForm.addEventListener("submit", submit);
+  });
+  return keyWanted;
+}
+
+// The read tokens of the streams this browser started, so that an answer still running
+// after a reload can be followed (a token is valid for one stream, for an hour by default).
+function readTokens() {
+  try {
+    const list = JSON.parse(localStorage.getItem(TOKENS_KEY) || "[]");
+    return Array.isArray(list) ? list : [];
+  } catch {
+    return [];
+  }
+}
+
+function keepReadToken(streamId, token) {
+  if (!token) return;
+  const list = [[streamId, token], ...readTokens().filter(([id]) => id !== streamId)];
+  localStorage.setItem(TOKENS_KEY, JSON.stringify(list.slice(0, TOKENS_KEPT)));
+}
+
+function readToken(streamId) {
+  return readTokens().find(([id]) => id === streamId)?.[1];
+}
+
+function eventsUrl(streamId) {
+  const url = `/v1/streams/${encodeURIComponent(streamId)}/events`;
+  const token = readToken(streamId);
+  return token ? `${url}?token=${encodeURIComponent(token)}` : url;
+}
+
 async function api(method, path, body) {
-  const init = { method, headers: {} };
-  if (body !== undefined) {
-    init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
+  for (;;) {
+    const init = { method, headers: authHeaders() };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const r = await fetch(path, init);
+    if (r.status === 401) {
+      // Ask (again), then repeat the request with the key.
+      await askForKey(apiKey ? "This API key was refused; enter another." : "This server needs an API key.");
+      continue;
+    }
+    const data = r.status === 204 ? null : await r.json().catch(() => null);
+    if (!r.ok) {
+      const message = data?.error?.message || `${r.status} ${r.statusText}`;
+      const err = new Error(message);
+      err.status = r.status;
+      throw err;
+    }
+    return data;
   }
-  const r = await fetch(path, init);
-  const data = r.status === 204 ? null : await r.json().catch(() => null);
-  if (!r.ok) {
-    const message = data?.error?.message || `${r.status} ${r.statusText}`;
-    const err = new Error(message);
-    err.status = r.status;
-    throw err;
-  }
-  return data;
 }
 
 function scrollDown() {
@@ -120,12 +196,12 @@ function setState(li, state, label) {
 
 // ---- streaming one answer --------------------------------------------------------------
 
-function follow(li, streamId, eventsUrl, sentAt) {
+function follow(li, streamId, sentAt) {
   stopFollowing();
   const text = li.querySelector(".text");
   const meta = li.querySelector(".meta");
   const stats = { sentAt, first: 0, tokens: 0 };
-  const es = new EventSource(eventsUrl);
+  const es = new EventSource(eventsUrl(streamId));
   live = { streamId, es, el: li };
   els.stop.disabled = false;
   setState(li, "streaming");
@@ -191,7 +267,7 @@ function stopFollowing() {
   els.stop.disabled = true;
 }
 
-// ---- Stop, over the WebSocket -----------------------------------------------------------
+// ---- Stop: over the WebSocket, or with the key over HTTP -----------------------------------
 
 function ws() {
   if (socket && socket.readyState <= WebSocket.OPEN) return socket;
@@ -205,6 +281,13 @@ function ws() {
 }
 
 function cancel(streamId) {
+  if (apiKey) {
+    // A browser's WebSocket cannot carry the key.
+    api("POST", `/v1/streams/${encodeURIComponent(streamId)}/cancel`).catch((err) => {
+      notice(`Stop failed: ${err.message}`);
+    });
+    return;
+  }
   const s = ws();
   const send = () => s.send(JSON.stringify({ type: "cancel", stream_id: streamId }));
   if (s.readyState === WebSocket.OPEN) send();
@@ -238,8 +321,16 @@ async function openSession(id) {
     } else if (turn.role === "assistant") {
       const li = addAssistant(turn.stream_id);
       if ((turn.status === "running" || turn.status === "queued") && turn.stream_id) {
-        // Still generating: follow it from the start.
-        follow(li, turn.stream_id, `/v1/streams/${encodeURIComponent(turn.stream_id)}/events`, 0);
+        if (apiKey && !readToken(turn.stream_id)) {
+          // Started elsewhere: no read token here to follow it with; show the text so far.
+          setState(li, "done", "still running: reopen the conversation later for the rest");
+          api("GET", `/v1/streams/${encodeURIComponent(turn.stream_id)}`)
+            .then((s) => { li.querySelector(".text").textContent = s.text; })
+            .catch(() => {});
+        } else {
+          // Still generating: follow it from the start.
+          follow(li, turn.stream_id, 0);
+        }
       } else {
         li.querySelector(".text").textContent = turn.content;
         const label = turn.status === "completed" ? "" : turn.status || "";
@@ -275,8 +366,9 @@ async function ask(content) {
   if (max > 0) body.max_tokens = max;
   const sentAt = performance.now();
   const stream = await api("POST", `/v1/sessions/${encodeURIComponent(sessionId)}/messages`, body);
+  keepReadToken(stream.id, stream.read_token);
   addUser(content);
-  follow(addAssistant(stream.id), stream.id, stream.events_url, sentAt);
+  follow(addAssistant(stream.id), stream.id, sentAt);
 }
 
 // ---- wiring ---------------------------------------------------------------------------------

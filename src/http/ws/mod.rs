@@ -12,6 +12,7 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tracing::Instrument;
 
 use super::auth::Owner;
 use super::error::ApiError;
@@ -50,7 +51,9 @@ async fn upgrade(
         return e.into_response();
     };
     let limit = state.config.ws_max_message;
+    // The connection outlives this handler: it keeps the request's span (and id).
+    let span = tracing::Span::current();
     ws.max_message_size(limit)
         .max_frame_size(limit)
-        .on_upgrade(move |socket| socket::run(socket, state, owner, permit))
+        .on_upgrade(move |socket| socket::run(socket, state, owner, permit).instrument(span))
 }

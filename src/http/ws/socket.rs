@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::protocol::{self, Incoming};
 use crate::app::AppState;
@@ -59,6 +60,7 @@ pub async fn run(
     };
     tokio::join!(reader, writer);
     state.metrics.ws_closed();
+    tracing::info!("websocket closed");
 }
 
 async fn write_loop(
@@ -163,7 +165,7 @@ impl Connection {
         while self.followers.join_next().await.is_some() {}
         for id in self.cancel_on_disconnect.drain() {
             if let Err(e) = self.state.engine.cancel(&id, self.owner.as_deref()).await {
-                tracing::warn!(stream = %id, error = %e, "cancel on disconnect failed");
+                tracing::warn!(stream_id = %id, error = %e, "cancel on disconnect failed");
             }
         }
     }
@@ -364,43 +366,47 @@ impl Connection {
         let state = self.state.clone();
         let out = self.out.clone();
         let id = stream_id.clone();
-        let task = self.followers.spawn(async move {
-            let feed = feed::follow(
-                state.store.clone(),
-                state.hub.clone(),
-                state.metrics.clone(),
-                id.clone(),
-                after,
-            );
-            futures_util::pin_mut!(feed);
-            while let Some(chunk) = feed.next().await {
-                let chunk = match chunk {
-                    Ok(chunk) => chunk,
-                    Err(e) => {
-                        let e: ApiError = e.into();
-                        let _ = out
-                            .send(Out::Text(protocol::error(
-                                e.code,
-                                &e.message,
-                                None,
-                                Some(&id),
-                            )))
-                            .await;
-                        break;
-                    }
-                };
-                let events = chunk.events();
-                state.metrics.events_delivered(events.len());
-                for event in events {
-                    if let Some(text) = protocol::event_message(&id, event)
-                        && out.send(Out::Text(text)).await.is_err()
-                    {
-                        return id;
+        let span = tracing::Span::current();
+        let task = self.followers.spawn(
+            async move {
+                let feed = feed::follow(
+                    state.store.clone(),
+                    state.hub.clone(),
+                    state.metrics.clone(),
+                    id.clone(),
+                    after,
+                );
+                futures_util::pin_mut!(feed);
+                while let Some(chunk) = feed.next().await {
+                    let chunk = match chunk {
+                        Ok(chunk) => chunk,
+                        Err(e) => {
+                            let e: ApiError = e.into();
+                            let _ = out
+                                .send(Out::Text(protocol::error(
+                                    e.code,
+                                    &e.message,
+                                    None,
+                                    Some(&id),
+                                )))
+                                .await;
+                            break;
+                        }
+                    };
+                    let events = chunk.events();
+                    state.metrics.events_delivered(events.len());
+                    for event in events {
+                        if let Some(text) = protocol::event_message(&id, event)
+                            && out.send(Out::Text(text)).await.is_err()
+                        {
+                            return id;
+                        }
                     }
                 }
+                id
             }
-            id
-        });
+            .instrument(span),
+        );
         if let Some(old) = self.following.insert(stream_id, task) {
             old.abort();
         }
