@@ -31,6 +31,61 @@ pub async fn heartbeat(
     Ok(renewed)
 }
 
+/// Takes `node`'s lease at start-up. A lease of the same name still running means a
+/// previous process of this node died moments ago, or another live process uses the
+/// name: wait for it to expire (at most twice the lease; a live one keeps renewing, and
+/// then this is an error). Streams a previous process of this node left open are handed
+/// to the sweep (their owner is cleared), which ends or continues them.
+pub async fn take_lease(
+    conn: &mut sqlx::PgConnection,
+    node: &str,
+    lease: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + lease * 2 + Duration::from_secs(1);
+    let mut warned = false;
+    loop {
+        let running: Option<bool> =
+            sqlx::query_scalar("SELECT expires_at > now() FROM nodes WHERE id = $1")
+                .bind(node)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if running != Some(true) {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "another live node already uses the node id {node:?} (its lease keeps being \
+                 renewed); give each node its own SPOOL_NODE_ID"
+            );
+        }
+        if !warned {
+            tracing::warn!(
+                node,
+                "a lease for this node id is still running (a previous process?); waiting \
+                 for it to expire"
+            );
+            warned = true;
+        }
+        tokio::time::sleep((lease / 4).max(Duration::from_millis(100))).await;
+    }
+    heartbeat(&mut *conn, node, lease).await?;
+    let orphaned = sqlx::query(
+        "UPDATE streams SET node = NULL WHERE node = $1 AND status IN ('queued', 'running')",
+    )
+    .bind(node)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if orphaned > 0 {
+        tracing::warn!(
+            streams = orphaned,
+            "a previous process of this node left streams running; the sweep ends or \
+             continues them"
+        );
+    }
+    Ok(())
+}
+
 /// What one sweep did.
 #[derive(Debug, Default)]
 pub struct Sweep {

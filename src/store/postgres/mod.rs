@@ -53,9 +53,7 @@ pub(super) async fn open(url: &str, node: &str, lease: Duration) -> anyhow::Resu
         .context("the read-token secret")?;
     // The lease first: a stream this node creates must never belong to a node that
     // has no row, or a sweeper would take it for an orphan.
-    cluster::heartbeat(&mut write, node, lease)
-        .await
-        .context("taking this node's lease")?;
+    cluster::take_lease(&mut write, node, lease).await?;
     let pool = PgPoolOptions::new()
         .max_connections(8)
         .min_connections(1)
