@@ -77,6 +77,9 @@ async fn sweep(engine: Arc<Engine>, store: Store, every: Duration, shutdown: Can
                         "took over from dead nodes"
                     );
                 }
+                engine
+                    .metrics()
+                    .cluster_took_over(sweep.ended.len() + sweep.claimed.len());
                 if !sweep.claimed.is_empty() {
                     engine.continue_unfinished(sweep.claimed).await;
                 }
@@ -121,9 +124,11 @@ async fn listen(
             match notice {
                 Ok(Notice::Committed(streams)) => {
                     backoff = Duration::from_millis(100);
+                    let mut woken = 0;
                     for (id, seq) in streams {
-                        hub.wake(&id, seq);
+                        woken += usize::from(hub.wake(&id, seq));
                     }
+                    engine.metrics().cluster_woken(woken);
                 }
                 Ok(Notice::Cancel(id)) => {
                     if engine.cancel_local(&id) {
@@ -131,10 +136,12 @@ async fn listen(
                     }
                 }
                 Ok(Notice::Lost) => {
+                    engine.metrics().cluster_listen_lost();
                     tracing::warn!("lost the LISTEN connection; readers catch up from the table");
                     hub.wake_all();
                 }
                 Err(e) => {
+                    engine.metrics().cluster_listen_lost();
                     tracing::warn!(error = %e, "the LISTEN connection failed; reconnecting");
                     hub.wake_all();
                     break;

@@ -96,9 +96,14 @@ impl StreamHub {
     }
 
     /// Wakes the watchers of `stream_id`: it has committed events up to `seq`.
-    pub fn wake(&self, stream_id: &str, seq: u64) {
-        if let Some(tx) = self.watchers().get(stream_id) {
-            tx.send_modify(|last| *last = (*last).max(seq));
+    /// Returns whether anyone was watching.
+    pub fn wake(&self, stream_id: &str, seq: u64) -> bool {
+        match self.watchers().get(stream_id) {
+            Some(tx) => {
+                tx.send_modify(|last| *last = (*last).max(seq));
+                true
+            }
+            None => false,
         }
     }
 
@@ -196,7 +201,7 @@ mod tests {
         assert_eq!(hub.watching(), 1);
         drop(second);
         assert!(hub.watchers().is_empty());
-        hub.wake("s", 4); // nobody watching: nothing to do
+        assert!(!hub.wake("s", 4)); // nobody watching: nothing to do
     }
 
     #[tokio::test]

@@ -24,6 +24,9 @@ pub struct Metrics {
     commit_failures: AtomicU64,
     ws_sockets: AtomicU64,
     ws_timeouts: AtomicU64,
+    cluster_wakeups: AtomicU64,
+    cluster_listen_lost: AtomicU64,
+    cluster_takeovers: AtomicU64,
     batch_size: Histogram<BATCH_BUCKETS>,
     commit_seconds: Histogram<LATENCY_BUCKETS>,
     ttft_seconds: Histogram<LATENCY_BUCKETS>,
@@ -90,6 +93,8 @@ pub struct Gauges {
     pub running: usize,
     pub queued: usize,
     pub live_streams: usize,
+    /// Readers following streams another node generates.
+    pub remote_readers: usize,
 }
 
 impl Metrics {
@@ -137,6 +142,17 @@ impl Metrics {
     /// Open WebSocket connections.
     pub fn ws_sockets(&self) -> u64 {
         self.ws_sockets.load(Relaxed)
+    }
+    /// Several nodes: another node's commit named `n` streams with readers here.
+    pub fn cluster_woken(&self, n: usize) {
+        self.cluster_wakeups.fetch_add(n as u64, Relaxed);
+    }
+    pub fn cluster_listen_lost(&self) {
+        self.cluster_listen_lost.fetch_add(1, Relaxed);
+    }
+    /// Streams of dead nodes this node ended or continued.
+    pub fn cluster_took_over(&self, n: usize) {
+        self.cluster_takeovers.fetch_add(n as u64, Relaxed);
     }
     pub fn commit_failed(&self) {
         self.commit_failures.fetch_add(1, Relaxed);
@@ -205,6 +221,30 @@ impl Metrics {
             "spool_live_streams",
             "Streams with a live fan-out channel.",
             gauges.live_streams as u64,
+        );
+        gauge(
+            &mut out,
+            "spool_remote_readers",
+            "Readers following a stream another node generates (PostgreSQL).",
+            gauges.remote_readers as u64,
+        );
+        counter(
+            &mut out,
+            "spool_cluster_notifications_total",
+            "Stream wake-ups received from commits (PostgreSQL NOTIFY).",
+            self.cluster_wakeups.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "spool_cluster_listen_lost_total",
+            "Times the LISTEN connection was lost and re-established.",
+            self.cluster_listen_lost.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "spool_cluster_takeovers_total",
+            "Streams of dead nodes this node ended or continued.",
+            self.cluster_takeovers.load(Relaxed),
         );
         gauge(
             &mut out,
@@ -301,6 +341,7 @@ mod tests {
             running: 1,
             queued: 2,
             live_streams: 0,
+            remote_readers: 0,
         });
         assert!(
             text.contains("spool_store_batch_events_bucket{le=\"4\"} 1"),

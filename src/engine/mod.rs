@@ -143,6 +143,10 @@ impl Engine {
         self.shutdown.clone()
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn log(&self) -> &EventLog {
         &self.log
     }
@@ -403,6 +407,7 @@ impl Engine {
             running: self.admission.running(),
             queued: self.admission.queued(),
             live_streams: self.live().len(),
+            remote_readers: self.hub.watching(),
         }
     }
 
