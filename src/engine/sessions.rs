@@ -124,7 +124,11 @@ impl Engine {
             idx: turns.last().map_or(0, |t| t.idx + 1),
             content,
         };
-        Ok(self.start_with(request, owner, Some(turn)).await?)
+        match self.start_with(request, owner, Some(turn)).await {
+            // Another node started this turn first.
+            Err(StartError::Store(StoreError::Conflict)) => Err(SayError::TurnInProgress),
+            other => Ok(other?),
+        }
     }
 }
 

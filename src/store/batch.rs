@@ -51,9 +51,13 @@ pub(super) struct Batch {
 }
 
 /// What a committed batch reports back to its waiters.
+#[derive(Default)]
 pub(super) struct Outcome {
     pub deleted: Vec<bool>,
     pub purged: Vec<u64>,
+    /// New streams that were not created, and their events not written, because their
+    /// session turn already existed (several nodes only).
+    pub conflicts: Vec<String>,
 }
 
 impl Batch {

@@ -42,6 +42,10 @@ pub enum StoreError {
     Closed,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// Another node created the same row first (a session's turn started on two nodes
+    /// at once); nothing of this write was kept.
+    #[error("another node wrote this first")]
+    Conflict,
 }
 
 /// The read connections, of one database or the other.

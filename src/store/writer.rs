@@ -389,10 +389,19 @@ impl Writer {
                 for (_, reply) in batch.sessions.drain(..) {
                     let _ = reply.send(Ok(()));
                 }
-                for (_, reply) in batch.creates.drain(..) {
-                    let _ = reply.send(Ok(()));
+                let conflicted = |id: &str| outcome.conflicts.iter().any(|c| c == id);
+                for (stream, reply) in batch.creates.drain(..) {
+                    let _ = reply.send(if conflicted(&stream.id) {
+                        Err(StoreError::Conflict)
+                    } else {
+                        Ok(())
+                    });
                 }
                 for stream in batch.streams.drain(..) {
+                    if !outcome.conflicts.is_empty() && conflicted(&stream.id) {
+                        self.hub.close(&stream.id);
+                        continue;
+                    }
                     let terminal = stream.end.is_some();
                     self.metrics.events_committed(stream.events.len());
                     self.hub.publish(&stream.id, Arc::from(stream.events));

@@ -12,6 +12,7 @@ use sqlx::postgres::PgConnection;
 
 use super::EVENTS_CHANNEL;
 use crate::event::FinishReason;
+use crate::store::NewStream;
 use crate::store::batch::{Batch, Outcome};
 
 /// Runs the batch in one transaction; rolls back on any error.
@@ -44,61 +45,39 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
         .await?;
     }
 
-    if !batch.creates.is_empty() {
-        let c: Vec<_> = batch.creates.iter().map(|(s, _)| s).collect();
-        sqlx::query(
-            "INSERT INTO streams (id, owner, status, model, params, created_at, last_seq, node) \
-             SELECT v.id, v.owner, 'queued', v.model, v.params, v.created_at, 0, $6 \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
-             AS v(id, owner, model, params, created_at)",
-        )
-        .bind(c.iter().map(|s| s.id.as_str()).collect::<Vec<_>>())
-        .bind(c.iter().map(|s| s.owner.as_deref()).collect::<Vec<_>>())
-        .bind(c.iter().map(|s| s.model.as_str()).collect::<Vec<_>>())
-        .bind(c.iter().map(|s| s.params.as_str()).collect::<Vec<_>>())
-        .bind(c.iter().map(|s| s.created_at).collect::<Vec<_>>())
-        .bind(node)
-        .execute(&mut *conn)
-        .await?;
-
-        // A session's turn: the user's message and the assistant's (the stream).
-        let mut turns = Turns::default();
-        for s in &c {
-            if let Some(t) = &s.turn {
-                turns.push(
-                    &t.session_id,
-                    t.idx,
-                    "user",
-                    Some(&t.content),
-                    None,
-                    s.created_at,
-                );
-                turns.push(
-                    &t.session_id,
-                    t.idx + 1,
-                    "assistant",
-                    None,
-                    Some(&s.id),
-                    s.created_at,
-                );
+    // Streams that answer a session's turn are created one by one under a savepoint:
+    // two nodes may start the same turn at once, and the loser's create alone must
+    // fail, not the whole batch.
+    let (plain, turns): (Vec<&NewStream>, Vec<&NewStream>) = batch
+        .creates
+        .iter()
+        .map(|(s, _)| s)
+        .partition(|s| s.turn.is_none());
+    if !plain.is_empty() {
+        insert_streams(conn, &plain, node).await?;
+    }
+    let mut conflicts = Vec::new();
+    for s in turns {
+        sqlx::query("SAVEPOINT turn").execute(&mut *conn).await?;
+        match insert_turn(conn, s, node).await {
+            Ok(()) => {
+                sqlx::query("RELEASE SAVEPOINT turn")
+                    .execute(&mut *conn)
+                    .await?;
             }
-        }
-        if !turns.session.is_empty() {
-            sqlx::query(
-                "INSERT INTO turns (session_id, idx, role, content, stream_id, created_at) \
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], \
-                 $5::text[], $6::bigint[])",
-            )
-            .bind(turns.session)
-            .bind(turns.idx)
-            .bind(turns.role)
-            .bind(turns.content)
-            .bind(turns.stream)
-            .bind(turns.created_at)
-            .execute(&mut *conn)
-            .await?;
+            Err(e)
+                if e.as_database_error()
+                    .is_some_and(|d| d.is_unique_violation()) =>
+            {
+                sqlx::query("ROLLBACK TO SAVEPOINT turn")
+                    .execute(&mut *conn)
+                    .await?;
+                conflicts.push(s.id.clone());
+            }
+            Err(e) => return Err(e),
         }
     }
+    let written = |id: &str| conflicts.is_empty() || !conflicts.iter().any(|c| c == id);
 
     if !batch.running.is_empty() {
         sqlx::query(
@@ -124,7 +103,7 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
         let mut kind = Vec::with_capacity(batch.events);
         let mut data = Vec::with_capacity(batch.events);
         let mut ids = Vec::with_capacity(batch.events);
-        for s in &batch.streams {
+        for s in batch.streams.iter().filter(|s| written(&s.id)) {
             for (e, i) in s.events.iter().zip(&s.ids) {
                 stream.push(&*s.id);
                 seq.push(e.seq as i64);
@@ -148,7 +127,7 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
 
     let mut progress: (Vec<&str>, Vec<i64>) = Default::default();
     let mut ends = Ends::default();
-    for s in &batch.streams {
+    for s in batch.streams.iter().filter(|s| written(&s.id)) {
         let Some(last) = s.events.last() else {
             continue;
         };
@@ -243,6 +222,7 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
         batch
             .streams
             .iter()
+            .filter(|s| written(&s.id))
             .filter_map(|s| s.events.last().map(|e| (&*s.id, e.seq))),
     ) {
         sqlx::query("SELECT pg_notify($1, $2)")
@@ -251,7 +231,57 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
             .execute(&mut *conn)
             .await?;
     }
-    Ok(Outcome { deleted, purged })
+    Ok(Outcome {
+        deleted,
+        purged,
+        conflicts,
+    })
+}
+
+async fn insert_streams(
+    conn: &mut PgConnection,
+    c: &[&NewStream],
+    node: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO streams (id, owner, status, model, params, created_at, last_seq, node) \
+         SELECT v.id, v.owner, 'queued', v.model, v.params, v.created_at, 0, $6 \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
+         AS v(id, owner, model, params, created_at)",
+    )
+    .bind(c.iter().map(|s| s.id.as_str()).collect::<Vec<_>>())
+    .bind(c.iter().map(|s| s.owner.as_deref()).collect::<Vec<_>>())
+    .bind(c.iter().map(|s| s.model.as_str()).collect::<Vec<_>>())
+    .bind(c.iter().map(|s| s.params.as_str()).collect::<Vec<_>>())
+    .bind(c.iter().map(|s| s.created_at).collect::<Vec<_>>())
+    .bind(node)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A stream answering a session's turn, and the turn's two rows: the user's message
+/// and the assistant's (the stream).
+async fn insert_turn(
+    conn: &mut PgConnection,
+    s: &NewStream,
+    node: &str,
+) -> Result<(), sqlx::Error> {
+    insert_streams(conn, &[s], node).await?;
+    if let Some(t) = &s.turn {
+        sqlx::query(
+            "INSERT INTO turns (session_id, idx, role, content, stream_id, created_at) \
+             VALUES ($1, $2, 'user', $3, NULL, $4), ($1, $2 + 1, 'assistant', NULL, $5, $4)",
+        )
+        .bind(&t.session_id)
+        .bind(t.idx)
+        .bind(&t.content)
+        .bind(s.created_at)
+        .bind(&s.id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 async fn delete_streams(conn: &mut PgConnection, ids: &[String]) -> Result<u64, sqlx::Error> {
@@ -308,35 +338,6 @@ pub fn parse_notification(payload: &str) -> Option<(&str, Vec<(&str, u64)>)> {
         })
         .collect();
     Some((node, pairs))
-}
-
-#[derive(Default)]
-struct Turns<'a> {
-    session: Vec<&'a str>,
-    idx: Vec<i64>,
-    role: Vec<&'static str>,
-    content: Vec<Option<&'a str>>,
-    stream: Vec<Option<&'a str>>,
-    created_at: Vec<i64>,
-}
-
-impl<'a> Turns<'a> {
-    fn push(
-        &mut self,
-        session: &'a str,
-        idx: i64,
-        role: &'static str,
-        content: Option<&'a str>,
-        stream: Option<&'a str>,
-        created_at: i64,
-    ) {
-        self.session.push(session);
-        self.idx.push(idx);
-        self.role.push(role);
-        self.content.push(content);
-        self.stream.push(stream);
-        self.created_at.push(created_at);
-    }
 }
 
 #[derive(Default)]

@@ -167,7 +167,11 @@ async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sq
         }
         purged.push(ids.len() as u64);
     }
-    Ok(Outcome { deleted, purged })
+    Ok(Outcome {
+        deleted,
+        purged,
+        conflicts: Vec::new(),
+    })
 }
 
 async fn delete_stream(conn: &mut SqliteConnection, id: &str) -> Result<bool, sqlx::Error> {
