@@ -37,7 +37,7 @@ pub fn start(db: &std::path::Path, env: &[(&str, &str)], deadline: Duration) -> 
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(at) = line.find("listening on http://") {
+            if let Some(at) = line.find("listening on http") {
                 let _ = tx.send(line[at + "listening on ".len()..].trim().to_owned());
             }
         }
