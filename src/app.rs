@@ -25,6 +25,7 @@ use crate::llm::mock::MockBackend;
 use crate::llm::openai::OpenAiBackend;
 use crate::metrics::Metrics;
 use crate::store::{self, EventLog, Store, WriterTask};
+use crate::tls::Tls;
 use crate::{http, server};
 
 /// What every handler can reach.
@@ -50,10 +51,14 @@ pub struct Spool {
     writer: WriterTask,
     /// The model thread of the local backend, if it is in use.
     local: Option<LocalHandle>,
+    /// Set when the port speaks TLS.
+    tls: Option<Tls>,
 }
 
 impl Spool {
     pub async fn start(config: ServeConfig) -> anyhow::Result<Spool> {
+        // First: a bad certificate should not wait for a model to load to be reported.
+        let tls = Tls::from_config(&config)?;
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(StreamHub::new(config.reader_buffer));
@@ -109,6 +114,7 @@ impl Spool {
             log,
             writer,
             local,
+            tls,
         })
     }
 
@@ -123,7 +129,8 @@ impl Spool {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let addr = listener.local_addr().context("listener address")?;
-        tracing::info!("spool listening on http://{addr}");
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        tracing::info!("spool listening on {scheme}://{addr}");
         let http_shutdown = self.state.http_shutdown.clone();
         let config = self.state.config.clone();
         let trigger = http_shutdown.clone();
@@ -151,6 +158,7 @@ impl Spool {
         server::serve(
             listener,
             self.router(),
+            self.tls.take(),
             http_shutdown,
             config.max_connections,
             grace / 4,

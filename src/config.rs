@@ -395,6 +395,19 @@ pub struct ServeConfig {
     )]
     pub max_connections: usize,
 
+    /// TLS: the certificate chain, a PEM file (leaf first). With `--tls-key`, the port
+    /// speaks TLS (ALPN `h2` and `http/1.1`) instead of cleartext.
+    #[arg(long = "tls-cert", env = "SPOOL_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS: the private key of the certificate, a PEM file (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long = "tls-key", env = "SPOOL_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+
+    /// TLS: the longest a client may take to complete its handshake before it is dropped.
+    #[arg(long = "tls-handshake-timeout", env = "SPOOL_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub tls_handshake_timeout: Duration,
+
     /// Bearer keys (comma list). Set: every `/v1` route needs one, and streams and
     /// sessions belong to the key that made them. Unset: no authentication.
     #[arg(

@@ -8,7 +8,8 @@
 //! - [`hub`] — after commit, live fan-out of events to readers.
 //! - [`feed`] — one reader's replay-then-follow view of a stream.
 //! - [`http`] — the API; [`http::sse`] writes the wire format.
-//! - [`server`] — the accept loop; [`app`] wires it all and shuts it down in order.
+//! - [`server`] — the accept loop ([`tls`] when a certificate is set); [`app`] wires it
+//!   all and shuts it down in order.
 //! - [`config`] — every setting, as flags and environment variables.
 
 pub mod app;
@@ -25,6 +26,7 @@ pub mod llm;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 

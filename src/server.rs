@@ -1,9 +1,18 @@
-//! The connection loop: accept, set `TCP_NODELAY`, serve HTTP/1.1 or HTTP/2 (h2c by
-//! prior knowledge) with upgrades, and drain on shutdown.
+//! The connection loop: accept, set `TCP_NODELAY`, optionally complete a TLS handshake,
+//! serve HTTP/1.1 or HTTP/2 with upgrades, and drain on shutdown.
 //!
 //! Written on hyper-util rather than `axum::serve` so that the listener, connection
 //! limit and timeouts are ours. Like mini-redis's `server::run`, it takes its listener
 //! and a shutdown signal, so tests serve on port 0 and stop deterministically.
+//!
+//! One port serves both protocols. In cleartext, HTTP/2 is by prior knowledge (h2c);
+//! over TLS, ALPN offers `h2` and `http/1.1`. Either way the connection sniffs the
+//! HTTP/2 preface. HTTP/2 allows extended CONNECT (RFC 8441), so a WebSocket can share
+//! a connection with a page's SSE streams.
+//!
+//! **Architecture Invariant:** the accept loop never waits on a client. The TLS
+//! handshake runs in the connection's own task, under a timeout, so a client that opens
+//! a socket and sends nothing holds one connection slot for that long and blocks no one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,21 +20,25 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::tls::Tls;
+
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves until `shutdown` is cancelled, then waits up to `drain` for open
 /// connections to finish (SSE responses end by themselves on the same signal).
+/// With `tls`, every connection speaks TLS.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    tls: Option<Tls>,
     shutdown: CancellationToken,
     max_connections: usize,
     drain: Duration,
@@ -35,7 +48,11 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .enable_connect_protocol();
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let connections = TaskTracker::new();
     let limit = Arc::new(Semaphore::new(max_connections.max(1)));
@@ -64,16 +81,31 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "could not set TCP_NODELAY");
         }
-        let service = TowerToHyperService::new(router.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        // Taken here, before the task runs, so a shutdown that starts meanwhile still
+        // reaches this connection (see `GracefulShutdown::watcher`).
+        let watcher = graceful.watcher();
+        let (builder, router, tls, shutdown) = (
+            builder.clone(),
+            router.clone(),
+            tls.clone(),
+            shutdown.clone(),
+        );
         connections.spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            drop(permit);
+            let _permit = permit;
+            let Some(tls) = tls else {
+                return serve_connection(&builder, TokioIo::new(tcp), router, watcher, peer).await;
+            };
+            let stream = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                handshake = tls.handshake(tcp) => match handshake {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                },
+            };
+            serve_connection(&builder, TokioIo::new(stream), router, watcher, peer).await;
         });
     }
     drop(listener);
@@ -83,5 +115,22 @@ pub async fn serve(
         _ = tokio::time::sleep(drain) => {
             tracing::warn!(open = connections.len(), "connections still open after the drain time; closing them");
         }
+    }
+}
+
+/// Serves HTTP on one accepted connection (cleartext or TLS) until it ends.
+async fn serve_connection<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    router: Router,
+    watcher: Watcher,
+    peer: std::net::SocketAddr,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(router);
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

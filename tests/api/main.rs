@@ -22,6 +22,7 @@ mod sdk;
 mod sessions;
 mod shutdown;
 mod slow_reader;
+mod tls;
 mod upstream;
 mod wire;
 mod ws;

@@ -50,7 +50,7 @@ pub fn start(db: &std::path::Path, env: &[(&str, &str)], deadline: Duration) -> 
     let lines = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(at) = line.find("listening on http://") {
+            if let Some(at) = line.find("listening on http") {
                 // The URL ends at a space or, in a JSON log line, at its closing quote.
                 let url = line[at + "listening on ".len()..]
                     .split(|c: char| c.is_whitespace() || c == '"')

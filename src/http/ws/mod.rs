@@ -1,6 +1,10 @@
 //! `GET /v1/ws`: the WebSocket endpoint (SPEC §4). This module upgrades the request
 //! within the server's limits; `socket` runs one connection; `protocol` is the wire
 //! format of its messages.
+//!
+//! Over HTTP/1.1 the socket opens with `GET` and `Upgrade: websocket`; over HTTP/2 with
+//! an extended `CONNECT` whose `:protocol` is `websocket` (RFC 8441), so the route
+//! takes both methods.
 
 mod protocol;
 mod socket;
@@ -19,7 +23,7 @@ use super::error::ApiError;
 use crate::app::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/ws", get(upgrade))
+    Router::new().route("/v1/ws", get(upgrade).connect(upgrade))
 }
 
 async fn upgrade(
