@@ -6,7 +6,9 @@
 //! copy with a seq already sent is skipped). Because the writer publishes only after
 //! commit, anything a lagging reader missed live is already in the store to catch up
 //! from. A stream that is not live here (another process runs it, or it was left open
-//! by a failed commit) is followed by polling the store.
+//! by a failed commit) is followed by polling the store; a poll without a wake-up also
+//! checks that the stream still exists, so a reader of a stream another node deleted
+//! does not wait forever.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,7 +110,13 @@ pub fn follow(
                 },
                 None => {
                     let w = watch.get_or_insert_with(|| hub.watch(&stream_id));
-                    let _ = tokio::time::timeout(poll, w.changed()).await;
+                    if tokio::time::timeout(poll, w.changed()).await.is_err()
+                        && store.stream_unscoped(&stream_id).await?.is_none()
+                    {
+                        // Deleted (through another node) before this reader saw its
+                        // end: nothing more will come.
+                        return;
+                    }
                     from_store = true;
                 }
             }

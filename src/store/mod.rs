@@ -115,7 +115,7 @@ pub async fn open(
         }
         Database::Postgres(url) => {
             let node: Arc<str> = Arc::from(config.node_id()?.as_str());
-            let opened = postgres::open(&url, &node, config.node_lease).await?;
+            let opened = postgres::open(&url, &node, config.node_lease, continuable).await?;
             let (log, writer) = writer::start(
                 writer::Conn::Postgres {
                     conn: opened.write,
@@ -132,8 +132,9 @@ pub async fn open(
                 },
                 log,
                 writer,
-                // Streams of dead nodes are found by the lease sweeper, not at start-up.
-                unfinished: Vec::new(),
+                // Only this node's own (see `postgres::cluster::recover_own`): those of
+                // other dead nodes are found by the lease sweeper.
+                unfinished: opened.unfinished,
                 read_token_secret: opened.read_token_secret,
             })
         }

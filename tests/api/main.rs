@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod helpers;
+#[path = "../common/pg.rs"]
+mod pg;
 #[path = "../common/process.rs"]
 mod process;
 
@@ -10,6 +12,7 @@ mod auth;
 mod bad_input;
 mod browser;
 mod cli;
+mod cluster;
 mod crash;
 mod examples;
 mod http2;
@@ -22,6 +25,7 @@ mod sdk;
 mod sessions;
 mod shutdown;
 mod slow_reader;
+mod store_suite;
 mod tls;
 mod upstream;
 mod wire;

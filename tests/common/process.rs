@@ -31,11 +31,16 @@ impl Drop for Server {
 
 /// Starts spool on `db` with the mock backend at 100 tokens/s; `env` adds or overrides.
 pub fn start(db: &std::path::Path, env: &[(&str, &str)], deadline: Duration) -> Server {
+    start_url(&format!("sqlite://{}", db.display()), env, deadline)
+}
+
+/// [`start`] on any `DATABASE_URL` (a PostgreSQL one, for several nodes).
+pub fn start_url(database_url: &str, env: &[(&str, &str)], deadline: Duration) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_spool"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("SPOOL_ADDR", "127.0.0.1:0")
-        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+        .env("DATABASE_URL", database_url)
         .env("SPOOL_BACKEND", "mock")
         .env("SPOOL_MOCK_RATE", "100")
         .env("SPOOL_LOG", "info")

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use sqlx::Connection;
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
 
 use super::{CANCEL_CHANNEL, EVENTS_CHANNEL, batch};
 use crate::event::{Event, StreamStatus, now_ms};
@@ -34,8 +34,8 @@ pub async fn heartbeat(
 /// Takes `node`'s lease at start-up. A lease of the same name still running means a
 /// previous process of this node died moments ago, or another live process uses the
 /// name: wait for it to expire (at most twice the lease; a live one keeps renewing, and
-/// then this is an error). Streams a previous process of this node left open are handed
-/// to the sweep (their owner is cleared), which ends or continues them.
+/// then this is an error). Streams a previous process of this node left open are then
+/// recovered by [`recover_own`].
 pub async fn take_lease(
     conn: &mut sqlx::PgConnection,
     node: &str,
@@ -69,19 +69,106 @@ pub async fn take_lease(
         tokio::time::sleep((lease / 4).max(Duration::from_millis(100))).await;
     }
     heartbeat(&mut *conn, node, lease).await?;
-    let orphaned = sqlx::query(
-        "UPDATE streams SET node = NULL WHERE node = $1 AND status IN ('queued', 'running')",
+    Ok(())
+}
+
+/// Start-up: ends (or hands back to continue) the streams a previous process with this
+/// node's id left open. A node restarted under the same id renews the lease its
+/// previous process held, so no survivor would ever take those streams; and a node
+/// alone on its database has no survivor at all. Run after taking the lease and before
+/// the writer starts; streams a survivor is sweeping right now are skipped.
+pub(in crate::store) async fn recover_own(
+    conn: &mut PgConnection,
+    node: &str,
+    continuable: &dyn Fn(&str) -> bool,
+) -> Result<Sweep, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    let open: Vec<OpenStream> = sqlx::query_as(
+        "SELECT id, model, params, last_seq FROM streams \
+         WHERE node = $1 AND status IN ('queued', 'running') FOR UPDATE SKIP LOCKED",
     )
     .bind(node)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if orphaned > 0 {
-        tracing::warn!(
-            streams = orphaned,
-            "a previous process of this node left streams running; the sweep ends or \
-             continues them"
-        );
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut sweep = Sweep::default();
+    if open.is_empty() {
+        return Ok(sweep);
+    }
+    end_or_claim(&mut tx, node, open, continuable, &mut sweep).await?;
+    notify_ended(&mut tx, node, &sweep.ended).await?;
+    tx.commit().await?;
+    Ok(sweep)
+}
+
+/// An open stream as a sweep reads it: id, model, params, last seq.
+type OpenStream = (String, String, String, i64);
+
+/// In the caller's transaction, which has locked the `open` streams: claims each for
+/// `me` when `continuable(model)`, or ends it with an `interrupted` event after its
+/// last one.
+async fn end_or_claim<F: Fn(&str) -> bool + ?Sized>(
+    tx: &mut PgConnection,
+    me: &str,
+    open: Vec<OpenStream>,
+    continuable: &F,
+    sweep: &mut Sweep,
+) -> Result<(), sqlx::Error> {
+    let now = now_ms();
+    for (id, model, params, last_seq) in open {
+        let last_seq = last_seq.max(0) as u64;
+        if continuable(&model) {
+            sqlx::query("UPDATE streams SET node = $1 WHERE id = $2")
+                .bind(me)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            sweep.claimed.push(Unfinished {
+                id,
+                model,
+                params,
+                last_seq,
+            });
+            continue;
+        }
+        let seq = last_seq + 1;
+        let event = Event::error(seq, INTERRUPTED, INTERRUPTED_MESSAGE);
+        sqlx::query("INSERT INTO events (stream_id, seq, kind, data) VALUES ($1, $2, $3, $4)")
+            .bind(&id)
+            .bind(seq as i64)
+            .bind(event.kind.as_str())
+            .bind(&event.data)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE streams SET status = $1, error_code = $2, error_message = $3, \
+             finished_at = $4, started_at = COALESCE(started_at, $4), last_seq = $5 \
+             WHERE id = $6",
+        )
+        .bind(StreamStatus::Interrupted.as_str())
+        .bind(INTERRUPTED)
+        .bind(INTERRUPTED_MESSAGE)
+        .bind(now)
+        .bind(seq as i64)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+        sweep.ended.push(SweptStream { id, seq });
+    }
+    Ok(())
+}
+
+/// Wakes the readers, on every node, of streams just ended (delivered at commit).
+async fn notify_ended(
+    tx: &mut PgConnection,
+    me: &str,
+    ended: &[SweptStream],
+) -> Result<(), sqlx::Error> {
+    for payload in batch::notifications(me, ended.iter().map(|s| (s.id.as_str(), s.seq))) {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(EVENTS_CHANNEL)
+            .bind(payload)
+            .execute(&mut *tx)
+            .await?;
     }
     Ok(())
 }
@@ -145,7 +232,7 @@ impl Store {
         .bind(me)
         .fetch_all(&mut *tx)
         .await?;
-        let open: Vec<(String, String, String, i64)> = sqlx::query_as(
+        let open: Vec<OpenStream> = sqlx::query_as(
             "SELECT s.id, s.model, s.params, s.last_seq FROM streams s \
              WHERE s.status IN ('queued', 'running') AND s.node IS DISTINCT FROM $1 \
              AND (s.node = ANY($2) OR s.node IS NULL \
@@ -163,59 +250,12 @@ impl Store {
         if open.is_empty() && sweep.dead.is_empty() {
             return Ok(sweep);
         }
-        let now = now_ms();
-        for (id, model, params, last_seq) in open {
-            let last_seq = last_seq.max(0) as u64;
-            if continuable(&model) {
-                sqlx::query("UPDATE streams SET node = $1 WHERE id = $2")
-                    .bind(me)
-                    .bind(&id)
-                    .execute(&mut *tx)
-                    .await?;
-                sweep.claimed.push(Unfinished {
-                    id,
-                    model,
-                    params,
-                    last_seq,
-                });
-                continue;
-            }
-            let seq = last_seq + 1;
-            let event = Event::error(seq, INTERRUPTED, INTERRUPTED_MESSAGE);
-            sqlx::query("INSERT INTO events (stream_id, seq, kind, data) VALUES ($1, $2, $3, $4)")
-                .bind(&id)
-                .bind(seq as i64)
-                .bind(event.kind.as_str())
-                .bind(&event.data)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "UPDATE streams SET status = $1, error_code = $2, error_message = $3, \
-                 finished_at = $4, started_at = COALESCE(started_at, $4), last_seq = $5 \
-                 WHERE id = $6",
-            )
-            .bind(StreamStatus::Interrupted.as_str())
-            .bind(INTERRUPTED)
-            .bind(INTERRUPTED_MESSAGE)
-            .bind(now)
-            .bind(seq as i64)
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?;
-            sweep.ended.push(SweptStream { id, seq });
-        }
+        end_or_claim(&mut tx, me, open, continuable, &mut sweep).await?;
         sqlx::query("DELETE FROM nodes WHERE id = ANY($1)")
             .bind(&sweep.dead)
             .execute(&mut *tx)
             .await?;
-        for payload in batch::notifications(me, sweep.ended.iter().map(|s| (s.id.as_str(), s.seq)))
-        {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(EVENTS_CHANNEL)
-                .bind(payload)
-                .execute(&mut *tx)
-                .await?;
-        }
+        notify_ended(&mut tx, me, &sweep.ended).await?;
         tx.commit().await?;
         Ok(sweep)
     }

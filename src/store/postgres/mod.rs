@@ -2,8 +2,9 @@
 //!
 //! Opening it migrates the database (`migrations/postgres`; sqlx's migrator takes an
 //! advisory lock, so nodes starting together migrate once) and takes this node's lease
-//! before anything is served. Unlike SQLite there is no start-up recovery: the streams a
-//! dead node left open are found by the lease sweeper of a survivor ([`cluster`]).
+//! before anything is served. Start-up recovery covers only the streams this node's id
+//! left open (a restart under the same id, see [`cluster::recover_own`]); those of a
+//! dead node are found by the lease sweeper of a survivor ([`cluster`]).
 
 pub mod batch;
 pub mod cluster;
@@ -14,6 +15,8 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
+
+use super::Unfinished;
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -26,6 +29,8 @@ pub(super) struct Opened {
     pub write: PgConnection,
     pub pool: PgPool,
     pub read_token_secret: Vec<u8>,
+    /// Streams this node's id left open that its backend can continue.
+    pub unfinished: Vec<Unfinished>,
 }
 
 /// Connection options from `url`, with statement logging off (tokens are not logs).
@@ -35,7 +40,12 @@ pub fn options(url: &str) -> anyhow::Result<PgConnectOptions> {
         .disable_statement_logging())
 }
 
-pub(super) async fn open(url: &str, node: &str, lease: Duration) -> anyhow::Result<Opened> {
+pub(super) async fn open(
+    url: &str,
+    node: &str,
+    lease: Duration,
+    continuable: &dyn Fn(&str) -> bool,
+) -> anyhow::Result<Opened> {
     let base = options(url)?;
     let shown = redact(url);
     let mut write = base
@@ -54,6 +64,15 @@ pub(super) async fn open(url: &str, node: &str, lease: Duration) -> anyhow::Resu
     // The lease first: a stream this node creates must never belong to a node that
     // has no row, or a sweeper would take it for an orphan.
     cluster::take_lease(&mut write, node, lease).await?;
+    let recovered = cluster::recover_own(&mut write, node, continuable)
+        .await
+        .context("start-up recovery")?;
+    if !recovered.ended.is_empty() {
+        tracing::warn!(
+            streams = recovered.ended.len(),
+            "ended streams a previous process of this node left running (interrupted)"
+        );
+    }
     let pool = PgPoolOptions::new()
         .max_connections(8)
         .min_connections(1)
@@ -65,6 +84,7 @@ pub(super) async fn open(url: &str, node: &str, lease: Duration) -> anyhow::Resu
         write,
         pool,
         read_token_secret,
+        unfinished: recovered.claimed,
     })
 }
 

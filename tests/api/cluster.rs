@@ -1,0 +1,792 @@
+//! Several nodes on one PostgreSQL database (SPEC §6, issue 9): three real `spool`
+//! processes (`a`, `b`, `c`) on a fresh database, driven over HTTP. A stream generated
+//! on one node is read, resumed, cancelled and deleted through the others; a node
+//! killed with SIGKILL has its streams ended — or continued — by exactly one survivor
+//! within its lease; a lost `LISTEN` connection is re-established without a reader
+//! missing anything.
+//!
+//! The tests of this file run one at a time: each starts three processes, and the lease
+//! timing they check should not compete with another test's cluster for two cores.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::helpers::{DEADLINE, SseEvent, parse_sse};
+use crate::pg::TestDb;
+use crate::process::{self, Server};
+
+/// The nodes' lease: short, so a dead node is noticed within seconds.
+const LEASE: Duration = Duration::from_secs(3);
+/// Tokens per second of the mock backend: streams of a few dozen tokens stay live
+/// long enough to read them on several nodes while they are generated.
+const RATE: &str = "30";
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Cluster {
+    // Dropped in this order: the processes, then their database.
+    nodes: Vec<Server>,
+    db: TestDb,
+    /// Added to every node's environment.
+    env: Vec<(String, String)>,
+    client: reqwest::Client,
+    key: Option<&'static str>,
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+}
+
+const NAMES: [&str; 3] = ["a", "b", "c"];
+
+/// Starts node `name` on the database at `url`; `env` adds or overrides.
+fn start_node(url: &str, name: &str, env: &[(String, String)]) -> Server {
+    let lease = format!("{}s", LEASE.as_secs());
+    let mut vars = vec![
+        ("SPOOL_NODE_ID", name),
+        ("SPOOL_NODE_LEASE", lease.as_str()),
+        ("SPOOL_MOCK_RATE", RATE),
+    ];
+    vars.extend(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    process::start_url(url, &vars, DEADLINE)
+}
+
+impl Cluster {
+    /// Nodes `a`, `b`, `c` on a fresh database, started together (they migrate it
+    /// concurrently); `env` is added to every node's environment.
+    async fn start(env: &[(&str, &str)]) -> Cluster {
+        let serial = SERIAL.lock().await;
+        let db = TestDb::create().await;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let nodes = std::thread::scope(|s| {
+            let handles: Vec<_> = NAMES
+                .iter()
+                .map(|name| {
+                    let (url, env) = (&db.url, &env);
+                    s.spawn(move || start_node(url, name, env))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+        Cluster {
+            nodes,
+            db,
+            env,
+            client: reqwest::Client::new(),
+            key: None,
+            _serial: serial,
+        }
+    }
+
+    /// Kills `name` with SIGKILL.
+    fn kill(&mut self, name: &str) {
+        let node = &mut self.nodes[NAMES.iter().position(|n| *n == name).unwrap()];
+        node.child.kill().unwrap();
+        node.child.wait().unwrap();
+    }
+
+    /// Starts `name` again, under the same node id.
+    fn restart(&mut self, name: &str) {
+        let i = NAMES.iter().position(|n| *n == name).unwrap();
+        self.nodes[i] = start_node(&self.db.url, name, &self.env);
+    }
+
+    fn node(&self, name: &str) -> &Server {
+        &self.nodes[NAMES.iter().position(|n| *n == name).unwrap()]
+    }
+
+    fn url(&self, node: &str, path: &str) -> String {
+        format!("{}{path}", self.node(node).base)
+    }
+
+    fn get(&self, node: &str, path: &str) -> reqwest::RequestBuilder {
+        self.authed(self.client.get(self.url(node, path)))
+    }
+
+    fn post(&self, node: &str, path: &str) -> reqwest::RequestBuilder {
+        self.authed(self.client.post(self.url(node, path)))
+    }
+
+    fn authed(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.key {
+            Some(key) => r.bearer_auth(key),
+            None => r,
+        }
+    }
+
+    /// `POST /v1/streams` on `node`, expecting `201`; returns the response body.
+    async fn create(&self, node: &str, max_tokens: u32) -> Value {
+        let r = self
+            .post(node, "/v1/streams")
+            .json(&json!({"prompt": "x", "max_tokens": max_tokens}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        r.json().await.unwrap()
+    }
+
+    async fn create_id(&self, node: &str, max_tokens: u32) -> String {
+        self.create(node, max_tokens).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// `GET /v1/streams/{id}` on `node`: the status code and body.
+    async fn status(&self, node: &str, id: &str) -> (u16, Value) {
+        let r = self
+            .get(node, &format!("/v1/streams/{id}"))
+            .send()
+            .await
+            .unwrap();
+        let code = r.status().as_u16();
+        (code, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits (with a deadline) until the stream's status on `node` is `want`.
+    async fn wait_status(&self, node: &str, id: &str, want: &str) -> Value {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let (code, s) = self.status(node, id).await;
+            if code == 200 && s["status"] == want {
+                return s;
+            }
+            assert!(
+                Instant::now() < until,
+                "{id} on {node} is not {want}: {code} {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Opens the events of `id` on `node`, from `after` (`Last-Event-ID`).
+    async fn events(&self, node: &str, id: &str, after: Option<u64>) -> SseReader {
+        let mut r = self.get(node, &format!("/v1/streams/{id}/events"));
+        if let Some(after) = after {
+            r = r.header("Last-Event-ID", after.to_string());
+        }
+        SseReader::open(r).await
+    }
+
+    /// One complete read of `id` on `node`, from the start.
+    async fn read_all(&self, node: &str, id: &str) -> String {
+        self.events(node, id, None)
+            .await
+            .read_to_end(Instant::now() + DEADLINE)
+            .await
+    }
+
+    /// Log lines of `node` that contain `text`.
+    fn logged(&self, node: &str, text: &str) -> Vec<String> {
+        self.node(node)
+            .log_lines()
+            .into_iter()
+            .filter(|l| l.contains(text))
+            .collect()
+    }
+
+    /// The backend pid of `node`'s `LISTEN` connection, if it has one.
+    async fn listener_pid(&self, pool: &sqlx::PgPool, node: &str) -> Option<i32> {
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND application_name = $2 \
+             AND query LIKE 'LISTEN %'",
+        )
+        .bind(&self.db.name)
+        .bind(format!("spool-listen-{node}"))
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        assert!(
+            pids.len() <= 1,
+            "{node} has {} LISTEN connections",
+            pids.len()
+        );
+        pids.first().copied()
+    }
+}
+
+/// An open SSE response, read as far as a test asks.
+struct SseReader {
+    body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    buf: String,
+}
+
+impl SseReader {
+    async fn open(request: reqwest::RequestBuilder) -> SseReader {
+        let r = tokio::time::timeout(DEADLINE, request.send())
+            .await
+            .expect("events request hung")
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        SseReader {
+            body: Box::pin(r.bytes_stream()),
+            buf: String::new(),
+        }
+    }
+
+    /// Reads until at least `n` complete events have arrived; returns them all.
+    async fn until(&mut self, n: usize) -> Vec<SseEvent> {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let events = parse_sse(&self.buf);
+            if events.len() >= n {
+                return events;
+            }
+            match tokio::time::timeout_at(until, self.body.next())
+                .await
+                .expect("timed out waiting for events")
+            {
+                Some(Ok(bytes)) => self.buf.push_str(std::str::from_utf8(&bytes).unwrap()),
+                other => panic!("the response ended early: {other:?}; got {:?}", self.buf),
+            }
+        }
+    }
+
+    /// Reads until the server ends the response, which must happen before `until`;
+    /// returns the whole body.
+    async fn read_to_end(mut self, until: Instant) -> String {
+        loop {
+            match tokio::time::timeout_at(until, self.body.next()).await {
+                Err(_) => panic!("the response did not end in time; got {:?}", self.buf),
+                Ok(Some(Ok(bytes))) => self.buf.push_str(std::str::from_utf8(&bytes).unwrap()),
+                Ok(Some(Err(e))) => panic!("the response failed: {e}; got {:?}", self.buf),
+                Ok(None) => return self.buf,
+            }
+        }
+    }
+
+    /// Reads whatever still arrives from a server that was killed: until the
+    /// connection fails or ends, or nothing comes for a while.
+    async fn leftovers(mut self) -> String {
+        while let Ok(Some(Ok(bytes))) =
+            tokio::time::timeout(Duration::from_secs(2), self.body.next()).await
+        {
+            self.buf.push_str(std::str::from_utf8(&bytes).unwrap());
+        }
+        self.buf
+    }
+}
+
+/// The events' bytes, in order.
+fn raw(events: &[SseEvent]) -> String {
+    events.iter().map(|e| e.raw.as_str()).collect()
+}
+
+/// Asserts the ids are 1, 2, 3 … with no gap or duplicate, and that only the last
+/// event is terminal.
+fn assert_contiguous(events: &[SseEvent]) {
+    let ids: Vec<u64> = events.iter().map(|e| e.id.unwrap()).collect();
+    assert_eq!(
+        ids,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "a gap or a duplicate"
+    );
+    assert_eq!(events[0].event, "start");
+    let terminal: Vec<u64> = events
+        .iter()
+        .filter(|e| e.event == "done" || e.event == "error")
+        .map(|e| e.id.unwrap())
+        .collect();
+    assert_eq!(
+        terminal,
+        [events.len() as u64],
+        "not exactly one terminal event, last"
+    );
+}
+
+/// The concatenated text of the token events.
+fn text(events: &[SseEvent]) -> String {
+    events
+        .iter()
+        .filter(|e| e.event == "token")
+        .map(|e| e.json()["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The mock backend's first `n` tokens.
+fn mock_text(n: u32) -> String {
+    (1..=n).map(|i| format!(" tok{i}")).collect()
+}
+
+#[tokio::test]
+async fn a_stream_generated_on_a_reads_the_same_live_on_every_node() {
+    let cluster = Cluster::start(&[]).await;
+    let id = cluster.create_id("a", 90).await;
+
+    let mut readers = Vec::new();
+    for node in NAMES {
+        readers.push(cluster.events(node, &id, None).await);
+    }
+    // Every reader gets events while the stream is still being generated: they follow
+    // it live, not a copy read after the end.
+    for reader in &mut readers {
+        reader.until(3).await;
+    }
+    let (_, status) = cluster.status("b", &id).await;
+    assert_eq!(status["status"], "running", "{status}");
+
+    let until = Instant::now() + DEADLINE;
+    let mut bodies = Vec::new();
+    for reader in readers {
+        bodies.push(reader.read_to_end(until).await);
+    }
+    assert_eq!(
+        bodies[0], bodies[1],
+        "a reader on b saw other bytes than on a"
+    );
+    assert_eq!(
+        bodies[0], bodies[2],
+        "a reader on c saw other bytes than on a"
+    );
+    let events = parse_sse(&bodies[0]);
+    assert_contiguous(&events);
+    assert_eq!(events.len(), 92);
+    assert_eq!(text(&events), mock_text(90));
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "done");
+    assert_eq!(last.json()["finish_reason"], "length");
+    for node in NAMES {
+        cluster.wait_status(node, &id, "completed").await;
+    }
+}
+
+#[tokio::test]
+async fn drop_on_b_and_resume_on_c_gives_exactly_the_rest() {
+    let cluster = Cluster::start(&[]).await;
+    let id = cluster.create_id("a", 90).await;
+    let unbroken = cluster.events("a", &id, None).await;
+
+    let mut on_b = cluster.events("b", &id, None).await;
+    let first = on_b.until(20).await;
+    drop(on_b);
+    let (_, status) = cluster.status("c", &id).await;
+    assert_eq!(status["status"], "running", "the drop was not mid-stream");
+    let last_seen = first.last().unwrap().id.unwrap();
+
+    let rest = cluster
+        .events("c", &id, Some(last_seen))
+        .await
+        .read_to_end(Instant::now() + DEADLINE)
+        .await;
+    let rest = parse_sse(&rest);
+    assert_eq!(rest[0].id, Some(last_seen + 1));
+    let unbroken = parse_sse(&unbroken.read_to_end(Instant::now() + DEADLINE).await);
+    assert_contiguous(&unbroken);
+    assert_eq!(unbroken.len(), 92);
+    assert_eq!(
+        raw(&first) + &raw(&rest),
+        raw(&unbroken),
+        "b's events then c's are not exactly an unbroken read on a"
+    );
+}
+
+#[tokio::test]
+async fn cancel_and_delete_through_c_reach_the_node_that_runs_the_stream() {
+    let cluster = Cluster::start(&[]).await;
+
+    // Cancel: every reader, on every node, sees the stream end `cancelled`.
+    let id = cluster.create_id("a", 10_000).await;
+    let mut readers = Vec::new();
+    for node in NAMES {
+        let mut r = cluster.events(node, &id, None).await;
+        r.until(5).await;
+        readers.push(r);
+    }
+    let r = cluster
+        .post("c", &format!("/v1/streams/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let until = Instant::now() + DEADLINE;
+    let mut bodies = Vec::new();
+    for reader in readers {
+        bodies.push(reader.read_to_end(until).await);
+    }
+    assert_eq!(bodies[0], bodies[1]);
+    assert_eq!(bodies[0], bodies[2]);
+    let events = parse_sse(&bodies[0]);
+    assert_contiguous(&events);
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "done", "{}", last.data);
+    assert_eq!(last.json()["finish_reason"], "cancelled");
+    for node in NAMES {
+        let s = cluster.wait_status(node, &id, "cancelled").await;
+        assert_eq!(s["last_seq"], events.len());
+    }
+    // Cancelling again anywhere: it has ended.
+    let r = cluster
+        .post("b", &format!("/v1/streams/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Delete of a running stream: it stops on `a`, then it is gone everywhere, and a
+    // reader following it on `b` is not left waiting forever.
+    let id = cluster.create_id("a", 10_000).await;
+    let mut on_b = cluster.events("b", &id, None).await;
+    on_b.until(3).await;
+    let r = cluster
+        .client
+        .delete(cluster.url("c", &format!("/v1/streams/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    for node in NAMES {
+        let (code, body) = cluster.status(node, &id).await;
+        assert_eq!(code, 404, "{node}: {body}");
+        let r = cluster
+            .get(node, &format!("/v1/streams/{id}/events"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{node}");
+    }
+    let body = on_b.read_to_end(Instant::now() + DEADLINE).await;
+    let events = parse_sse(&body);
+    assert!(events.len() >= 3);
+    // Nothing is generated for it any more: a's writer would fail on rows it no longer
+    // has, and a new stream there still works.
+    let fresh = cluster.create_id("a", 3).await;
+    cluster.wait_status("b", &fresh, "completed").await;
+}
+
+#[tokio::test]
+async fn kill_9_ends_the_dead_nodes_streams_interrupted_exactly_once() {
+    let mut cluster = Cluster::start(&[]).await;
+    let ids = [
+        cluster.create_id("a", 10_000).await,
+        cluster.create_id("a", 10_000).await,
+    ];
+    // Readers of both streams on every node, all past their tenth event.
+    let mut readers = Vec::new();
+    for id in &ids {
+        for node in NAMES {
+            let mut r = cluster.events(node, id, None).await;
+            r.until(10).await;
+            readers.push((id.clone(), node, r));
+        }
+    }
+
+    cluster.kill("a");
+    let killed = Instant::now();
+    // A survivor ends them within the lease, after a sweep; the margin is for a
+    // loaded machine.
+    let until = killed + LEASE + Duration::from_secs(8);
+
+    let mut seen = Vec::new();
+    for (id, node, reader) in readers {
+        let body = if node == "a" {
+            reader.leftovers().await
+        } else {
+            reader.read_to_end(until).await
+        };
+        seen.push((id, node, body));
+    }
+    for id in &ids {
+        let stored = cluster.read_all("b", id).await;
+        assert_eq!(stored, cluster.read_all("c", id).await);
+        let events = parse_sse(&stored);
+        assert_contiguous(&events);
+        let last = events.last().unwrap();
+        assert_eq!(last.event, "error", "{}", last.data);
+        assert_eq!(last.json()["code"], "interrupted");
+        assert_eq!(text(&events), mock_text(events.len() as u32 - 2));
+        for (seen_id, node, body) in &seen {
+            if seen_id != id {
+                continue;
+            }
+            let saw = parse_sse(body);
+            if *node == "a" {
+                assert!(saw.len() >= 10 && saw.len() < events.len());
+                assert_eq!(
+                    raw(&saw),
+                    raw(&events[..saw.len()]),
+                    "an event the reader on a saw before the kill is not stored"
+                );
+            } else {
+                assert_eq!(
+                    *body, stored,
+                    "the reader on {node} followed to another end"
+                );
+            }
+        }
+        for node in ["b", "c"] {
+            let s = cluster.wait_status(node, id, "interrupted").await;
+            assert_eq!(s["last_seq"], events.len());
+        }
+    }
+    // One survivor took the dead node over, once, for both streams.
+    let sweeps: Vec<String> = ["b", "c"]
+        .iter()
+        .flat_map(|n| cluster.logged(n, "took over from dead nodes"))
+        .collect();
+    assert_eq!(sweeps.len(), 1, "{sweeps:#?}");
+    assert!(sweeps[0].contains("ended=2"), "{}", sweeps[0]);
+    // The cluster goes on without it.
+    let fresh = cluster.create_id("c", 3).await;
+    cluster.wait_status("b", &fresh, "completed").await;
+}
+
+#[tokio::test]
+async fn kill_9_with_a_continuable_backend_one_survivor_finishes_the_stream() {
+    let mut cluster = Cluster::start(&[("SPOOL_MOCK_CONTINUE", "true")]).await;
+    let id = cluster.create_id("a", 150).await;
+    let mut readers = Vec::new();
+    for node in ["b", "c"] {
+        let mut r = cluster.events(node, &id, None).await;
+        r.until(10).await;
+        readers.push(r);
+    }
+    cluster.kill("a");
+    let (_, status) = cluster.status("b", &id).await;
+    assert_eq!(
+        status["status"], "running",
+        "the stream ended before the kill"
+    );
+
+    let until = Instant::now() + DEADLINE;
+    let mut bodies = Vec::new();
+    for reader in readers {
+        bodies.push(reader.read_to_end(until).await);
+    }
+    assert_eq!(bodies[0], bodies[1]);
+    let events = parse_sse(&bodies[0]);
+    assert_contiguous(&events);
+    assert_eq!(events.len(), 152);
+    assert_eq!(text(&events), mock_text(150), "a gap or a duplicate token");
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "done", "{}", last.data);
+    assert_eq!(last.json()["finish_reason"], "length");
+    assert_eq!(last.json()["usage"]["completion_tokens"], 150);
+    assert_eq!(cluster.read_all("c", &id).await, bodies[0]);
+    let s = cluster.wait_status("b", &id, "completed").await;
+    assert_eq!(s["text"], mock_text(150));
+
+    let continued: Vec<&str> = ["b", "c"]
+        .into_iter()
+        .filter(|n| {
+            cluster
+                .logged(n, "stream continued")
+                .iter()
+                .any(|l| l.contains(&id))
+        })
+        .collect();
+    assert_eq!(continued.len(), 1, "continued by {continued:?}");
+}
+
+#[tokio::test]
+async fn a_lost_listen_connection_is_reestablished_and_its_readers_miss_nothing() {
+    let cluster = Cluster::start(&[]).await;
+    let pool = cluster.db.pool().await;
+    let id = cluster.create_id("a", 150).await;
+    let mut on_a = cluster.events("a", &id, None).await;
+    let mut on_b = cluster.events("b", &id, None).await;
+    on_a.until(10).await;
+    on_b.until(10).await;
+
+    let old = cluster
+        .listener_pid(&pool, "b")
+        .await
+        .expect("b does not listen");
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(old)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(terminated);
+
+    // b listens again, on a new connection.
+    let until = Instant::now() + DEADLINE;
+    loop {
+        match cluster.listener_pid(&pool, "b").await {
+            Some(pid) if pid != old => break,
+            _ => {}
+        }
+        assert!(Instant::now() < until, "b did not listen again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, status) = cluster.status("a", &id).await;
+    assert_eq!(
+        status["status"], "running",
+        "the stream ended before b listened again"
+    );
+    // And hears what is sent there: a cancel, which has no other way to reach b.
+    let on_b_id = cluster.create_id("b", 10_000).await;
+    let r = cluster
+        .post("c", &format!("/v1/streams/{on_b_id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    cluster.wait_status("c", &on_b_id, "cancelled").await;
+
+    // The reader on b saw every event, the same bytes as the reader on a.
+    let until = Instant::now() + DEADLINE;
+    let on_a = on_a.read_to_end(until).await;
+    let on_b = on_b.read_to_end(until).await;
+    assert_eq!(on_a, on_b);
+    let events = parse_sse(&on_b);
+    assert_contiguous(&events);
+    assert_eq!(text(&events), mock_text(150));
+    assert!(
+        !cluster.logged("b", "lost the LISTEN connection").is_empty()
+            || !cluster
+                .logged("b", "the LISTEN connection failed")
+                .is_empty(),
+        "b did not notice"
+    );
+}
+
+#[tokio::test]
+async fn sessions_and_read_tokens_work_across_nodes() {
+    let mut cluster = Cluster::start(&[("SPOOL_API_KEYS", "alpha-key,beta-key")]).await;
+    cluster.key = Some("alpha-key");
+
+    // A session made on a gets a turn through b and another through c.
+    let r = cluster.post("a", "/v1/sessions").send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let session: Value = r.json().await.unwrap();
+    let sid = session["id"].as_str().unwrap().to_owned();
+    for (node, content) in [("b", "one"), ("c", "two")] {
+        let r = cluster
+            .post(node, &format!("/v1/sessions/{sid}/messages"))
+            .json(&json!({"content": content, "max_tokens": 3}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{node}: {}", r.text().await.unwrap());
+        let turn: Value = r.json().await.unwrap();
+        cluster
+            .wait_status("a", turn["id"].as_str().unwrap(), "completed")
+            .await;
+    }
+    let history: Value = cluster
+        .get("a", &format!("/v1/sessions/{sid}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let turns: Vec<(String, String)> = history["turns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["role"].as_str().unwrap().to_owned(),
+                t["content"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let answer = mock_text(3);
+    assert_eq!(
+        turns,
+        [
+            ("user".to_owned(), "one".to_owned()),
+            ("assistant".to_owned(), answer.clone()),
+            ("user".to_owned(), "two".to_owned()),
+            ("assistant".to_owned(), answer),
+        ]
+    );
+    // Another key does not see it, on any node.
+    let r = cluster
+        .client
+        .get(cluster.url("b", &format!("/v1/sessions/{sid}")))
+        .bearer_auth("beta-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // A read token from a's POST opens the stream's events on c and b without a key.
+    let created = cluster.create("a", 5).await;
+    let id = created["id"].as_str().unwrap();
+    let token = created["read_token"].as_str().unwrap();
+    for node in ["c", "b"] {
+        let r = cluster
+            .client
+            .get(cluster.url(node, &format!("/v1/streams/{id}/events?token={token}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{node}");
+        let events = parse_sse(&r.text().await.unwrap());
+        assert_contiguous(&events);
+        assert_eq!(events.last().unwrap().event, "done");
+        assert_eq!(text(&events), mock_text(5));
+        // Without it, or with it for another stream, no.
+        let r = cluster
+            .client
+            .get(cluster.url(node, &format!("/v1/streams/{id}/events")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{node}");
+        let r = cluster
+            .client
+            .get(cluster.url(node, &format!("/v1/streams/{id}?token={token}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{node}");
+    }
+}
+
+#[tokio::test]
+async fn a_reader_of_a_stream_deleted_before_it_saw_the_end_is_not_left_waiting() {
+    // Streams that stall after two tokens: nothing more is written to them.
+    let cluster = Cluster::start(&[("SPOOL_MOCK_STALL_AFTER", "2")]).await;
+    let pool = cluster.db.pool().await;
+    let id = cluster.create_id("a", 10).await;
+    let mut on_b = cluster.events("b", &id, None).await;
+    assert_eq!(on_b.until(3).await.len(), 3);
+    // Gone before the reader on b read an end (a delete through another node can
+    // commit before that reader reads the terminal event it was woken for).
+    for sql in [
+        "DELETE FROM events WHERE stream_id = $1",
+        "DELETE FROM streams WHERE id = $1",
+    ] {
+        sqlx::query(sql).bind(&id).execute(&pool).await.unwrap();
+    }
+    let body = on_b.read_to_end(Instant::now() + DEADLINE).await;
+    assert_eq!(parse_sse(&body).len(), 3, "{body}");
+    let (code, _) = cluster.status("b", &id).await;
+    assert_eq!(code, 404);
+}
+
+#[tokio::test]
+async fn a_node_restarted_under_its_id_ends_the_streams_it_left_open() {
+    // A lease longer than the test: no survivor may take a's streams, only a itself
+    // once it is back (as a node restarted by its supervisor would be).
+    let mut cluster = Cluster::start(&[("SPOOL_NODE_LEASE", "5min")]).await;
+    let id = cluster.create_id("a", 10_000).await;
+    let mut on_b = cluster.events("b", &id, None).await;
+    let before = on_b.until(5).await;
+    cluster.kill("a");
+    cluster.restart("a");
+
+    let body = on_b.read_to_end(Instant::now() + DEADLINE).await;
+    let events = parse_sse(&body);
+    assert_contiguous(&events);
+    assert_eq!(raw(&events[..before.len()]), raw(&before));
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "error", "{}", last.data);
+    assert_eq!(last.json()["code"], "interrupted");
+    assert_eq!(cluster.read_all("a", &id).await, body);
+    let s = cluster.wait_status("c", &id, "interrupted").await;
+    assert_eq!(s["last_seq"], events.len());
+    assert_eq!(cluster.logged("a", "left running").len(), 1);
+}
