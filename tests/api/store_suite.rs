@@ -191,6 +191,7 @@ impl Db {
             running: 0,
             queued: 0,
             live_streams: 0,
+            remote_readers: 0,
         };
         self.metrics
             .render(&gauges)
