@@ -1,7 +1,9 @@
 //! Several nodes on one PostgreSQL database: the background work that makes them one
 //! service. Nothing here runs on SQLite.
 //!
-//! - **Lease**: every `lease / 3` the node renews its row in `nodes`.
+//! - **Lease**: every `lease / 3` the node renews its row in `nodes`. A node that finds
+//!   its row gone was taken for dead (it stalled longer than its lease) and its streams
+//!   were taken over: it exits at once (fail-stop) rather than write beside the survivor.
 //! - **Sweep**: as often, it looks for nodes whose lease expired; exactly one survivor
 //!   takes each (`FOR UPDATE SKIP LOCKED`) and ends its open streams `interrupted`, or
 //!   continues them here when the backend can (see [`crate::store::Store::sweep`]).
@@ -22,6 +24,9 @@ use crate::engine::Engine;
 use crate::hub::StreamHub;
 use crate::store::Store;
 use crate::store::postgres::cluster::Notice;
+
+/// The exit status of a node that finds its lease was taken (see `renew`).
+pub const LEASE_LOST_EXIT: i32 = 75;
 
 /// Starts the lease, sweep and listen loops as tracked tasks of the engine; they end
 /// when the engine shuts down.
@@ -48,11 +53,16 @@ async fn renew(store: Store, lease: Duration, every: Duration, shutdown: Cancell
         }
         match store.renew_lease(lease).await {
             Ok(true) => {}
-            Ok(false) => tracing::error!(
-                node = store.node(),
-                "this node's lease had expired: another node may have ended or taken over \
-                 its streams"
-            ),
+            Ok(false) => {
+                // Fail-stop: this node was silent longer than its lease and a survivor
+                // has ended or taken over every stream it was generating. Writing on
+                // would collide with what the survivor wrote; a supervisor restarts it.
+                tracing::error!(
+                    node = store.node(),
+                    "this node's lease expired and its streams were taken over; exiting"
+                );
+                std::process::exit(LEASE_LOST_EXIT);
+            }
             Err(e) => tracing::warn!(error = %e, "renewing the node lease failed; retrying"),
         }
     }
