@@ -55,11 +55,13 @@ async fn renew(store: Store, lease: Duration, every: Duration, shutdown: Cancell
             Ok(true) => {}
             Ok(false) => {
                 // Fail-stop: this node was silent longer than its lease and a survivor
-                // has ended or taken over every stream it was generating. Writing on
-                // would collide with what the survivor wrote; a supervisor restarts it.
+                // has ended or taken over every stream it was generating (or another
+                // process took its id). Writing on would collide with what they wrote;
+                // a supervisor restarts it.
                 tracing::error!(
                     node = store.node(),
-                    "this node's lease expired and its streams were taken over; exiting"
+                    "this node's lease is not ours any more (it expired and a survivor took \
+                     its streams over, or another process took this node id); exiting"
                 );
                 std::process::exit(LEASE_LOST_EXIT);
             }

@@ -63,7 +63,8 @@ CREATE TABLE settings (
 -- One row per live node: its lease, renewed by a heartbeat. A node whose lease has
 -- expired is dead; one survivor ends (or continues) its streams and deletes the row.
 CREATE TABLE nodes (
-    id         TEXT        PRIMARY KEY,
+    id          TEXT        PRIMARY KEY,
+    incarnation TEXT        NOT NULL,                 -- the process holding the lease
     started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     expires_at TIMESTAMPTZ NOT NULL
 );

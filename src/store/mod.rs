@@ -80,6 +80,9 @@ pub struct Store {
     pub(crate) db: Db,
     /// This process's name among the nodes sharing a PostgreSQL database.
     node: Arc<str>,
+    /// This process's lease token: another process under the same node name takes the
+    /// lease from it (see `postgres::cluster::take_lease`).
+    incarnation: Arc<str>,
 }
 
 /// Opens the database, migrates it, recovers what a dead process left, and starts the
@@ -106,6 +109,7 @@ pub async fn open(
                 store: Store {
                     db: Db::Sqlite(opened.read),
                     node: Arc::from("local"),
+                    incarnation: Arc::from(""),
                 },
                 log,
                 writer,
@@ -115,7 +119,15 @@ pub async fn open(
         }
         Database::Postgres(url) => {
             let node: Arc<str> = Arc::from(config.node_id()?.as_str());
-            let opened = postgres::open(&url, &node, config.node_lease, continuable).await?;
+            let incarnation: Arc<str> = Arc::from(hex(&fresh_secret()?[..8]).as_str());
+            let opened = postgres::open(
+                &url,
+                &node,
+                &incarnation,
+                config.node_lease,
+                continuable,
+            )
+            .await?;
             let (log, writer) = writer::start(
                 writer::Conn::Postgres {
                     conn: opened.write,
@@ -129,6 +141,7 @@ pub async fn open(
                 store: Store {
                     db: Db::Postgres(opened.pool),
                     node,
+                    incarnation,
                 },
                 log,
                 writer,
@@ -157,6 +170,10 @@ fn fresh_secret() -> anyhow::Result<[u8; 32]> {
     let mut fresh = [0u8; 32];
     getrandom::fill(&mut fresh).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     Ok(fresh)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A stream a dead process was generating, to be continued.

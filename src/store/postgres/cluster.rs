@@ -11,64 +11,60 @@ use super::{CANCEL_CHANNEL, EVENTS_CHANNEL, batch};
 use crate::event::{Event, StreamStatus, now_ms};
 use crate::store::{Db, INTERRUPTED, INTERRUPTED_MESSAGE, Store, StoreError, Unfinished};
 
-/// Takes or renews `node`'s lease until `lease` from now (the database's clock).
-/// Returns false if the row was missing: the lease had expired and a survivor swept
-/// this node, or it is the first time.
-pub async fn heartbeat(
+/// Renews this process's lease on `node` until `lease` from now (the database's
+/// clock). False if the lease is no longer this process's: a survivor swept it after
+/// it expired, or another process took the node id (see [`take_lease`]).
+pub async fn renew(
     conn: impl sqlx::PgExecutor<'_>,
     node: &str,
+    incarnation: &str,
     lease: Duration,
 ) -> Result<bool, sqlx::Error> {
-    let renewed: bool = sqlx::query_scalar(
-        "INSERT INTO nodes (id, expires_at) VALUES ($1, now() + make_interval(secs => $2)) \
-         ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at \
-         RETURNING xmax <> 0",
+    let renewed = sqlx::query(
+        "UPDATE nodes SET expires_at = now() + make_interval(secs => $3) \
+         WHERE id = $1 AND incarnation = $2",
     )
     .bind(node)
+    .bind(incarnation)
     .bind(lease.as_secs_f64())
-    .fetch_one(conn)
-    .await?;
-    Ok(renewed)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(renewed == 1)
 }
 
-/// Takes `node`'s lease at start-up. A lease of the same name still running means a
-/// previous process of this node died moments ago, or another live process uses the
-/// name: wait for it to expire (at most twice the lease; a live one keeps renewing, and
-/// then this is an error). Streams a previous process of this node left open are then
-/// recovered by [`recover_own`].
+/// Takes `node`'s lease at start-up for this process (`incarnation`), whoever held it:
+/// a node restarted under its id after a crash should not wait for its old lease to
+/// expire. If a live process still held it (two processes given one id), that one
+/// finds its lease gone at its next renewal and stops. Streams a previous process of
+/// this node left open are then recovered by [`recover_own`].
 pub async fn take_lease(
     conn: &mut sqlx::PgConnection,
     node: &str,
+    incarnation: &str,
     lease: Duration,
 ) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + lease * 2 + Duration::from_secs(1);
-    let mut warned = false;
-    loop {
-        let running: Option<bool> =
-            sqlx::query_scalar("SELECT expires_at > now() FROM nodes WHERE id = $1")
-                .bind(node)
-                .fetch_optional(&mut *conn)
-                .await?;
-        if running != Some(true) {
-            break;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!(
-                "another live node already uses the node id {node:?} (its lease keeps being \
-                 renewed); give each node its own SPOOL_NODE_ID"
-            );
-        }
-        if !warned {
-            tracing::warn!(
-                node,
-                "a lease for this node id is still running (a previous process?); waiting \
-                 for it to expire"
-            );
-            warned = true;
-        }
-        tokio::time::sleep((lease / 4).max(Duration::from_millis(100))).await;
+    let previous_live: Option<bool> = sqlx::query_scalar(
+        "WITH old AS (SELECT id, expires_at > now() AS live FROM nodes WHERE id = $1) \
+         INSERT INTO nodes (id, incarnation, expires_at) \
+         VALUES ($1, $2, now() + make_interval(secs => $3)) \
+         ON CONFLICT (id) DO UPDATE \
+         SET incarnation = EXCLUDED.incarnation, expires_at = EXCLUDED.expires_at \
+         RETURNING (SELECT live FROM old)",
+    )
+    .bind(node)
+    .bind(incarnation)
+    .bind(lease.as_secs_f64())
+    .fetch_one(&mut *conn)
+    .await?;
+    if previous_live == Some(true) {
+        tracing::warn!(
+            node,
+            "took over a lease of this node id that had not expired (a previous process \
+             that just died, or another process given the same SPOOL_NODE_ID: that one \
+             stops at its next renewal)"
+        );
     }
-    heartbeat(&mut *conn, node, lease).await?;
     Ok(())
 }
 
@@ -191,10 +187,11 @@ pub struct SweptStream {
 }
 
 impl Store {
-    /// Renews this node's lease (see [`heartbeat`]). Only on PostgreSQL.
+    /// Renews this node's lease (see [`renew`]); false once it is not ours any more.
+    /// Only on PostgreSQL.
     pub async fn renew_lease(&self, lease: Duration) -> Result<bool, StoreError> {
         match &self.db {
-            Db::Postgres(pool) => Ok(heartbeat(pool, self.node(), lease).await?),
+            Db::Postgres(pool) => Ok(renew(pool, self.node(), &self.incarnation, lease).await?),
             Db::Sqlite(_) => Ok(true),
         }
     }
@@ -202,8 +199,9 @@ impl Store {
     /// Gives up this node's lease at a graceful stop, once its streams have ended.
     pub async fn release_lease(&self) -> Result<(), StoreError> {
         if let Db::Postgres(pool) = &self.db {
-            sqlx::query("DELETE FROM nodes WHERE id = $1")
+            sqlx::query("DELETE FROM nodes WHERE id = $1 AND incarnation = $2")
                 .bind(self.node())
+                .bind(&*self.incarnation)
                 .execute(pool)
                 .await?;
         }

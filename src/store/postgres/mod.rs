@@ -43,6 +43,7 @@ pub fn options(url: &str) -> anyhow::Result<PgConnectOptions> {
 pub(super) async fn open(
     url: &str,
     node: &str,
+    incarnation: &str,
     lease: Duration,
     continuable: &dyn Fn(&str) -> bool,
 ) -> anyhow::Result<Opened> {
@@ -63,7 +64,9 @@ pub(super) async fn open(
         .context("the read-token secret")?;
     // The lease first: a stream this node creates must never belong to a node that
     // has no row, or a sweeper would take it for an orphan.
-    cluster::take_lease(&mut write, node, lease).await?;
+    cluster::take_lease(&mut write, node, incarnation, lease)
+        .await
+        .context("taking this node's lease")?;
     let recovered = cluster::recover_own(&mut write, node, continuable)
         .await
         .context("start-up recovery")?;
