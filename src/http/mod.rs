@@ -11,6 +11,8 @@ pub mod page;
 pub mod params;
 pub mod sessions;
 pub mod sse;
+#[cfg(test)]
+mod strategies;
 pub mod streams;
 pub mod ws;
 

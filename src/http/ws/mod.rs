@@ -2,7 +2,7 @@
 //! within the server's limits; `socket` runs one connection; `protocol` is the wire
 //! format of its messages.
 
-mod protocol;
+pub mod protocol;
 mod socket;
 
 use axum::Router;

@@ -24,7 +24,6 @@ use super::protocol::{self, Incoming};
 use crate::app::AppState;
 use crate::feed;
 use crate::http::error::ApiError;
-use crate::http::params::StreamParams;
 use crate::http::sessions;
 use crate::ids::looks_like_stream_id;
 
@@ -269,7 +268,7 @@ impl Connection {
         body: Map<String, Value>,
     ) -> Result<(), ApiError> {
         self.room_for_one_more()?;
-        let params: StreamParams = params(body)?;
+        let params = protocol::stream_params(body)?;
         let started = if let Some(session_id) = params.session_id.clone() {
             sessions::say(&self.state, &session_id, params, self.owner.clone()).await?
         } else {
@@ -296,7 +295,7 @@ impl Connection {
         body: Map<String, Value>,
     ) -> Result<(), ApiError> {
         self.room_for_one_more()?;
-        let params: StreamParams = params(body)?;
+        let params = protocol::stream_params(body)?;
         let session_id = match session_id {
             Some(id) => id,
             None => {
@@ -405,11 +404,6 @@ impl Connection {
             old.abort();
         }
     }
-}
-
-/// A client message's parameters, as `POST /v1/streams` takes them.
-fn params(body: Map<String, Value>) -> Result<StreamParams, ApiError> {
-    serde_json::from_value(Value::Object(body)).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
 /// Whether a read failed because the client's message was over the size limit.
