@@ -149,7 +149,9 @@ impl Spool {
             self.router(),
             http_shutdown,
             config.max_connections,
+            config.header_read_timeout,
             grace / 4,
+            self.state.metrics.clone(),
         )
         .await;
         let local = watcher.await.ok().flatten();

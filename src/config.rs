@@ -375,6 +375,11 @@ pub struct ServeConfig {
     )]
     pub max_connections: usize,
 
+    /// How long a client may take to send a request's headers, and a new connection to
+    /// start its first request; slower ones are disconnected (slow-loris clients).
+    #[arg(long = "header-read-timeout", env = "SPOOL_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub header_read_timeout: Duration,
+
     /// Bearer keys (comma list). Set: every `/v1` route needs one, and streams and
     /// sessions belong to the key that made them. Unset: no authentication.
     #[arg(
