@@ -52,7 +52,10 @@ pub async fn run(
         cancel_on_disconnect: HashSet::new(),
     };
     let writer = write_loop(sink, out_rx);
-    let reader = async {
+    // The reader owns the connection, so that its end drops the last sender of the
+    // writer's queue: the writer then closes the socket (else a peer that closed, or
+    // broke the protocol, would leave the socket and its permit held for good).
+    let reader = async move {
         connection.read_loop(frames).await;
         connection.finish().await;
     };
