@@ -12,6 +12,7 @@ mod browser;
 mod cli;
 mod crash;
 mod examples;
+mod hostile;
 mod http2;
 mod lifecycle;
 mod openai;
