@@ -158,10 +158,14 @@ impl Spool {
         server::serve(
             listener,
             self.router(),
-            self.tls.take(),
             http_shutdown,
-            config.max_connections,
-            grace / 4,
+            server::Options {
+                tls: self.tls.take(),
+                max_connections: config.max_connections,
+                header_read_timeout: config.header_read_timeout,
+                drain: grace / 4,
+                metrics: self.state.metrics.clone(),
+            },
         )
         .await;
         let local = watcher.await.ok().flatten();

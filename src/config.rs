@@ -407,6 +407,10 @@ pub struct ServeConfig {
     /// TLS: the longest a client may take to complete its handshake before it is dropped.
     #[arg(long = "tls-handshake-timeout", env = "SPOOL_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub tls_handshake_timeout: Duration,
+    /// How long a client may take to send a request's headers, and a new connection to
+    /// start its first request; slower ones are disconnected (slow-loris clients).
+    #[arg(long = "header-read-timeout", env = "SPOOL_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub header_read_timeout: Duration,
 
     /// Bearer keys (comma list). Set: every `/v1` route needs one, and streams and
     /// sessions belong to the key that made them. Unset: no authentication.

@@ -23,6 +23,7 @@ pub struct Metrics {
     rejected_busy: AtomicU64,
     commit_failures: AtomicU64,
     ws_sockets: AtomicU64,
+    connections: AtomicU64,
     ws_timeouts: AtomicU64,
     cluster_wakeups: AtomicU64,
     cluster_listen_lost: AtomicU64,
@@ -135,6 +136,12 @@ impl Metrics {
     }
     pub fn ws_closed(&self) {
         self.ws_sockets.fetch_sub(1, Relaxed);
+    }
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Relaxed);
+    }
+    pub fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Relaxed);
     }
     pub fn ws_timed_out(&self) {
         self.ws_timeouts.fetch_add(1, Relaxed);
@@ -251,6 +258,12 @@ impl Metrics {
             "spool_ws_sockets",
             "Open WebSocket connections.",
             self.ws_sockets.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "spool_connections",
+            "Open client connections (an upgraded WebSocket counts in spool_ws_sockets).",
+            self.connections.load(Relaxed),
         );
         counter(
             &mut out,

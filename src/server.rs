@@ -10,6 +10,10 @@
 //! HTTP/2 preface. HTTP/2 allows extended CONNECT (RFC 8441), so a WebSocket can share
 //! a connection with a page's SSE streams.
 //!
+//! A connection must start its first request within the header-read timeout: hyper's
+//! own timeout only runs once it knows the protocol, so a client that connects and sends
+//! nothing (or half an HTTP/2 preface) would otherwise hold its connection slot forever.
+//!
 //! **Architecture Invariant:** the accept loop never waits on a client. The TLS
 //! handshake runs in the connection's own task, under a timeout, so a client that opens
 //! a socket and sends nothing holds one connection slot for that long and blocks no one.
@@ -18,6 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::http::Request;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -26,28 +32,44 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
+use crate::metrics::Metrics;
 use crate::tls::Tls;
 
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How the server treats connections.
+pub struct Options {
+    /// With it, every connection speaks TLS.
+    pub tls: Option<Tls>,
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, and a new connection
+    /// to start its first request.
+    pub header_read_timeout: Duration,
+    /// How long open connections may take to finish after shutdown.
+    pub drain: Duration,
+    pub metrics: Arc<Metrics>,
+}
 
-/// Serves until `shutdown` is cancelled, then waits up to `drain` for open
+/// Serves until `shutdown` is cancelled, then waits up to `options.drain` for open
 /// connections to finish (SSE responses end by themselves on the same signal).
-/// With `tls`, every connection speaks TLS.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    tls: Option<Tls>,
     shutdown: CancellationToken,
-    max_connections: usize,
-    drain: Duration,
+    options: Options,
 ) {
+    let Options {
+        tls,
+        max_connections,
+        header_read_timeout,
+        drain,
+        metrics,
+    } = options;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(header_read_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -90,10 +112,13 @@ pub async fn serve(
             tls.clone(),
             shutdown.clone(),
         );
+        let open = OpenConnection::new(metrics.clone());
         connections.spawn(async move {
-            let _permit = permit;
+            let _slot = (permit, open);
             let Some(tls) = tls else {
-                return serve_connection(&builder, TokioIo::new(tcp), router, watcher, peer).await;
+                let io = TokioIo::new(tcp);
+                return serve_connection(&builder, io, router, watcher, peer, header_read_timeout)
+                    .await;
             };
             let stream = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -105,7 +130,8 @@ pub async fn serve(
                     }
                 },
             };
-            serve_connection(&builder, TokioIo::new(stream), router, watcher, peer).await;
+            let io = TokioIo::new(stream);
+            serve_connection(&builder, io, router, watcher, peer, header_read_timeout).await;
         });
     }
     drop(listener);
@@ -118,19 +144,58 @@ pub async fn serve(
     }
 }
 
-/// Serves HTTP on one accepted connection (cleartext or TLS) until it ends.
+/// Serves HTTP on one accepted connection (cleartext or TLS) until it ends, or until
+/// `first_request` passes without a request.
 async fn serve_connection<I>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     router: Router,
     watcher: Watcher,
     peer: std::net::SocketAddr,
+    first_request: Duration,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = TowerToHyperService::new(router);
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    if let Err(e) = watcher.watch(connection).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    // Cancelled by the connection's first request.
+    let requested = CancellationToken::new();
+    let seen = requested.clone();
+    let service = router.map_request(move |request: Request<Incoming>| {
+        if !seen.is_cancelled() {
+            seen.cancel();
+        }
+        request
+    });
+    let connection = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
+    let silent = async {
+        tokio::select! {
+            _ = requested.cancelled() => std::future::pending().await,
+            _ = tokio::time::sleep(first_request) => {}
+        }
+    };
+    tokio::select! {
+        result = watcher.watch(connection) => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = silent => {
+            tracing::debug!(%peer, "no request within the header-read timeout; closing");
+        }
+    }
+}
+
+/// Counts open connections for `/metrics`, however the connection ends.
+struct OpenConnection(Arc<Metrics>);
+
+impl OpenConnection {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        metrics.connection_opened();
+        OpenConnection(metrics)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connection_closed();
     }
 }

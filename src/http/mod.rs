@@ -12,6 +12,8 @@ pub mod params;
 pub mod request_id;
 pub mod sessions;
 pub mod sse;
+#[cfg(test)]
+mod strategies;
 pub mod streams;
 pub mod ws;
 

@@ -257,4 +257,137 @@ mod tests {
             assert_eq!(e.status, 400, "{body}");
         }
     }
+
+    mod properties {
+        use super::*;
+        use crate::http::extract::decode_json;
+        use crate::http::strategies::{
+            self, Field, SETUP, a_float, a_list, a_string, an_integer, an_object, body, check,
+            check_accepted, object, one_of, run_shaped,
+        };
+        use proptest::prelude::*;
+
+        const FIELDS: &[&str] = &[
+            "prompt",
+            "messages",
+            "role",
+            "content",
+            "model",
+            "max_tokens",
+            "temperature",
+            "top_p",
+            "seed",
+            "stop",
+            "metadata",
+            "session_id",
+        ];
+
+        /// `POST /v1/streams`: the body as the handler decodes and validates it.
+        fn stream(bytes: &[u8]) -> Result<GenerateRequest, ApiError> {
+            let (config, models) = &*SETUP;
+            decode_json::<StreamParams>(bytes)?.validate(config, models)
+        }
+
+        /// `POST /v1/sessions/{id}/messages`.
+        fn turn(bytes: &[u8]) -> Result<GenerateRequest, ApiError> {
+            let (config, models) = &*SETUP;
+            decode_json::<StreamParams>(bytes)?.validate_turn(config, models, Some("mock"))
+        }
+
+        /// A `POST /v1/streams` body, give or take: its required and optional members.
+        fn stream_fields() -> (Vec<Field>, Vec<Field>) {
+            let message = an_object(
+                vec![
+                    ("role", one_of(&["system", "user", "assistant", "robot"])),
+                    ("content", a_string()),
+                ],
+                vec![],
+            );
+            let required = vec![("prompt", a_string())];
+            let optional = vec![
+                ("messages", a_list(message, 0..4)),
+                ("model", one_of(&["mock", "", " ", "other"])),
+                ("max_tokens", an_integer(&[0, 256, 32768, u32::MAX as i64])),
+                ("temperature", a_float(0.0, 2.0)),
+                ("top_p", a_float(0.0, 1.0)),
+                ("seed", an_integer(&[0, i64::MAX])),
+                (
+                    "stop",
+                    prop_oneof![a_string(), a_list(a_string(), 0..6)].boxed(),
+                ),
+                ("metadata", an_object(vec![], vec![("k", a_string())])),
+                ("session_id", a_string()),
+                ("content", a_string()),
+            ];
+            (required, optional)
+        }
+
+        #[test]
+        fn any_shaped_body_is_accepted_whole_or_rejected_with_a_400() {
+            run_shaped(stream_fields(), 1024, 20, |bytes| {
+                vec![stream(bytes), turn(bytes)]
+            });
+        }
+
+        fn nonblank() -> impl Strategy<Value = String> {
+            any::<String>().prop_filter("blank", |s| !s.trim().is_empty())
+        }
+
+        proptest! {
+            #![proptest_config(strategies::config(384))]
+
+            #[test]
+            fn any_body_is_accepted_whole_or_rejected_with_a_400(bytes in body(FIELDS)) {
+                check(stream(&bytes))?;
+                check(turn(&bytes))?;
+            }
+
+            #[test]
+            fn any_object_is_accepted_whole_or_rejected_with_a_400(o in object(FIELDS)) {
+                let bytes = Value::Object(o).to_string().into_bytes();
+                check(stream(&bytes))?;
+                check(turn(&bytes))?;
+            }
+
+            #[test]
+            fn a_valid_request_arrives_as_sent(
+                prompt in prop_oneof![
+                    nonblank().prop_map(Prompt::Text),
+                    prop::collection::vec(
+                        (prop::sample::select(&[Role::System, Role::User, Role::Assistant][..]), any::<String>()),
+                        1..4,
+                    )
+                    .prop_map(|ms| Prompt::Messages(
+                        ms.into_iter().map(|(role, content)| Message { role, content }).collect()
+                    ))
+                    .prop_filter("all blank", |p| !p.flat_text().trim().is_empty()),
+                ],
+                max_tokens in prop::option::of(1u32..=32768),
+                temperature in prop::option::of(0.0f32..=2.0),
+                top_p in prop::option::of(prop_oneof![Just(1.0f32), 0.0001f32..1.0]),
+                seed in prop::option::of(any::<u64>()),
+                stop in prop::collection::vec(any::<String>().prop_filter("empty", |s| !s.is_empty()), 0..=4),
+                model in prop::option::of(nonblank()),
+            ) {
+                let mut body = serde_json::to_value(&prompt).unwrap();
+                let m = body.as_object_mut().unwrap();
+                m.insert("max_tokens".into(), serde_json::json!(max_tokens));
+                m.insert("temperature".into(), serde_json::json!(temperature));
+                m.insert("top_p".into(), serde_json::json!(top_p));
+                m.insert("seed".into(), serde_json::json!(seed));
+                m.insert("stop".into(), serde_json::json!(stop));
+                m.insert("model".into(), serde_json::json!(model));
+                let r = stream(body.to_string().as_bytes())
+                    .map_err(|e| TestCaseError::fail(format!("rejected {body}: {e:?}")))?;
+                check_accepted(&r)?;
+                prop_assert_eq!(&r.prompt, &prompt);
+                prop_assert_eq!(r.max_tokens, max_tokens.unwrap_or(256));
+                prop_assert_eq!(r.temperature, temperature);
+                prop_assert_eq!(r.top_p, top_p);
+                prop_assert_eq!(r.seed, seed);
+                prop_assert_eq!(&r.stop, &stop);
+                prop_assert_eq!(r.model, model.unwrap_or_else(|| "mock".into()));
+            }
+        }
+    }
 }

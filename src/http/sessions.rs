@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::auth::Owner;
 use super::error::ApiError;
-use super::extract::{JsonBody, QueryParams};
+use super::extract::{JsonBody, QueryParams, decode_json};
 use super::params::StreamParams;
 use super::streams::{CreateQuery, started_response, wants_sse};
 use crate::app::AppState;
@@ -81,13 +81,7 @@ async fn create(
     let params: SessionParams = if body.iter().all(u8::is_ascii_whitespace) {
         SessionParams::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            if e.is_data() {
-                ApiError::invalid(e.to_string())
-            } else {
-                ApiError::bad_request("invalid_json", format!("malformed JSON: {e}"))
-            }
-        })?
+        decode_json(&body)?
     };
     let row = state
         .engine

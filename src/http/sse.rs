@@ -187,4 +187,73 @@ mod tests {
             assert!(parse_cursor(bad).is_err(), "{bad:?}");
         }
     }
+
+    /// What SPEC §3 asks of a resume point, written the slow way: ASCII digits only, at
+    /// least one, and a value a `u64` holds.
+    fn oracle(raw: &str) -> Option<u64> {
+        if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        raw.bytes().try_fold(0u64, |n, b| {
+            n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        })
+    }
+
+    mod properties {
+        use super::*;
+        use crate::http::strategies;
+        use proptest::prelude::*;
+
+        fn check(raw: &str) -> Result<(), TestCaseError> {
+            match (parse_cursor(raw), oracle(raw)) {
+                (Ok(n), Some(m)) => prop_assert_eq!(n, m, "{:?}", raw),
+                (Err(e), None) => {
+                    prop_assert_eq!(e.status, 400);
+                    prop_assert_eq!(e.code, "invalid_cursor");
+                }
+                (got, want) => prop_assert!(false, "{raw:?}: got {got:?}, want {want:?}"),
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(strategies::config(512))]
+
+            #[test]
+            fn any_text_is_a_cursor_exactly_when_it_is_digits_that_fit(raw in any::<String>()) {
+                check(&raw)?;
+            }
+
+            #[test]
+            fn near_misses_are_judged_like_the_spec(
+                raw in "[-+ \\t0-9.eE_x\u{0660}-\u{0669}\u{ff10}-\u{ff19}]{0,24}",
+            ) {
+                check(&raw)?;
+            }
+
+            #[test]
+            fn every_u64_round_trips(n in any::<u64>(), zeros in 0usize..3) {
+                let text = format!("{}{n}", "0".repeat(zeros));
+                prop_assert_eq!(parse_cursor(&text).ok(), Some(n));
+            }
+
+            #[test]
+            fn signs_spaces_fractions_and_overflow_are_refused(
+                n in any::<u64>(),
+                form in 0usize..7,
+            ) {
+                let text = match form {
+                    0 => format!("-{n}"),
+                    1 => format!("+{n}"),
+                    2 => format!(" {n}"),
+                    3 => format!("{n} "),
+                    4 => format!("{n}.0"),
+                    5 => format!("{}", u128::from(n) + u128::from(u64::MAX) + 1),
+                    _ => format!("{n}\n"),
+                };
+                let e = parse_cursor(&text).err().map(|e| (e.status.as_u16(), e.code));
+                prop_assert_eq!(e, Some((400, "invalid_cursor")), "{:?}", text);
+            }
+        }
+    }
 }

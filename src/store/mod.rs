@@ -120,14 +120,8 @@ pub async fn open(
         Database::Postgres(url) => {
             let node: Arc<str> = Arc::from(config.node_id()?.as_str());
             let incarnation: Arc<str> = Arc::from(hex(&fresh_secret()?[..8]).as_str());
-            let opened = postgres::open(
-                &url,
-                &node,
-                &incarnation,
-                config.node_lease,
-                continuable,
-            )
-            .await?;
+            let opened =
+                postgres::open(&url, &node, &incarnation, config.node_lease, continuable).await?;
             let (log, writer) = writer::start(
                 writer::Conn::Postgres {
                     conn: opened.write,

@@ -15,6 +15,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod examples;
+mod hostile;
 mod http2;
 mod lifecycle;
 mod logs;

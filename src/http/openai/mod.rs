@@ -4,7 +4,7 @@
 //! `GET /v1/models` is shared with the native API (`http::ops`).
 
 pub mod chunks;
-mod request;
+pub mod request;
 
 use axum::extract::State;
 use axum::http::StatusCode;

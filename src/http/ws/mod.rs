@@ -6,7 +6,7 @@
 //! an extended `CONNECT` whose `:protocol` is `websocket` (RFC 8441), so the route
 //! takes both methods.
 
-mod protocol;
+pub mod protocol;
 mod socket;
 
 use axum::Router;

@@ -4,6 +4,8 @@
 use serde_json::{Map, Value, json};
 
 use crate::event::{Event, EventKind};
+use crate::http::error::ApiError;
+use crate::http::params::StreamParams;
 
 /// A client message, parsed as far as its `type` and the members every handler needs;
 /// `body` keeps the whole object for the handlers that take request parameters.
@@ -157,6 +159,11 @@ pub fn parse(text: &str) -> Result<Incoming, Rejected> {
             reference,
         )),
     }
+}
+
+/// A `generate` or `session.say` message's parameters, as `POST /v1/streams` takes them.
+pub fn stream_params(body: Map<String, Value>) -> Result<StreamParams, ApiError> {
+    serde_json::from_value(Value::Object(body)).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
 /// The message for a stored event: `token`, `done` or `error` with the event's seq
@@ -329,5 +336,202 @@ mod tests {
                 .code,
             "invalid_cursor"
         );
+    }
+
+    mod properties {
+        use super::*;
+        use crate::http::strategies::{
+            self, Field, SETUP, a_list, a_string, an_integer, an_object, check, json, one_of,
+            run_shaped, shaped,
+        };
+        use crate::llm::GenerateRequest;
+        use proptest::prelude::*;
+
+        const FIELDS: &[&str] = &[
+            "type",
+            "ref",
+            "stream_id",
+            "after",
+            "cancel_on_disconnect",
+            "session_id",
+            "prompt",
+            "content",
+            "messages",
+            "max_tokens",
+        ];
+
+        const CODES: &[&str] = &[
+            "invalid_json",
+            "invalid_message",
+            "invalid_cursor",
+            "unknown_type",
+        ];
+
+        /// What the socket does with a text frame before it touches the engine: parse
+        /// it, and for the messages that start a stream, validate their parameters as
+        /// `POST /v1/streams` would. `None` for the messages that need no parameters.
+        fn handle(text: &str) -> Result<Option<Result<GenerateRequest, ApiError>>, Rejected> {
+            let (config, models) = &*SETUP;
+            Ok(match parse(text)? {
+                Incoming::Generate { body, .. } => {
+                    Some(stream_params(body).and_then(|p| p.validate(config, models)))
+                }
+                Incoming::SessionSay { body, .. } => {
+                    Some(stream_params(body).and_then(|p| p.validate_turn(config, models, None)))
+                }
+                _ => None,
+            })
+        }
+
+        fn check_message(text: &str) -> Result<(), TestCaseError> {
+            match handle(text) {
+                Ok(Some(result)) => check(result)?,
+                Ok(None) => {}
+                Err(rejected) => {
+                    prop_assert!(CODES.contains(&rejected.code), "{:?}", rejected);
+                    prop_assert!(!rejected.message.is_empty());
+                    // The error message the socket sends back is one JSON object.
+                    let sent = error(
+                        rejected.code,
+                        &rejected.message,
+                        rejected.reference.as_deref(),
+                        None,
+                    );
+                    let v: Value = serde_json::from_str(&sent)
+                        .map_err(|e| TestCaseError::fail(format!("{sent}: {e}")))?;
+                    prop_assert_eq!(&v["code"], rejected.code);
+                    prop_assert_eq!(v["ref"].as_str(), rejected.reference.as_deref());
+                }
+            }
+            Ok(())
+        }
+
+        /// A client message, give or take.
+        fn message_fields() -> (Vec<Field>, Vec<Field>) {
+            let required = vec![(
+                "type",
+                one_of(&[
+                    "generate",
+                    "subscribe",
+                    "cancel",
+                    "unsubscribe",
+                    "session.say",
+                    "ping",
+                ]),
+            )];
+            let message = an_object(
+                vec![
+                    ("role", one_of(&["user", "system"])),
+                    ("content", a_string()),
+                ],
+                vec![],
+            );
+            let optional = vec![
+                ("ref", a_string()),
+                ("stream_id", one_of(&["st_0123456789abcdef", ""])),
+                ("after", an_integer(&[0, 3, i64::MAX])),
+                (
+                    "cancel_on_disconnect",
+                    any::<bool>().prop_map(Value::from).boxed(),
+                ),
+                ("session_id", one_of(&["se_0123456789abcdef"])),
+                ("prompt", a_string()),
+                ("content", a_string()),
+                ("messages", a_list(message, 0..3)),
+                ("max_tokens", an_integer(&[0, 256])),
+            ];
+            (required, optional)
+        }
+
+        #[test]
+        fn any_shaped_message_is_taken_or_answered_with_a_named_error() {
+            run_shaped(message_fields(), 1024, 10, |bytes| {
+                let text = String::from_utf8_lossy(bytes);
+                match handle(&text) {
+                    Ok(Some(result)) => vec![result],
+                    _ => vec![],
+                }
+            });
+        }
+
+        proptest! {
+            #![proptest_config(strategies::config(384))]
+
+            #[test]
+            fn any_text_frame_is_taken_or_answered_with_a_named_error(text in any::<String>()) {
+                check_message(&text)?;
+            }
+
+            #[test]
+            fn any_json_frame_is_taken_or_answered_with_a_named_error(v in json(FIELDS)) {
+                check_message(&v.to_string())?;
+            }
+
+            #[test]
+            fn any_shaped_frame_is_taken_or_answered_with_a_named_error(
+                o in shaped(message_fields().0, message_fields().1),
+            ) {
+                check_message(&Value::Object(o).to_string())?;
+            }
+
+            #[test]
+            fn subscribe_arrives_as_sent(
+                stream_id in any::<String>(),
+                after in prop::option::of(any::<u64>()),
+                reference in prop::option::of(any::<String>()),
+            ) {
+                let mut m = json!({"type": "subscribe", "stream_id": stream_id});
+                if let Some(after) = after {
+                    m["after"] = Value::from(after);
+                }
+                if let Some(r) = &reference {
+                    m["ref"] = Value::from(r.as_str());
+                }
+                prop_assert_eq!(
+                    parse(&m.to_string()),
+                    Ok(Incoming::Subscribe { stream_id, after: after.unwrap_or(0) })
+                );
+            }
+
+            #[test]
+            fn an_after_that_is_not_a_non_negative_integer_is_an_invalid_cursor(
+                after in prop_oneof![
+                    (i64::MIN..0).prop_map(Value::from),
+                    any::<f64>().prop_filter("integral", |f| f.fract() != 0.0 && f.is_finite()).prop_map(Value::from),
+                    any::<u64>().prop_map(|n| Value::from(n.to_string())),
+                    Just(Value::from(true)),
+                    Just(json!([1])),
+                ],
+            ) {
+                let m = json!({"type": "subscribe", "stream_id": "st_x", "after": after, "ref": "r"});
+                let e = parse(&m.to_string()).err();
+                prop_assert_eq!(
+                    e.map(|e| (e.code, e.reference)),
+                    Some(("invalid_cursor", Some("r".to_owned()))),
+                    "{}", m
+                );
+            }
+
+            #[test]
+            fn server_messages_are_json_whatever_the_text(
+                code in any::<String>(),
+                message in any::<String>(),
+                reference in prop::option::of(any::<String>()),
+                stream_id in any::<String>(),
+                session_id in prop::option::of(any::<String>()),
+            ) {
+                let e: Value = serde_json::from_str(&error(&code, &message, reference.as_deref(), Some(&stream_id))).unwrap();
+                prop_assert_eq!(
+                    (e["code"].as_str(), e["message"].as_str(), e["ref"].as_str(), e["stream_id"].as_str()),
+                    (Some(code.as_str()), Some(message.as_str()), reference.as_deref(), Some(stream_id.as_str()))
+                );
+                let s: Value = serde_json::from_str(&started(reference.as_deref(), &stream_id, session_id.as_deref())).unwrap();
+                prop_assert_eq!(s["stream_id"].as_str(), Some(stream_id.as_str()));
+                prop_assert_eq!(s["session_id"].as_str(), session_id.as_deref());
+                let t: Value = serde_json::from_str(&event_message(&stream_id, &Event::token(1, &message)).unwrap()).unwrap();
+                prop_assert_eq!(t["text"].as_str(), Some(message.as_str()));
+                prop_assert_eq!(t["stream_id"].as_str(), Some(stream_id.as_str()));
+            }
+        }
     }
 }

@@ -25,7 +25,6 @@ use super::protocol::{self, Incoming};
 use crate::app::AppState;
 use crate::feed;
 use crate::http::error::ApiError;
-use crate::http::params::StreamParams;
 use crate::http::sessions;
 use crate::ids::looks_like_stream_id;
 
@@ -54,7 +53,10 @@ pub async fn run(
         cancel_on_disconnect: HashSet::new(),
     };
     let writer = write_loop(sink, out_rx);
-    let reader = async {
+    // The reader owns the connection, so that its end drops the last sender of the
+    // writer's queue: the writer then closes the socket (else a peer that closed, or
+    // broke the protocol, would leave the socket and its permit held for good).
+    let reader = async move {
         connection.read_loop(frames).await;
         connection.finish().await;
     };
@@ -271,7 +273,7 @@ impl Connection {
         body: Map<String, Value>,
     ) -> Result<(), ApiError> {
         self.room_for_one_more()?;
-        let params: StreamParams = params(body)?;
+        let params = protocol::stream_params(body)?;
         let started = if let Some(session_id) = params.session_id.clone() {
             sessions::say(&self.state, &session_id, params, self.owner.clone()).await?
         } else {
@@ -298,7 +300,7 @@ impl Connection {
         body: Map<String, Value>,
     ) -> Result<(), ApiError> {
         self.room_for_one_more()?;
-        let params: StreamParams = params(body)?;
+        let params = protocol::stream_params(body)?;
         let session_id = match session_id {
             Some(id) => id,
             None => {
@@ -411,11 +413,6 @@ impl Connection {
             old.abort();
         }
     }
-}
-
-/// A client message's parameters, as `POST /v1/streams` takes them.
-fn params(body: Map<String, Value>) -> Result<StreamParams, ApiError> {
-    serde_json::from_value(Value::Object(body)).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
 /// Whether a read failed because the client's message was over the size limit.
