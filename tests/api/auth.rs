@@ -69,12 +69,8 @@ async fn a_key_sees_only_its_own_streams_and_sessions() {
 
     // The owner reads it to the end.
     let body = get(&app, &format!("/v1/streams/{id}/events"), Some("alpha-key"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .send_text()
+        .await;
     assert_eq!(parse_sse(&body).last().unwrap().event, "done");
 
     // The other key: 404 everywhere, exactly like a stream that does not exist.

@@ -262,15 +262,7 @@ async fn every_bad_input_is_a_clear_4xx_and_changes_nothing() {
     assert_eq!(v["error"]["models"], serde_json::json!(["mock"]));
 
     // Nothing was stored, and the server still works.
-    let list: Value = app
-        .client
-        .get(app.url("/v1/streams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.client.get(app.url("/v1/streams")).send_json().await;
     assert_eq!(list["data"], serde_json::json!([]));
     assert_eq!(app.metric("spool_streams_started_total").await, 0.0);
     assert_eq!(app.metric("spool_events_committed_total").await, 0.0);

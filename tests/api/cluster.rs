@@ -16,7 +16,7 @@ use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::helpers::{DEADLINE, SseEvent, parse_sse};
+use crate::helpers::{DEADLINE, SendJson, SseEvent, parse_sse};
 use crate::pg::TestDb;
 use crate::process::{self, Server};
 
@@ -674,12 +674,8 @@ async fn sessions_and_read_tokens_work_across_nodes() {
     }
     let history: Value = cluster
         .get("a", &format!("/v1/sessions/{sid}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     let turns: Vec<(String, String)> = history["turns"]
         .as_array()
         .unwrap()

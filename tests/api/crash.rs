@@ -73,21 +73,13 @@ async fn kill_9_loses_no_event_a_reader_saw() {
     let server = start(&db);
     let status: Value = client
         .get(format!("{}/v1/streams/{id}", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     assert_eq!(status["status"], "interrupted", "{status}");
     let stored = client
         .get(format!("{}/v1/streams/{id}/events", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .send_text()
+        .await;
     let stored = parse_sse(&stored);
     assert!(stored.len() > seen.len(), "the terminal event is missing");
     assert_eq!(
@@ -160,12 +152,8 @@ async fn sigterm_ends_open_responses_flushes_and_exits_within_10s() {
     let server = start(&db);
     let stored = client
         .get(format!("{}/v1/streams/{id}/events", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .send_text()
+        .await;
     let stored = parse_sse(&stored);
     assert_eq!(seen[..], stored[..seen.len()]);
     let last = stored.last().unwrap();
@@ -199,12 +187,8 @@ async fn kill_9_then_a_continuable_stream_goes_on_with_no_gap() {
         .get(format!("{}/v1/streams/{id}/events", server.base))
         .header("Last-Event-ID", last_seen.to_string())
         .timeout(DEADLINE)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .send_text()
+        .await;
     let rest = parse_sse(&rest);
     let all: Vec<_> = seen.iter().chain(rest.iter()).cloned().collect();
     let ids: Vec<u64> = all.iter().map(|e| e.id.unwrap()).collect();
@@ -223,12 +207,8 @@ async fn kill_9_then_a_continuable_stream_goes_on_with_no_gap() {
     assert_eq!(text, expected);
     let status: Value = client
         .get(format!("{}/v1/streams/{id}", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     assert_eq!(status["status"], "completed", "{status}");
     assert_eq!(status["text"], expected);
 }

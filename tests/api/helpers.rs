@@ -268,6 +268,17 @@ impl SendJson for reqwest::RequestBuilder {
     }
 }
 
+/// Sends a request and reads its body as text (tests only: panics on any failure).
+pub trait SendText {
+    async fn send_text(self) -> String;
+}
+
+impl SendText for reqwest::RequestBuilder {
+    async fn send_text(self) -> String {
+        self.send().await.unwrap().text().await.unwrap()
+    }
+}
+
 /// Which connections [`cutting_proxy`] may cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {

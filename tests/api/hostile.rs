@@ -133,12 +133,8 @@ impl Witness {
         let id = create(app, json!({"prompt": "after", "max_tokens": 5})).await;
         let body = fresh_client()
             .get(app.url(&format!("/v1/streams/{id}/events")))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+            .send_text()
+            .await;
         let events = parse_sse(&body);
         assert_eq!(events.len(), 7, "{body}");
         assert_eq!(events[6].event, "done");

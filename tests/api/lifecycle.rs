@@ -61,15 +61,7 @@ async fn delete_cancels_then_removes_everything() {
     assert_eq!(app.client.get(&url).send().await.unwrap().status(), 404);
     assert_eq!(app.read_events(&id, None).await.0, 404);
     assert_eq!(app.client.delete(&url).send().await.unwrap().status(), 404);
-    let list: Value = app
-        .client
-        .get(app.url("/v1/streams"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.client.get(app.url("/v1/streams")).send_json().await;
     assert_eq!(list["data"], json!([]));
 }
 
@@ -164,12 +156,8 @@ async fn list_is_newest_first_with_a_cursor() {
     let page: Value = app
         .client
         .get(app.url("/v1/streams?limit=2"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     let got: Vec<&str> = page["data"]
         .as_array()
         .unwrap()
@@ -182,12 +170,8 @@ async fn list_is_newest_first_with_a_cursor() {
     let page: Value = app
         .client
         .get(app.url(&format!("/v1/streams?limit=10&before={next}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     let got: Vec<&str> = page["data"]
         .as_array()
         .unwrap()

@@ -302,12 +302,8 @@ async fn errors_and_event_streams_echo_the_request_id() {
         .post(app.url("/v1/streams"))
         .bearer_auth("k")
         .json(&json!({"prompt": "x", "max_tokens": 2}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     let events = format!(
         "/v1/streams/{}/events?token={}",
         created["id"].as_str().unwrap(),

@@ -17,15 +17,7 @@ async fn health_readiness_models_and_metrics() {
         (json!(true), json!(true))
     );
 
-    let v: Value = app
-        .client
-        .get(app.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = app.client.get(app.url("/v1/models")).send_json().await;
     assert_eq!(v["object"], "list");
     assert_eq!(v["data"][0]["id"], "mock");
     assert_eq!(v["data"][0]["object"], "model");

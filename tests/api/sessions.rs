@@ -33,12 +33,8 @@ async fn say(app: &TestApp, session: &str, body: Value) -> reqwest::Response {
 async fn history(app: &TestApp, session: &str) -> Value {
     app.client
         .get(app.url(&format!("/v1/sessions/{session}")))
-        .send()
+        .send_json()
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 #[tokio::test]

@@ -231,15 +231,7 @@ async fn cancel_aborts_the_upstream_request_and_a_reader_leaving_does_not() {
 async fn models_come_from_the_upstream_when_none_are_configured() {
     let (_, base) = upstream().await;
     let app = spool_in_front(&base, &[]).await;
-    let list: Value = app
-        .client
-        .get(app.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.client.get(app.url("/v1/models")).send_json().await;
     let ids: Vec<&str> = list["data"]
         .as_array()
         .unwrap()

@@ -446,12 +446,8 @@ async fn a_session_of_three_turns_over_the_socket() {
     let history: Value = app
         .client
         .get(app.url(&format!("/v1/sessions/{session}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .send_json()
+        .await;
     let turns = history["turns"].as_array().unwrap();
     assert_eq!(turns.len(), 6, "{history}");
     for (i, turn) in turns.iter().enumerate() {
