@@ -371,7 +371,11 @@ mod tests {
             seen.extend(pairs.into_iter().map(|(id, seq)| (id.to_owned(), seq)));
         }
         assert_eq!(seen.len(), 1000);
-        assert!(seen.iter().zip(&ids).all(|((a, seq), b)| a == b && *seq == 7));
+        assert!(
+            seen.iter()
+                .zip(&ids)
+                .all(|((a, seq), b)| a == b && *seq == 7)
+        );
         assert!(notifications("n", std::iter::empty()).is_empty());
         assert!(parse_notification("garbage").is_none());
     }
