@@ -112,6 +112,8 @@ fn with_database(url: &str, name: &str) -> String {
 /// PostgreSQL's counters at one moment.
 struct PgSample {
     xact_commit: i64,
+    /// The server's WAL position, in bytes.
+    wal: i64,
     /// CPU seconds by pid; `true` for a background process (WAL writer, …).
     cpu: HashMap<u32, (bool, f64)>,
 }
@@ -137,11 +139,13 @@ impl Database {
     /// Commits in this database, and the CPU of its backends and of the server's
     /// background processes.
     async fn sample(&mut self) -> anyhow::Result<PgSample> {
-        let (xact_commit,): (i64,) =
-            sqlx::query_as("SELECT xact_commit FROM pg_stat_database WHERE datname = $1")
-                .bind(&self.name)
-                .fetch_one(&mut self.admin)
-                .await?;
+        let (xact_commit, wal): (i64, i64) = sqlx::query_as(
+            "SELECT xact_commit, (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint \
+             FROM pg_stat_database WHERE datname = $1",
+        )
+        .bind(&self.name)
+        .fetch_one(&mut self.admin)
+        .await?;
         let procs: Vec<(i32, Option<String>)> = sqlx::query_as(
             "SELECT pid, datname::text FROM pg_stat_activity WHERE datname = $1 \
              OR backend_type IN ('walwriter', 'checkpointer', 'background writer', \
@@ -160,7 +164,11 @@ impl Database {
                 ))
             })
             .collect();
-        Ok(PgSample { xact_commit, cpu })
+        Ok(PgSample {
+            xact_commit,
+            wal,
+            cpu,
+        })
     }
 
     /// Waits until no backend is connected to this database (so all have flushed their
@@ -272,6 +280,8 @@ struct Totals {
     pg_cpu: Option<(f64, f64)>,
     /// `pg_stat_database.xact_commit` (read-only transactions included).
     pg_commits: Option<f64>,
+    /// WAL the server wrote (all of it, not only this database's).
+    wal_bytes: Option<f64>,
     /// The nodes' group commits, the events in them, and the time they took.
     counters: Option<Counters>,
     /// The nodes' peak RSS, added up.
@@ -371,6 +381,11 @@ impl Nodes {
             .as_ref()
             .zip(pg_end.as_ref())
             .map(|(a, b)| pg_cpu(a, b));
+        let wal_bytes = started
+            .pg
+            .as_ref()
+            .zip(pg_end.as_ref())
+            .map(|(a, b)| (b.wal - a.wal) as f64);
         let mut counters = Some(Counters::default());
         for (s, before) in self.servers.iter().zip(&started.counters) {
             let after = scrape(s.addr).await;
@@ -406,6 +421,7 @@ impl Nodes {
             client_cpu,
             pg_cpu,
             pg_commits,
+            wal_bytes,
             counters,
             hwm_mb,
             notes,
@@ -458,6 +474,12 @@ fn server_rows<R>(
                 .filter(|c| c.commits > 0.0)
                 .map(|c| c.events / c.commits)
         }),
+        row("PostgreSQL WAL per event (server-wide)", "bytes", &|r| {
+            let t = totals(r);
+            t.wal_bytes
+                .zip(t.counters.filter(|c| c.events > 0.0))
+                .map(|(w, c)| w / c.events)
+        }),
         row("group commit time, mean", "ms", &|r| {
             totals(r)
                 .counters
@@ -481,8 +503,9 @@ fn common_notes(cli: &Cli, load_avg: &str, notes: &mut Vec<String>) {
             .into(),
     );
     notes.push(
-        "PostgreSQL commits count every transaction in the database, reads included; \
-         group commits are the nodes' own write transactions (their /metrics)"
+        "PostgreSQL commits count every transaction in the database: the nodes' group \
+         commits (their /metrics), their reads, and one in each node's LISTEN backend \
+         whenever it is signalled to read the notification queue; WAL is the server's"
             .into(),
     );
 }
