@@ -8,7 +8,9 @@
 //!   takes each (`FOR UPDATE SKIP LOCKED`) and ends its open streams `interrupted`, or
 //!   continues them here when the backend can (see [`crate::store::Store::sweep`]).
 //! - **Listen**: one `LISTEN` connection hears every node's commits (stream ids and last
-//!   seqs) and wakes this node's readers of those streams through the hub; and hears
+//!   seqs). For the streams this node has readers of, the listener reads the new events
+//!   in one query and hands them to those readers through the hub (or wakes them to
+//!   read the store themselves, see [`StreamHub::notified`]); it also hears
 //!   cancels, which it applies to the streams generated here. When the connection is
 //!   lost every reader is woken to catch up from the table, and it reconnects.
 //!
@@ -136,11 +138,8 @@ async fn listen(
             match notice {
                 Ok(Notice::Committed(streams)) => {
                     backoff = Duration::from_millis(100);
-                    let mut woken = 0;
-                    for (id, seq) in streams {
-                        woken += usize::from(hub.wake(&id, seq));
-                    }
-                    engine.metrics().cluster_woken(woken);
+                    let delivered = deliver(&store, &hub, &streams).await;
+                    engine.metrics().cluster_woken(delivered);
                 }
                 Ok(Notice::Cancel(id)) => {
                     if engine.cancel_local(&id) {
@@ -166,4 +165,28 @@ async fn listen(
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// Hands a notification's new events to this node's readers of those streams: one
+/// query for all of them rather than one per reader. Whatever cannot be read is woken
+/// instead, for its readers to read the store. Returns how many streams it read for.
+async fn deliver(store: &Store, hub: &StreamHub, streams: &[(String, u64)]) -> usize {
+    let wanted = hub.notified(streams);
+    if wanted.is_empty() {
+        return 0;
+    }
+    match store.events_after_each(&wanted).await {
+        Ok(found) => {
+            for (d, events) in wanted.iter().zip(found) {
+                hub.deliver(d, events);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading other nodes' new events failed; waking their readers");
+            for d in &wanted {
+                hub.wake(&d.stream_id, d.seq);
+            }
+        }
+    }
+    wanted.len()
 }

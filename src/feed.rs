@@ -5,10 +5,11 @@
 //! the store, so an event committed in between is in one or the other (or both, and the
 //! copy with a seq already sent is skipped). Because the writer publishes only after
 //! commit, anything a lagging reader missed live is already in the store to catch up
-//! from. A stream that is not live here (another process runs it, or it was left open
-//! by a failed commit) is followed by polling the store; a poll without a wake-up also
-//! checks that the stream still exists, so a reader of a stream another node deleted
-//! does not wait forever.
+//! from. A stream that is not live here (another node runs it, or it was left open by
+//! a failed commit) is followed through a [`crate::hub::Watch`]: the same kind of batches, read
+//! once per node by the cluster listener, or a wake-up to read the store; and, as a
+//! safety net, by polling the store (which also ends a reader of a stream another node
+//! deleted before it saw the end).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use futures_util::Stream;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::event::Event;
-use crate::hub::{Published, StreamHub};
+use crate::hub::{Published, StreamHub, Woken};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
@@ -66,9 +67,6 @@ pub fn follow(
         let mut from_store = true;
         loop {
             while from_store {
-                if let Some(w) = watch.as_mut() {
-                    w.seen();
-                }
                 let events = store.events_after(&stream_id, cursor.last, PAGE).await?;
                 from_store = events.len() as u32 == PAGE;
                 if events.is_empty() {
@@ -80,47 +78,74 @@ pub fn follow(
                     return;
                 }
             }
-            match live.as_mut() {
+            let next = match live.as_mut() {
                 Some(rx) => match rx.recv().await {
-                    Ok(batch) => {
-                        let skip = batch.iter().take_while(|e| e.seq <= cursor.last).count();
-                        let contiguous = batch.get(skip).is_none_or(|e| e.seq == cursor.last + 1);
-                        if !contiguous {
-                            // Cannot happen while the writer publishes after commit, in
-                            // order; if it ever did, the store fills the gap.
-                            from_store = true;
-                        } else if skip < batch.len() {
-                            cursor.advance(&batch[skip..]);
-                            yield Chunk::Live(batch, skip);
-                            if cursor.finished {
-                                return;
-                            }
-                        }
-                    }
+                    Ok(batch) => Some(batch),
                     Err(RecvError::Lagged(_)) => {
                         metrics.reader_lagged();
-                        from_store = true;
+                        None
                     }
                     // The terminal event was published (or the stream was lost); the
                     // store has the rest.
                     Err(RecvError::Closed) => {
                         live = None;
-                        from_store = true;
+                        None
                     }
                 },
                 None => {
                     let w = watch.get_or_insert_with(|| hub.watch(&stream_id));
-                    if tokio::time::timeout(poll, w.changed()).await.is_err()
-                        && store.stream_unscoped(&stream_id).await?.is_none()
-                    {
-                        // Deleted (through another node) before this reader saw its
-                        // end: nothing more will come.
+                    match tokio::time::timeout(poll, w.recv()).await {
+                        Ok(Woken::Events(batch)) => Some(batch),
+                        Ok(Woken::Wake) => None,
+                        Err(_) => {
+                            // A quiet interval: the safety-net read. A stream deleted
+                            // (through another node) before this reader saw its end
+                            // will send nothing more.
+                            if store.stream_unscoped(&stream_id).await?.is_none() {
+                                return;
+                            }
+                            None
+                        }
+                    }
+                }
+            };
+            match next.map(|batch| follows(batch, &cursor)) {
+                Some(Next::Send(batch, skip)) => {
+                    cursor.advance(&batch[skip..]);
+                    yield Chunk::Live(batch, skip);
+                    if cursor.finished {
                         return;
                     }
-                    from_store = true;
                 }
+                Some(Next::Skip) => {}
+                // A gap cannot happen while batches are published after commit, in
+                // order; if it ever did, the store fills it.
+                Some(Next::Gap) | None => from_store = true,
             }
         }
+    }
+}
+
+/// A batch from another node's commit, or `None` to read the store: when woken
+/// without events, or when `poll` passes without a word.
+enum Next {
+    /// Send the batch from this index on.
+    Send(Published, usize),
+    /// Everything in it was sent already.
+    Skip,
+    /// It does not follow the cursor.
+    Gap,
+}
+
+/// What to do with a batch that arrived while the reader is at `cursor`.
+fn follows(batch: Published, cursor: &Cursor) -> Next {
+    let skip = batch.iter().take_while(|e| e.seq <= cursor.last).count();
+    if batch.get(skip).is_some_and(|e| e.seq != cursor.last + 1) {
+        Next::Gap
+    } else if skip < batch.len() {
+        Next::Send(batch, skip)
+    } else {
+        Next::Skip
     }
 }
 

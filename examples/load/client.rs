@@ -34,6 +34,11 @@ pub fn post_json(addr: SocketAddr, path: &str, body: &str, sse: bool) -> Vec<u8>
     .into_bytes()
 }
 
+/// A plain `GET path` (e.g. `/metrics`).
+pub fn get(addr: SocketAddr, path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").into_bytes()
+}
+
 /// `GET /v1/streams/{id}/events`, with `Last-Event-ID` when resuming.
 pub fn get_events(addr: SocketAddr, id: &str, last_event_id: Option<u64>) -> Vec<u8> {
     let cursor = match last_event_id {

@@ -4,11 +4,13 @@
 //! connections to `/v1/ws`; it has no baseline, so it prints spool's figures alone.
 //! The relay scenario puts spool (`SPOOL_BACKEND=openai`) in front of a mock OpenAI
 //! upstream (this tool, `--upstream-server`) and compares it with the same load sent
-//! straight to the upstream.
+//! straight to the upstream. The cluster scenario runs three spool nodes on one fresh
+//! PostgreSQL database (`--pg-admin-url`) against one spool on SQLite; it is not part
+//! of `all`, since it needs a PostgreSQL server.
 //!
 //! ```text
 //! cargo build --release --example load --bin spool
-//! cargo run --release --example load -- [--scenario all|throughput|paced|ws|idle|resume|relay]
+//! cargo run --release --example load -- [--scenario all|throughput|paced|ws|idle|resume|relay|cluster]
 //! ```
 //!
 //! Each scenario starts a fresh spool (mock backend, SQLite in a temporary directory)
@@ -21,6 +23,7 @@
 
 mod baseline;
 mod client;
+mod cluster;
 mod idle;
 mod procs;
 mod relay;
@@ -49,6 +52,16 @@ enum Scenario {
     Idle,
     Resume,
     Relay,
+    /// Not in `all`: it needs PostgreSQL.
+    Cluster,
+}
+
+/// The cluster scenario's phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClusterPhase {
+    Both,
+    Throughput,
+    Lag,
 }
 
 /// Drives N concurrent SSE streams against spool and against a minimal in-memory SSE
@@ -135,6 +148,27 @@ pub struct Cli {
     /// server does; larger lets hyper coalesce ready chunks (at most 16 buffers a write).
     #[arg(long, default_value_t = 1)]
     upstream_batch: u32,
+
+    /// Cluster scenario: spool nodes sharing the PostgreSQL database.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Cluster scenario: a PostgreSQL database to connect to in order to create (and
+    /// drop) a fresh database per phase.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pg_admin_url: String,
+    /// Cluster scenario: which phases to run.
+    #[arg(long, value_enum, default_value = "both")]
+    cluster_phase: ClusterPhase,
+    /// Cluster scenario, lag phase: streams, each generated on one node and read on
+    /// another.
+    #[arg(long, default_value_t = 200)]
+    lag_streams: usize,
+    /// Cluster scenario, lag phase: mock tokens per second per stream.
+    #[arg(long, default_value_t = 50.0)]
+    lag_rate: f64,
+    /// Cluster scenario, lag phase: tokens per stream.
+    #[arg(long, default_value_t = 250)]
+    lag_tokens: u32,
 
     /// Deadline of each measured phase, in seconds.
     #[arg(long, default_value_t = 120)]
@@ -282,20 +316,24 @@ async fn run(cli: Cli, fd_limit: u64) -> anyhow::Result<()> {
         Scenario::Idle => &[Scenario::Idle],
         Scenario::Resume => &[Scenario::Resume],
         Scenario::Relay => &[Scenario::Relay],
+        Scenario::Cluster => &[Scenario::Cluster],
     };
     let mut sections: Vec<Section> = Vec::new();
     for scenario in which {
-        let section = match scenario {
-            Scenario::Throughput => scenarios::throughput(&cli, &target).await?,
-            Scenario::Paced => scenarios::paced(&cli, &target).await?,
-            Scenario::Ws => ws::ws(&cli, &target, fd_limit).await?,
-            Scenario::Idle => idle::idle(&cli, &target, fd_limit).await?,
-            Scenario::Resume => resume::resume(&cli, &target).await?,
-            Scenario::Relay => relay::relay(&cli, &target).await?,
+        let new = match scenario {
+            Scenario::Throughput => vec![scenarios::throughput(&cli, &target).await?],
+            Scenario::Paced => vec![scenarios::paced(&cli, &target).await?],
+            Scenario::Ws => vec![ws::ws(&cli, &target, fd_limit).await?],
+            Scenario::Idle => vec![idle::idle(&cli, &target, fd_limit).await?],
+            Scenario::Resume => vec![resume::resume(&cli, &target).await?],
+            Scenario::Relay => vec![relay::relay(&cli, &target).await?],
+            Scenario::Cluster => cluster::cluster(&cli, &target).await?,
             Scenario::All => continue,
         };
-        section.print();
-        sections.push(section);
+        for section in new {
+            section.print();
+            sections.push(section);
+        }
     }
     report::summary(&sections);
     if let Some(path) = &cli.json {

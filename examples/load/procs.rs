@@ -54,6 +54,11 @@ pub struct Options {
     pub limits: Option<(usize, usize)>,
     /// Upstream only: most chunks per write while the socket keeps up.
     pub upstream_batch: u32,
+    /// Spool only: this `DATABASE_URL` (e.g. a shared PostgreSQL database) instead of
+    /// SQLite in a temporary directory.
+    pub database_url: Option<String>,
+    /// Spool only: `SPOOL_NODE_ID`.
+    pub node_id: Option<String>,
 }
 
 /// Where the servers come from.
@@ -126,11 +131,12 @@ pub async fn start(kind: Kind, target: &Target, opts: &Options) -> anyhow::Resul
                 cmd.env("SPOOL_MAX_ACTIVE", active.to_string())
                     .env("SPOOL_MAX_QUEUED", queued.to_string());
             }
+            let database_url = match &opts.database_url {
+                Some(url) => url.clone(),
+                None => format!("sqlite://{}", tmp.path().join("bench.db").display()),
+            };
             cmd.env("SPOOL_ADDR", "127.0.0.1:0")
-                .env(
-                    "DATABASE_URL",
-                    format!("sqlite://{}", tmp.path().join("bench.db").display()),
-                )
+                .env("DATABASE_URL", database_url)
                 .env("SPOOL_LOG", "warn,spool::app=info")
                 .env("NO_COLOR", "1");
             if let Some(n) = opts.stall_after {
@@ -138,6 +144,9 @@ pub async fn start(kind: Kind, target: &Target, opts: &Options) -> anyhow::Resul
             }
             if let Some(h) = opts.heartbeat {
                 cmd.env("SPOOL_HEARTBEAT", h);
+            }
+            if let Some(id) = &opts.node_id {
+                cmd.env("SPOOL_NODE_ID", id);
             }
             dir = Some(tmp);
         }

@@ -6,6 +6,22 @@ use super::{Store, StoreError, on_db};
 use crate::event::{Event, EventKind};
 use crate::llm::Continuation;
 
+/// An `events` row of `stream_id` as an event.
+pub(super) fn stored_event(
+    stream_id: &str,
+    seq: i64,
+    kind: &str,
+    data: String,
+) -> Result<Event, StoreError> {
+    let kind = EventKind::parse(kind)
+        .ok_or_else(|| StoreError::Corrupt(format!("event kind {kind:?} in {stream_id}")))?;
+    Ok(Event {
+        seq: seq.max(0) as u64,
+        kind,
+        data,
+    })
+}
+
 impl Store {
     /// Up to `limit` events of `stream_id` with `seq > after`, in order.
     pub async fn events_after(
@@ -25,16 +41,7 @@ impl Store {
                 .await?
         );
         rows.into_iter()
-            .map(|(seq, kind, data)| {
-                let kind = EventKind::parse(&kind).ok_or_else(|| {
-                    StoreError::Corrupt(format!("event kind {kind:?} in {stream_id}"))
-                })?;
-                Ok(Event {
-                    seq: seq.max(0) as u64,
-                    kind,
-                    data,
-                })
-            })
+            .map(|(seq, kind, data)| stored_event(stream_id, seq, &kind, data))
             .collect()
     }
 

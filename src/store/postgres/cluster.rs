@@ -9,6 +9,8 @@ use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
 
 use super::{CANCEL_CHANNEL, EVENTS_CHANNEL, batch};
 use crate::event::{Event, StreamStatus, now_ms};
+use crate::hub::{DELIVER_MAX, ToDeliver};
+use crate::store::events::stored_event;
 use crate::store::{Db, INTERRUPTED, INTERRUPTED_MESSAGE, Store, StoreError, Unfinished};
 
 /// Renews this process's lease on `node` until `lease` from now (the database's
@@ -256,6 +258,39 @@ impl Store {
         notify_ended(&mut tx, me, &sweep.ended).await?;
         tx.commit().await?;
         Ok(sweep)
+    }
+
+    /// The events after `after` of each stream, up to [`DELIVER_MAX`] each, in one
+    /// query; one list per stream, in seq order. What the cluster listener reads once
+    /// for all of this node's readers of streams generated elsewhere. Empty lists on
+    /// SQLite.
+    pub async fn events_after_each(
+        &self,
+        streams: &[ToDeliver],
+    ) -> Result<Vec<Vec<Event>>, StoreError> {
+        let mut out = vec![Vec::new(); streams.len()];
+        let Db::Postgres(pool) = &self.db else {
+            return Ok(out);
+        };
+        let rows: Vec<(i64, i64, String, String)> = sqlx::query_as(
+            "SELECT v.i, e.seq, e.kind, e.data \
+             FROM UNNEST($1::text[], $2::bigint[]) WITH ORDINALITY AS v(id, after, i) \
+             CROSS JOIN LATERAL (SELECT seq, kind, data FROM events \
+             WHERE stream_id = v.id AND seq > v.after ORDER BY seq LIMIT $3) e \
+             ORDER BY v.i, e.seq",
+        )
+        .bind(streams.iter().map(|d| &*d.stream_id).collect::<Vec<_>>())
+        .bind(streams.iter().map(|d| d.after as i64).collect::<Vec<_>>())
+        .bind(DELIVER_MAX as i64)
+        .fetch_all(pool)
+        .await?;
+        for (i, seq, kind, data) in rows {
+            let at = usize::try_from(i - 1).ok().filter(|&at| at < streams.len());
+            if let Some(at) = at {
+                out[at].push(stored_event(&streams[at].stream_id, seq, &kind, data)?);
+            }
+        }
+        Ok(out)
     }
 
     /// Asks whichever node runs `stream_id` to cancel it. Only on PostgreSQL.
