@@ -45,14 +45,24 @@ pub fn start(engine: &Arc<Engine>, store: Store, hub: Arc<StreamHub>, lease: Dur
     engine.spawn(listen(engine.clone(), store, hub, shutdown));
 }
 
-async fn renew(store: Store, lease: Duration, every: Duration, shutdown: CancellationToken) {
+/// A steady tick that does not try to catch up after a slow round.
+fn ticker(every: Duration) -> tokio::time::Interval {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    tick
+}
+
+/// Waits for the next tick; false once shutdown has begun.
+async fn next_tick(tick: &mut tokio::time::Interval, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tick.tick() => true,
+    }
+}
+
+async fn renew(store: Store, lease: Duration, every: Duration, shutdown: CancellationToken) {
+    let mut tick = ticker(every);
+    while next_tick(&mut tick, &shutdown).await {
         match store.renew_lease(lease).await {
             Ok(true) => {}
             Ok(false) => {
@@ -73,13 +83,8 @@ async fn renew(store: Store, lease: Duration, every: Duration, shutdown: Cancell
 }
 
 async fn sweep(engine: Arc<Engine>, store: Store, every: Duration, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut tick = ticker(every);
+    while next_tick(&mut tick, &shutdown).await {
         let models = engine.models();
         match store.sweep(&|model| models.can_continue(model)).await {
             Ok(sweep) => {
