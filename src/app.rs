@@ -1,10 +1,17 @@
-//! Assembly: open the store, build the backends and the engine, serve HTTP, and shut
-//! everything down in order.
+//! Assembly: open the store, build the backends and the engine, hand the HTTP layer
+//! its state, serve, and shut everything down in order. `app` depends on every part;
+//! no part depends on `app`.
 //!
 //! Shutdown order, and why: (1) stop accepting and end open SSE responses, so no client
 //! waits on a dying process; (2) end running generations with `interrupted` and wait
-//! for every tracked task; (3) flush the writer, so every event handed to it is on disk;
-//! (4) close the read pool.
+//! for every tracked task; (3) stop the model thread; (4) flush the writer, so every
+//! event handed to it is on disk; (5) give up the lease and close the read pool. Each
+//! step has its share of `SPOOL_SHUTDOWN_TIMEOUT` (a quarter, three eighths, an eighth
+//! and a quarter), so the whole is bounded by it.
+//!
+//! A fatal condition found by a background task (the model failed to load, this node's
+//! lease was taken) ends `serve` through the same path, with an error `main` turns into
+//! the process's exit status ([`Fatal::exit_code`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,11 +20,13 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BackendKind, ServeConfig};
-use crate::engine::{Admission, Engine};
+use crate::engine::{Admission, Engine, RateLimit};
 use crate::event::now_ms;
+use crate::http::{HttpConfig, HttpState};
 use crate::hub::StreamHub;
 use crate::llm::Models;
 use crate::llm::local::{LocalBackend, LocalHandle};
@@ -28,101 +37,144 @@ use crate::store::{self, EventLog, Store, WriterTask};
 use crate::tls::Tls;
 use crate::{http, server};
 
-/// What every handler can reach.
+/// A condition after which this process must stop.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Fatal {
+    /// The local model could not be loaded: serving only 503s helps no one.
+    #[error("the local model could not be loaded: {0}")]
+    ModelFailed(String),
+    /// Another process holds this node's lease (it expired while this one stalled, and
+    /// a survivor took its streams over, or another process took the node id).
+    #[error(
+        "this node's lease is not ours any more (it expired and a survivor took its \
+         streams over, or another process took this node id)"
+    )]
+    LeaseLost,
+}
+
+impl Fatal {
+    /// The exit status `main` ends with: 75 (`EX_TEMPFAIL`) for a lost lease, so a
+    /// supervisor restarts the node; 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Fatal::LeaseLost => 75,
+            Fatal::ModelFailed(_) => 1,
+        }
+    }
+}
+
+/// Where background tasks report a [`Fatal`] condition; `serve` hears the first.
 #[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<ServeConfig>,
-    pub engine: Arc<Engine>,
-    pub store: Store,
-    pub hub: Arc<StreamHub>,
-    pub metrics: Arc<Metrics>,
-    /// Cancelled when the server stops accepting: open SSE responses end.
-    pub http_shutdown: CancellationToken,
-    /// One permit per open WebSocket (`SPOOL_WS_MAX_SOCKETS`).
-    pub ws_sockets: Arc<tokio::sync::Semaphore>,
-    /// `SPOOL_API_KEYS`.
-    pub keys: Arc<crate::http::auth::ApiKeys>,
+pub struct FatalSender(mpsc::Sender<Fatal>);
+
+impl FatalSender {
+    pub fn report(&self, fatal: Fatal) {
+        let _ = self.0.try_send(fatal);
+    }
 }
 
 /// A started spool: store open, engine ready, not yet serving.
 pub struct Spool {
-    state: AppState,
+    config: ServeConfig,
+    engine: Arc<Engine>,
+    http: HttpState,
+    store: Store,
     log: EventLog,
     writer: WriterTask,
+    metrics: Arc<Metrics>,
     /// The model thread of the local backend, if it is in use.
     local: Option<LocalHandle>,
     /// Set when the port speaks TLS.
     tls: Option<Tls>,
+    fatal: mpsc::Receiver<Fatal>,
 }
 
 impl Spool {
     pub async fn start(config: ServeConfig) -> anyhow::Result<Spool> {
         // First: a bad certificate should not wait for a model to load to be reported.
-        let tls = Tls::from_config(&config)?;
-        let config = Arc::new(config);
+        let tls = Tls::from_config(&config.tls)?;
         let metrics = Arc::new(Metrics::default());
-        let hub = Arc::new(StreamHub::new(config.reader_buffer));
+        let hub = Arc::new(StreamHub::new(config.limits.reader_buffer));
         let (models, local) = build_models(&config).await?;
-        let opened = store::open(&config, hub.clone(), metrics.clone(), &|model| {
-            models.can_continue(model)
-        })
+        let opened = store::open(
+            &config.store,
+            &config.cluster,
+            hub.clone(),
+            metrics.clone(),
+            &|model| models.can_continue(model),
+        )
         .await?;
         let (store, log, writer) = (opened.store, opened.log, opened.writer);
-        let admission = Admission::new(config.max_active, config.max_queued);
         let engine = Engine::new(
             models,
             log.clone(),
             store.clone(),
             hub.clone(),
             metrics.clone(),
-            admission,
+            Admission::new(config.limits.max_active, config.limits.max_queued),
+            RateLimit::new(config.auth.rate_limit),
         );
         engine.continue_unfinished(opened.unfinished).await;
+        let (fatal_tx, fatal) = mpsc::channel(1);
         if store.is_shared() {
             tracing::info!(node = store.node(), "sharing the database with other nodes");
-            crate::cluster::start(&engine, store.clone(), hub.clone(), config.node_lease);
+            crate::cluster::start(
+                &engine,
+                store.clone(),
+                hub.clone(),
+                &config.cluster,
+                FatalSender(fatal_tx.clone()),
+            );
         }
-        if !config.retention.is_zero() {
+        if let Some(local) = &local {
+            let failed = local.failed();
+            let report = FatalSender(fatal_tx);
+            let shutdown = engine.shutdown_token();
+            engine.spawn(async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    error = failed => report.report(Fatal::ModelFailed(error)),
+                }
+            });
+        }
+        if !config.store.retention.is_zero() {
             engine.spawn(retention(
                 log.clone(),
-                config.retention,
+                config.store.retention,
                 engine.shutdown_token(),
             ));
         }
-        let ws_sockets = Arc::new(tokio::sync::Semaphore::new(config.ws_max_sockets));
-        let keys = Arc::new(
-            crate::http::auth::ApiKeys::new(
-                &config.api_keys,
-                config.metrics_auth,
-                opened.read_token_secret.clone(),
-                config.read_token_ttl,
-            )
-            .with_rate_limit(config.rate_limit),
+        let http = HttpState::new(
+            engine.clone(),
+            metrics.clone(),
+            HttpConfig {
+                server: config.server.clone(),
+                limits: config.limits.clone(),
+                ws: config.ws.clone(),
+                auth: config.auth.clone(),
+            },
+            opened.read_token_secret,
         );
-        let state = AppState {
+        Ok(Spool {
             config,
             engine,
+            http,
             store,
-            hub,
-            metrics,
-            http_shutdown: CancellationToken::new(),
-            ws_sockets,
-            keys,
-        };
-        Ok(Spool {
-            state,
             log,
             writer,
+            metrics,
             local,
             tls,
+            fatal,
         })
     }
 
     pub fn router(&self) -> Router {
-        http::router(self.state.clone())
+        http::router(self.http.clone())
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then shuts down in order.
+    /// Serves on `listener` until `shutdown` resolves (or a [`Fatal`] condition is
+    /// reported), then shuts down in order. A fatal condition is the error returned.
     pub async fn serve(
         mut self,
         listener: TcpListener,
@@ -131,74 +183,84 @@ impl Spool {
         let addr = listener.local_addr().context("listener address")?;
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         tracing::info!("spool listening on {scheme}://{addr}");
-        let http_shutdown = self.state.http_shutdown.clone();
-        let config = self.state.config.clone();
+        let http_shutdown = self.http.shutdown_token();
         let trigger = http_shutdown.clone();
-        let local = self.local.take();
-        // A model that cannot be loaded stops the server: serving only 503s helps no one.
-        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
+        let mut fatal_rx = std::mem::replace(&mut self.fatal, mpsc::channel(1).1);
         let watcher = tokio::spawn(async move {
-            let model_failed = async {
-                match &local {
-                    Some(handle) => handle.failed().await,
+            // No sender left means no task can report anything: wait for the signal.
+            let reported = async {
+                match fatal_rx.recv().await {
+                    Some(fatal) => fatal,
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                _ = shutdown => {}
-                _ = trigger.cancelled() => {}
-                error = model_failed => {
-                    let _ = failed_tx.send(error);
-                }
-            }
+            let fatal = tokio::select! {
+                _ = shutdown => None,
+                _ = trigger.cancelled() => None,
+                fatal = reported => Some(fatal),
+            };
             trigger.cancel();
-            local
+            fatal
         });
-        let grace = config.shutdown_timeout;
+        let grace = self.config.server.shutdown_timeout;
         server::serve(
             listener,
             self.router(),
             http_shutdown,
             server::Options {
                 tls: self.tls.take(),
-                max_connections: config.max_connections,
-                header_read_timeout: config.header_read_timeout,
+                max_connections: self.config.server.max_connections,
+                header_read_timeout: self.config.server.header_read_timeout,
                 drain: grace / 4,
-                metrics: self.state.metrics.clone(),
+                metrics: self.metrics.clone(),
             },
         )
         .await;
-        let local = watcher.await.ok().flatten();
+        let fatal = watcher.await.ok().flatten();
+        if let Some(fatal) = &fatal {
+            tracing::error!(error = %fatal, "stopping");
+        }
+        let fenced = fatal == Some(Fatal::LeaseLost);
 
-        tracing::info!("shutting down: ending running streams");
-        self.state.engine.shutdown(grace / 2).await;
-        if let Some(local) = local {
+        if fenced {
+            // A survivor owns this node's streams now: write nothing more to them.
+            tracing::info!("shutting down: leaving running streams to the survivor");
+            self.engine.halt(grace * 3 / 8).await;
+        } else {
+            tracing::info!("shutting down: ending running streams");
+            self.engine.shutdown(grace * 3 / 8).await;
+        }
+        if let Some(local) = self.local.take() {
             local.shutdown(grace / 8).await;
         }
-        let engine_log = self.log;
-        if let Err(e) = tokio::time::timeout(grace / 4, engine_log.close())
-            .await
-            .unwrap_or(Ok(()))
-        {
-            tracing::error!(error = %e, "flushing the event log failed");
-        }
-        if tokio::time::timeout(Duration::from_secs(1), self.writer)
-            .await
-            .is_err()
-        {
+        let flush = async {
+            if let Err(e) = self.log.close().await {
+                tracing::error!(error = %e, "flushing the event log failed");
+            }
+            drop(self.log);
+            if self.writer.await.is_err() {
+                tracing::warn!("the writer task failed");
+            }
+        };
+        if tokio::time::timeout(grace / 4, flush).await.is_err() {
             tracing::warn!("the writer did not stop in time");
         }
-        // Every stream of this node has ended and is stored: give up the lease, so no
-        // survivor waits for it to expire (one that did not end is swept as an orphan).
-        if let Err(e) = self.state.store.release_lease().await {
-            tracing::warn!(error = %e, "could not release this node's lease");
+        if !fenced {
+            // Every stream of this node has ended and is stored: give up the lease, so
+            // no survivor waits for it to expire (one that did not end is swept as an
+            // orphan).
+            if let Err(e) = self.store.release_lease().await {
+                tracing::warn!(error = %e, "could not release this node's lease");
+            }
         }
-        self.state.store.close().await;
-        if let Ok(error) = failed_rx.await {
-            anyhow::bail!("the local model could not be loaded: {error}");
+        self.store.close().await;
+        match fatal {
+            Some(fatal) => Err(fatal.into()),
+            None => {
+                tracing::info!("stopped");
+                Ok(())
+            }
         }
-        tracing::info!("stopped");
-        Ok(())
     }
 }
 
@@ -207,21 +269,15 @@ async fn build_models(config: &ServeConfig) -> anyhow::Result<(Models, Option<Lo
     let mut local = None;
     match config.backend {
         BackendKind::Local => {
-            let (backend, handle) = LocalBackend::start(config.model_path.clone())?;
+            let (backend, handle) = LocalBackend::start(config.local.model_path.clone())?;
             models.add(Arc::new(backend));
             local = Some(handle);
         }
         BackendKind::Mock => {
-            models.add(Arc::new(MockBackend {
-                rate: config.mock_rate.max(0.0),
-                ttft: Duration::from_millis(config.mock_ttft_ms),
-                fail_after: config.mock_fail_after,
-                stall_after: config.mock_stall_after,
-                continuable: config.mock_continue,
-            }));
+            models.add(Arc::new(MockBackend::from_config(&config.mock)));
         }
         BackendKind::Openai => {
-            models.add(Arc::new(OpenAiBackend::connect(config).await?));
+            models.add(Arc::new(OpenAiBackend::connect(&config.openai).await?));
         }
     }
     Ok((models, local))

@@ -3,7 +3,9 @@
 //!
 //! - **Lease**: every `lease / 3` the node renews its row in `nodes`. A node that finds
 //!   its row gone was taken for dead (it stalled longer than its lease) and its streams
-//!   were taken over: it exits at once (fail-stop) rather than write beside the survivor.
+//!   were taken over: it reports [`Fatal::LeaseLost`], and the process stops through
+//!   `app`'s shutdown path without writing to those streams (fail-stop, exit status 75)
+//!   rather than write beside the survivor.
 //! - **Sweep**: as often, it looks for nodes whose lease expired; exactly one survivor
 //!   takes each (`FOR UPDATE SKIP LOCKED`) and ends its open streams `interrupted`, or
 //!   continues them here when the backend can (see [`crate::store::Store::sweep`]).
@@ -22,20 +24,26 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::app::{Fatal, FatalSender};
+use crate::config::ClusterConfig;
 use crate::engine::Engine;
 use crate::hub::StreamHub;
 use crate::store::Store;
 use crate::store::postgres::cluster::Notice;
 
-/// The exit status of a node that finds its lease was taken (see `renew`).
-pub const LEASE_LOST_EXIT: i32 = 75;
-
 /// Starts the lease, sweep and listen loops as tracked tasks of the engine; they end
-/// when the engine shuts down.
-pub fn start(engine: &Arc<Engine>, store: Store, hub: Arc<StreamHub>, lease: Duration) {
+/// when the engine shuts down. A lost lease is reported to `fatal`.
+pub fn start(
+    engine: &Arc<Engine>,
+    store: Store,
+    hub: Arc<StreamHub>,
+    config: &ClusterConfig,
+    fatal: FatalSender,
+) {
+    let lease = config.node_lease;
     let every = (lease / 3).max(Duration::from_millis(100));
     let shutdown = engine.shutdown_token();
-    engine.spawn(renew(store.clone(), lease, every, shutdown.clone()));
+    engine.spawn(renew(store.clone(), lease, every, shutdown.clone(), fatal));
     engine.spawn(sweep(
         engine.clone(),
         store.clone(),
@@ -60,7 +68,13 @@ async fn next_tick(tick: &mut tokio::time::Interval, shutdown: &CancellationToke
     }
 }
 
-async fn renew(store: Store, lease: Duration, every: Duration, shutdown: CancellationToken) {
+async fn renew(
+    store: Store,
+    lease: Duration,
+    every: Duration,
+    shutdown: CancellationToken,
+    fatal: FatalSender,
+) {
     let mut tick = ticker(every);
     while next_tick(&mut tick, &shutdown).await {
         match store.renew_lease(lease).await {
@@ -70,12 +84,9 @@ async fn renew(store: Store, lease: Duration, every: Duration, shutdown: Cancell
                 // has ended or taken over every stream it was generating (or another
                 // process took its id). Writing on would collide with what they wrote;
                 // a supervisor restarts it.
-                tracing::error!(
-                    node = store.node(),
-                    "this node's lease is not ours any more (it expired and a survivor took \
-                     its streams over, or another process took this node id); exiting"
-                );
-                std::process::exit(LEASE_LOST_EXIT);
+                tracing::error!(node = store.node(), "{}", Fatal::LeaseLost);
+                fatal.report(Fatal::LeaseLost);
+                return;
             }
             Err(e) => tracing::warn!(error = %e, "renewing the node lease failed; retrying"),
         }

@@ -3,8 +3,9 @@
 //! An [`Event`]'s `data` is the exact JSON text that was persisted; every reader, live or
 //! replaying, writes these same bytes, which is what makes resume byte-exact.
 
-use serde::Serialize;
-use serde_json::json;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 /// What an event is. `Done` and `Error` are terminal: exactly one ends every stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,37 +52,49 @@ pub struct Event {
 
 impl Event {
     pub fn start(seq: u64, stream_id: &str, model: &str, created_at: &str) -> Self {
-        let data = json!({"stream_id": stream_id, "model": model, "created_at": created_at});
-        Event {
+        Event::of(
             seq,
-            kind: EventKind::Start,
-            data: data.to_string(),
-        }
+            EventKind::Start,
+            &StartData {
+                stream_id: stream_id.into(),
+                model: model.into(),
+                created_at: created_at.into(),
+            },
+        )
     }
 
     pub fn token(seq: u64, text: &str) -> Self {
-        Event {
-            seq,
-            kind: EventKind::Token,
-            data: json!({ "text": text }).to_string(),
-        }
+        Event::of(seq, EventKind::Token, &TokenData { text: text.into() })
     }
 
     pub fn done(seq: u64, reason: FinishReason, usage: Usage) -> Self {
-        let data = json!({"finish_reason": reason.as_str(), "usage": usage});
-        Event {
+        Event::of(
             seq,
-            kind: EventKind::Done,
-            data: data.to_string(),
-        }
+            EventKind::Done,
+            &DoneData {
+                finish_reason: reason,
+                usage,
+            },
+        )
     }
 
     pub fn error(seq: u64, code: &str, message: &str) -> Self {
-        let data = json!({"code": code, "message": message});
+        Event::of(
+            seq,
+            EventKind::Error,
+            &ErrorData {
+                code: code.into(),
+                message: message.into(),
+            },
+        )
+    }
+
+    fn of(seq: u64, kind: EventKind, data: &impl Serialize) -> Self {
         Event {
             seq,
-            kind: EventKind::Error,
-            data: data.to_string(),
+            kind,
+            // Serializing these structs cannot fail: strings, numbers and enums only.
+            data: serde_json::to_string(data).unwrap_or_else(|_| "{}".to_owned()),
         }
     }
 
@@ -90,9 +103,62 @@ impl Event {
         if self.kind != EventKind::Token {
             return None;
         }
-        let value: serde_json::Value = serde_json::from_str(&self.data).ok()?;
-        value.get("text")?.as_str().map(str::to_owned)
+        let data: TokenData = serde_json::from_str(&self.data).ok()?;
+        Some(data.text.into_owned())
     }
+
+    /// The stored data, read back as its kind's shape (`None` if it is unreadable).
+    pub fn data(&self) -> Option<EventData<'_>> {
+        Some(match self.kind {
+            EventKind::Start => EventData::Start(serde_json::from_str(&self.data).ok()?),
+            EventKind::Token => EventData::Token(serde_json::from_str(&self.data).ok()?),
+            EventKind::Done => EventData::Done(serde_json::from_str(&self.data).ok()?),
+            EventKind::Error => EventData::Error(serde_json::from_str(&self.data).ok()?),
+        })
+    }
+}
+
+/// An event's data, by kind: the one shape each kind is stored in (SPEC §3).
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventData<'a> {
+    Start(StartData<'a>),
+    Token(TokenData<'a>),
+    Done(DoneData),
+    Error(ErrorData<'a>),
+}
+
+/// `start`: `{"stream_id","model","created_at"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartData<'a> {
+    #[serde(borrow)]
+    pub stream_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub model: Cow<'a, str>,
+    #[serde(borrow)]
+    pub created_at: Cow<'a, str>,
+}
+
+/// `token`: `{"text"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenData<'a> {
+    #[serde(borrow)]
+    pub text: Cow<'a, str>,
+}
+
+/// `done`: `{"finish_reason","usage"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DoneData {
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+}
+
+/// `error`: `{"code","message"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorData<'a> {
+    #[serde(borrow)]
+    pub code: Cow<'a, str>,
+    #[serde(borrow)]
+    pub message: Cow<'a, str>,
 }
 
 /// Where a stream is in its life (SPEC §1).
@@ -146,7 +212,7 @@ impl StreamStatus {
 }
 
 /// Why a stream that ended with `done` ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FinishReason {
     Stop,
@@ -174,7 +240,7 @@ impl FinishReason {
 }
 
 /// Token accounting, as OpenAI reports it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
@@ -203,6 +269,37 @@ mod tests {
         let e = Event::token(2, "a\nb\"c");
         assert!(!e.data.contains('\n'));
         assert_eq!(e.token_text().as_deref(), Some("a\nb\"c"));
+    }
+
+    /// The stored bytes of each kind, exactly as earlier releases wrote them: a
+    /// database written then is read, and resumed, byte for byte.
+    #[test]
+    fn stored_data_bytes_are_stable() {
+        assert_eq!(
+            Event::start(1, "st_a", "mock", "2026-01-01T00:00:00.000Z").data,
+            r#"{"stream_id":"st_a","model":"mock","created_at":"2026-01-01T00:00:00.000Z"}"#
+        );
+        assert_eq!(Event::token(2, "é\u{1}").data, "{\"text\":\"é\\u0001\"}");
+        let usage = Usage {
+            prompt_tokens: 3,
+            completion_tokens: 1,
+        };
+        let done = Event::done(3, FinishReason::Length, usage);
+        assert_eq!(
+            done.data,
+            r#"{"finish_reason":"length","usage":{"prompt_tokens":3,"completion_tokens":1}}"#
+        );
+        assert_eq!(
+            done.data(),
+            Some(EventData::Done(DoneData {
+                finish_reason: FinishReason::Length,
+                usage
+            }))
+        );
+        assert_eq!(
+            Event::error(4, "interrupted", "gone").data,
+            r#"{"code":"interrupted","message":"gone"}"#
+        );
     }
 
     #[test]

@@ -2,31 +2,42 @@
 //!
 //! A map of the crate, in the order a token travels:
 //!
+//! - [`config`] — every setting, as flags and environment variables, in parts.
 //! - [`llm`] — backends behind one trait; a backend yields token text.
-//! - [`engine`] — admits a stream, runs its generation task, numbers its events.
-//! - [`store`] — SQLite: the group-commit writer ([`store::EventLog`]) and the read side.
+//! - `engine` — the one start path (admission, sessions' turns), the cursor rule, a
+//!   stream's generation task, cancel, delete, and the reads every surface uses.
+//! - [`store`] — SQLite or PostgreSQL: the group-commit writer ([`store::EventLog`]) and
+//!   the read side.
 //! - [`hub`] — after commit, live fan-out of events to readers.
-//! - [`feed`] — one reader's replay-then-follow view of a stream.
-//! - [`http`] — the API; [`http::sse`] writes the wire format.
-//! - [`server`] — the accept loop ([`tls`] when a certificate is set); [`app`] wires it
-//!   all and shuts it down in order.
-//! - [`config`] — every setting, as flags and environment variables.
+//! - `feed` — one reader's replay-then-follow view of a stream.
+//! - `cluster` — several nodes on one PostgreSQL database: leases, sweeps, `LISTEN`.
+//! - [`http`] — the API surfaces (native, WebSocket, OpenAI) over the engine; each
+//!   surface writes the engine's events in its own wire format.
+//! - `server` — the accept loop (`tls` when a certificate is set).
+//! - [`app`] — assembles the parts, serves, and shuts them down in order.
+//! - [`cli`] — the client commands `spool generate` / `spool tail`.
+//! - [`event`], [`ids`], [`metrics`] — the vocabulary, stream ids, and `/metrics`.
+//!
+//! What is public is public on purpose: what `main` runs, what the tests and the load
+//! tool build a server or a store from ([`Spool`], [`config`], [`store`], [`hub`],
+//! [`metrics`], [`llm`], [`event`], [`ids`]), and the parsers of client input the fuzz
+//! targets drive ([`http::inputs`]). Everything else is crate-private.
 
 pub mod app;
 pub mod cli;
-pub mod cluster;
+mod cluster;
 pub mod config;
-pub mod engine;
+mod engine;
 pub mod event;
-pub mod feed;
+mod feed;
 pub mod http;
 pub mod hub;
 pub mod ids;
 pub mod llm;
 pub mod metrics;
-pub mod server;
+mod server;
 pub mod store;
-pub mod tls;
+mod tls;
 
 use std::future::Future;
 
@@ -40,8 +51,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     raise_fd_limit();
-    let listener =
-        listen(config.addr).with_context(|| format!("cannot listen on {}", config.addr))?;
+    let listener = listen(config.server.addr)
+        .with_context(|| format!("cannot listen on {}", config.server.addr))?;
     Spool::start(config).await?.serve(listener, shutdown).await
 }
 

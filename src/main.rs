@@ -18,19 +18,20 @@ async fn main() -> std::process::ExitCode {
     let filter = cli
         .serve
         .log
+        .filter
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| "info,sqlx=warn".to_owned());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr);
-    match cli.serve.log_format {
+    match cli.serve.log.format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         // Event fields at the top level, next to `message`; spans under `span`/`spans`.
         LogFormat::Json => logs.with_ansi(false).json().flatten_event(true).init(),
     }
 
-    let format = cli.serve.log_format;
+    let format = cli.serve.log.format;
     let result = spool::run(cli.serve, spool::shutdown_signal()).await;
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

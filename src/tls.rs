@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::config::ServeConfig;
+use crate::config::TlsConfig;
 
 /// What the server needs to speak TLS on a connection.
 #[derive(Clone)]
@@ -28,8 +28,8 @@ pub struct Tls {
 impl Tls {
     /// The TLS of `config`: `None` when neither file is set, an error when only one is
     /// or when either cannot be used.
-    pub fn from_config(config: &ServeConfig) -> anyhow::Result<Option<Tls>> {
-        let (cert, key) = match (&config.tls_cert, &config.tls_key) {
+    pub fn from_config(config: &TlsConfig) -> anyhow::Result<Option<Tls>> {
+        let (cert, key) = match (&config.cert, &config.key) {
             (None, None) => return Ok(None),
             (Some(cert), Some(key)) => (cert, key),
             (Some(cert), None) => bail!(
@@ -63,7 +63,7 @@ impl Tls {
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Some(Tls {
             acceptor: TlsAcceptor::from(Arc::new(server)),
-            handshake_timeout: config.tls_handshake_timeout,
+            handshake_timeout: config.handshake_timeout,
         }))
     }
 

@@ -34,7 +34,7 @@ pub fn check_refused(e: &ApiError) {
 pub fn check_accepted(r: &GenerateRequest) {
     let config = &SETUP.0;
     assert!(
-        (1..=config.max_tokens_limit).contains(&r.max_tokens),
+        (1..=config.limits.max_tokens_limit).contains(&r.max_tokens),
         "{r:?}"
     );
     assert!(

@@ -195,8 +195,13 @@ impl Generation {
             .map_err(|_: StoreError| Ending::StoreGone)
     }
 
-    /// Writes the one terminal event.
+    /// Writes the one terminal event (none once the engine is halted: the stream
+    /// belongs to another node).
     async fn end(&self, ending: Ending, progress: &Progress) {
+        if self.engine.is_halted() {
+            tracing::warn!("stream left to the node that took it over");
+            return;
+        }
         let usage = progress.reported.unwrap_or(Usage {
             prompt_tokens: progress.prompt_tokens,
             completion_tokens: progress.completion_tokens,

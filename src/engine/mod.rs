@@ -15,8 +15,12 @@
 //! it ends; nothing per token.
 
 mod admission;
+mod cursor;
 mod generation;
+mod rate;
+mod reads;
 mod sessions;
+mod start;
 mod stop;
 
 use std::collections::HashMap;
@@ -25,21 +29,23 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::event::Usage;
-use crate::event::{Event, StreamStatus, now_ms, rfc3339};
+use crate::event::{Event, StreamStatus, now_ms};
 use crate::hub::StreamHub;
-use crate::ids::new_stream_id;
+use crate::ids::looks_like_stream_id;
 use crate::llm::{GenerateRequest, Models};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::{
-    EventLog, INTERRUPTED, INTERRUPTED_MESSAGE, NewStream, NewTurn, Store, StoreError, StreamEnd,
-    StreamRow, Unfinished,
+    EventLog, INTERRUPTED, INTERRUPTED_MESSAGE, Store, StoreError, StreamEnd, StreamRow, Unfinished,
 };
 
 pub use admission::Admission;
-pub use sessions::{NewSessionRequest, SayError};
+pub use cursor::{FollowError, InvalidCursor, parse as parse_cursor};
+pub use rate::RateLimit;
+pub use reads::{Access, Follow};
+pub use sessions::NewSessionRequest;
+pub use start::{StartRequest, Via};
 pub use stop::StopFilter;
 
 /// Why a stream could not be started. Nothing was stored.
@@ -54,6 +60,12 @@ pub enum StartError {
     Unsupported(String),
     #[error("too many generations are running or queued")]
     Busy,
+    #[error("the key is over its rate limit")]
+    RateLimited { per_minute: u32, wait: u64 },
+    #[error("no such session")]
+    SessionNotFound,
+    #[error("the previous turn of this session is still running")]
+    TurnInProgress,
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("no source of randomness for a stream id")]
@@ -95,9 +107,12 @@ pub struct Engine {
     hub: Arc<StreamHub>,
     metrics: Arc<Metrics>,
     admission: Admission,
+    rate: RateLimit,
     tasks: TaskTracker,
     /// Cancelled at shutdown: streams still running end as `interrupted`.
     shutdown: CancellationToken,
+    /// Set by [`Engine::halt`]: generations stop without writing anything more.
+    halted: std::sync::atomic::AtomicBool,
     live: Mutex<HashMap<String, Live>>,
     /// Sessions whose next turn is being started right now (see `sessions`).
     starting_turns: Mutex<std::collections::HashSet<String>>,
@@ -111,6 +126,7 @@ impl Engine {
         hub: Arc<StreamHub>,
         metrics: Arc<Metrics>,
         admission: Admission,
+        rate: RateLimit,
     ) -> Arc<Self> {
         Arc::new(Engine {
             models,
@@ -119,8 +135,10 @@ impl Engine {
             hub,
             metrics,
             admission,
+            rate,
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            halted: std::sync::atomic::AtomicBool::new(false),
             live: Mutex::new(HashMap::new()),
             starting_turns: Mutex::new(Default::default()),
         })
@@ -147,8 +165,9 @@ impl Engine {
         &self.metrics
     }
 
-    pub fn log(&self) -> &EventLog {
-        &self.log
+    /// Whether the store answers (for `/readyz`).
+    pub async fn store_ready(&self) -> bool {
+        self.store.ping().await
     }
 
     fn live(&self) -> MutexGuard<'_, HashMap<String, Live>> {
@@ -156,98 +175,6 @@ impl Engine {
         self.live
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Accepts a generation: stores the stream and its `start` event, then starts the
-    /// generation task. Returns once the `start` event is committed.
-    pub async fn start(
-        self: &Arc<Self>,
-        request: GenerateRequest,
-        owner: Option<String>,
-    ) -> Result<Started, StartError> {
-        self.start_with(request, owner, None).await
-    }
-
-    /// [`Engine::start`], for a stream that may answer a session's turn.
-    async fn start_with(
-        self: &Arc<Self>,
-        request: GenerateRequest,
-        owner: Option<String>,
-        turn: Option<NewTurn>,
-    ) -> Result<Started, StartError> {
-        if self.shutdown.is_cancelled() {
-            return Err(StartError::ShuttingDown);
-        }
-        let backend = match self.models.get(&request.model) {
-            Some(b) => b.clone(),
-            None => {
-                return Err(StartError::UnknownModel {
-                    model: request.model.clone(),
-                    available: self.models.names(),
-                });
-            }
-        };
-        backend
-            .check(&request)
-            .map_err(|e| StartError::Unsupported(e.0))?;
-        let Some(ticket) = self.admission.try_admit() else {
-            self.metrics.rejected_busy();
-            return Err(StartError::Busy);
-        };
-        let id = new_stream_id().map_err(|_| StartError::Random)?;
-        // At `error` level, like the request span, so it exists under any filter.
-        let span = tracing::error_span!("stream", stream_id = %id);
-        let created_at = now_ms();
-        let params = serde_json::to_string(&request).unwrap_or_else(|_| "{}".to_owned());
-        let live = Live {
-            cancel: self.shutdown.child_token(),
-            ended: CancellationToken::new(),
-        };
-
-        // Live before the first event exists, so no reader can miss it.
-        self.hub.open(&id);
-        self.live().insert(id.clone(), live.clone());
-        let stream = NewStream {
-            id: id.clone(),
-            owner,
-            model: request.model.clone(),
-            params,
-            created_at,
-            turn,
-        };
-        let start = Event::start(1, &id, &request.model, &rfc3339(created_at));
-        if let Err(e) = self.log.create(stream, start).await {
-            self.hub.close(&id);
-            self.live().remove(&id);
-            return Err(e.into());
-        }
-        self.metrics.stream_started();
-        span.in_scope(|| {
-            tracing::info!(
-                model = %request.model,
-                max_tokens = request.max_tokens,
-                session_id = request.session_id.as_deref(),
-                "stream started"
-            );
-        });
-
-        let started = Started {
-            id: id.clone(),
-            model: request.model.clone(),
-            created_at,
-            session_id: request.session_id.clone(),
-        };
-        let generation = generation::Generation {
-            engine: self.clone(),
-            id: Arc::from(id.as_str()),
-            request,
-            backend,
-            cancel: live.cancel,
-            ended: live.ended,
-            last_seq: 1,
-        };
-        self.tasks.spawn(generation.run(ticket).instrument(span));
-        Ok(started)
     }
 
     /// Continues the streams a dead process was generating (start-up recovery chose
@@ -307,16 +234,15 @@ impl Engine {
                 "stream continued: a previous process left it running"
             );
         });
-        let generation = generation::Generation {
-            engine: self.clone(),
-            id: Arc::from(stream.id.as_str()),
+        self.spawn_generation(
+            &stream.id,
             request,
             backend,
-            cancel: live.cancel,
-            ended: live.ended,
-            last_seq: stream.last_seq,
-        };
-        self.tasks.spawn(generation.run(ticket).instrument(span));
+            live,
+            stream.last_seq,
+            ticket,
+            span,
+        );
         Ok(())
     }
 
@@ -326,6 +252,9 @@ impl Engine {
         id: &str,
         owner: Option<&str>,
     ) -> Result<Option<Cancel>, StoreError> {
+        if !looks_like_stream_id(id) {
+            return Ok(None);
+        }
         let Some(row) = self.store.stream(id, owner).await? else {
             return Ok(None);
         };
@@ -359,6 +288,9 @@ impl Engine {
     /// Cancels a stream if running, waits for its end to be written, then deletes it and
     /// its events. `false`: no such stream.
     pub async fn delete(&self, id: &str, owner: Option<&str>) -> Result<bool, StoreError> {
+        if !looks_like_stream_id(id) {
+            return Ok(false);
+        }
         let Some(row) = self.store.stream(id, owner).await? else {
             return Ok(false);
         };
@@ -400,6 +332,18 @@ impl Engine {
                 "engine tasks still running at the shutdown deadline"
             );
         }
+    }
+
+    /// Stops every generation without writing its end (another node owns these
+    /// streams now), and waits (at most `grace`) for every tracked task.
+    pub async fn halt(&self, grace: Duration) {
+        self.halted.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shutdown(grace).await;
+    }
+
+    /// Whether [`Engine::halt`] was called.
+    fn is_halted(&self) -> bool {
+        self.halted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn gauges(&self) -> Gauges {

@@ -14,15 +14,14 @@
 //!
 //! **Architecture Invariant:** a session runs one turn at a time. A new turn is refused
 //! (`turn_in_progress`) while the last one's stream is queued or running, and two
-//! turns being started at once are serialized by `Engine::starting_turns`.
+//! turns being started at once are serialized by `Engine::starting_turns`. A turn
+//! starts on the one start path (`start`), like every stream.
 
-use std::sync::Arc;
-
-use super::{Engine, StartError, Started};
+use super::{Engine, StartError};
 use crate::event::{StreamStatus, now_ms};
 use crate::ids::new_session_id;
-use crate::llm::{GenerateRequest, Message, Prompt, Role};
-use crate::store::{NewSession, NewTurn, SessionRow, StoreError, TurnRow};
+use crate::llm::{Message, Role};
+use crate::store::{NewSession, SessionRow, TurnRow};
 
 /// What a new session may set.
 #[derive(Debug, Clone, Default)]
@@ -32,20 +31,28 @@ pub struct NewSessionRequest {
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SayError {
-    #[error("the previous turn of this session is still running")]
-    TurnInProgress,
-    #[error(transparent)]
-    Start(#[from] StartError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
 /// Removes a session from `starting_turns` when the start is over, however it ended.
-struct Starting<'a> {
+pub(super) struct Starting<'a> {
     engine: &'a Engine,
     id: String,
+}
+
+impl<'a> Starting<'a> {
+    /// Marks session `id`'s next turn as being started; `TurnInProgress` if it already is.
+    pub(super) fn claim(engine: &'a Engine, id: &str) -> Result<Self, StartError> {
+        let inserted = engine
+            .starting_turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned());
+        if !inserted {
+            return Err(StartError::TurnInProgress);
+        }
+        Ok(Starting {
+            engine,
+            id: id.to_owned(),
+        })
+    }
 }
 
 impl Drop for Starting<'_> {
@@ -91,48 +98,9 @@ impl Engine {
             created_at,
         })
     }
-
-    /// Starts the next turn of `session`: `request` was validated with the user's
-    /// message as its prompt; its prompt becomes the whole history.
-    pub async fn say(
-        self: &Arc<Self>,
-        session: &SessionRow,
-        mut request: GenerateRequest,
-        owner: Option<String>,
-    ) -> Result<Started, SayError> {
-        let content = request.prompt.flat_text();
-        let inserted = self
-            .starting_turns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(session.id.clone());
-        if !inserted {
-            return Err(SayError::TurnInProgress);
-        }
-        let _starting = Starting {
-            engine: self,
-            id: session.id.clone(),
-        };
-        let turns = self.store.turns(&session.id).await?;
-        if turns.last().is_some_and(running) {
-            return Err(SayError::TurnInProgress);
-        }
-        request.prompt = Prompt::Messages(history(session, &turns, &content));
-        request.session_id = Some(session.id.clone());
-        let turn = NewTurn {
-            session_id: session.id.clone(),
-            idx: turns.last().map_or(0, |t| t.idx + 1),
-            content,
-        };
-        match self.start_with(request, owner, Some(turn)).await {
-            // Another node started this turn first.
-            Err(StartError::Store(StoreError::Conflict)) => Err(SayError::TurnInProgress),
-            other => Ok(other?),
-        }
-    }
 }
 
-fn running(turn: &TurnRow) -> bool {
+pub(super) fn running(turn: &TurnRow) -> bool {
     turn.status
         .as_deref()
         .and_then(StreamStatus::parse)
@@ -140,7 +108,7 @@ fn running(turn: &TurnRow) -> bool {
 }
 
 /// The prompt of the next turn: system prompt, every turn with text, the new message.
-fn history(session: &SessionRow, turns: &[TurnRow], content: &str) -> Vec<Message> {
+pub(super) fn history(session: &SessionRow, turns: &[TurnRow], content: &str) -> Vec<Message> {
     let mut messages = Vec::with_capacity(turns.len() + 2);
     if let Some(system) = &session.system {
         messages.push(Message {

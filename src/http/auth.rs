@@ -12,18 +12,17 @@
 //! expiry (unix seconds) with a server secret kept in the store. It is accepted as
 //! `?token=` on that one stream's events URL, nowhere else, until it expires.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
-use super::error::ApiError;
-use crate::app::AppState;
+use super::error::{ApiError, ErrorCode};
+use super::state::HttpState;
 
 /// The configured keys, as digests, and the read-token signer.
 #[derive(Debug, Default)]
@@ -32,16 +31,6 @@ pub struct ApiKeys {
     metrics: bool,
     secret: Vec<u8>,
     token_ttl: Duration,
-    /// Requests per minute per key; 0 = unlimited.
-    per_minute: u32,
-    /// Token buckets by owner (bounded: one per configured key).
-    buckets: std::sync::Mutex<std::collections::HashMap<String, Bucket>>,
-}
-
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    at: std::time::Instant,
 }
 
 /// A read token's right: to read this one stream's events.
@@ -60,38 +49,6 @@ impl ApiKeys {
             metrics,
             secret,
             token_ttl,
-            per_minute: 0,
-            buckets: Default::default(),
-        }
-    }
-
-    /// Limits each key to `per_minute` requests per minute (0 = no limit).
-    pub fn with_rate_limit(mut self, per_minute: u32) -> Self {
-        self.per_minute = per_minute;
-        self
-    }
-
-    /// Takes one request from `owner`'s bucket; `Err(seconds)` to wait when it is empty.
-    fn take(&self, owner: &str) -> Result<(), u64> {
-        if self.per_minute == 0 {
-            return Ok(());
-        }
-        let capacity = f64::from(self.per_minute);
-        let per_second = capacity / 60.0;
-        let now = std::time::Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let bucket = buckets.entry(owner.to_owned()).or_insert(Bucket {
-            tokens: capacity,
-            at: now,
-        });
-        bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * per_second)
-            .min(capacity);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - bucket.tokens) / per_second).ceil().max(1.0) as u64)
         }
     }
 
@@ -221,10 +178,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Owner {
 
 /// Middleware: checks the key of a guarded route and records its owner.
 pub async fn require_key(
-    State(keys): State<Arc<ApiKeys>>,
+    State(state): State<HttpState>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    let keys = state.keys();
     if keys.guards(request.uri().path()) {
         let key = request
             .headers()
@@ -234,17 +192,9 @@ pub async fn require_key(
             .map(str::trim);
         match key.and_then(|k| keys.owner(k)) {
             Some(owner) => {
-                if let Err(wait) = keys.take(&owner) {
-                    let mut e = ApiError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "rate_limited",
-                        format!(
-                            "this key is over its limit of {} requests per minute; retry in {wait} s",
-                            keys.per_minute
-                        ),
-                    );
-                    e.retry_after = Some(u32::try_from(wait).unwrap_or(u32::MAX));
-                    return e.into_response();
+                // Every `/v1` request counts against its key's rate limit.
+                if let Err(e) = state.engine().charge(&owner) {
+                    return ApiError::from(e).into_response();
                 }
                 request.extensions_mut().insert(Owner(Some(owner)));
             }
@@ -276,17 +226,11 @@ pub async fn require_key(
 }
 
 fn unauthorized(message: &'static str) -> Response {
-    let mut response =
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    let mut response = ApiError::new(ErrorCode::Unauthorized, message).into_response();
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
-}
-
-/// The keys of a server's state (for the middleware).
-pub fn keys(state: &AppState) -> Arc<ApiKeys> {
-    state.keys.clone()
 }
 
 #[cfg(test)]
@@ -343,26 +287,5 @@ mod tests {
         assert_eq!(events_path_stream("/v1/streams/st_a/events"), Some("st_a"));
         assert_eq!(events_path_stream("/v1/streams/st_a"), None);
         assert_eq!(query_token(Some("after=3&token=9.ab")), Some("9.ab"));
-    }
-}
-
-#[cfg(test)]
-mod rate_tests {
-    use super::*;
-
-    #[test]
-    fn a_bucket_allows_its_capacity_then_refuses_with_a_wait() {
-        let keys = ApiKeys::new(&["k".into()], false, vec![], Duration::ZERO).with_rate_limit(3);
-        assert!(keys.take("a").is_ok());
-        assert!(keys.take("a").is_ok());
-        assert!(keys.take("a").is_ok());
-        let wait = keys.take("a").unwrap_err();
-        assert!((1..=20).contains(&wait), "{wait}");
-        assert!(keys.take("b").is_ok(), "buckets are per key");
-        assert!(
-            ApiKeys::new(&["k".into()], false, vec![], Duration::ZERO)
-                .take("a")
-                .is_ok()
-        );
     }
 }

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 
 /// A JSON body. The `Content-Type` is not required (so `curl -d '{…}'` works); the
 /// size limit is the router's `DefaultBodyLimit` (`413` past it).
@@ -18,13 +18,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the request body is too large",
-                )
+                ApiError::new(ErrorCode::PayloadTooLarge, "the request body is too large")
             } else {
-                ApiError::bad_request("invalid_body", "the request body could not be read")
+                ApiError::new(ErrorCode::InvalidBody, "the request body could not be read")
             }
         })?;
         decode_json(&bytes).map(JsonBody)
@@ -36,16 +32,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 /// `4xx`; the fuzz targets in `fuzz/` hold it to that.
 pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request(
-            "invalid_json",
+        return Err(ApiError::new(
+            ErrorCode::InvalidJson,
             "the request body is empty; expected a JSON object",
         ));
     }
     match serde_json::from_slice(bytes) {
         Ok(value) => Ok(value),
         Err(e) if e.is_data() => Err(ApiError::invalid(e.to_string())),
-        Err(e) => Err(ApiError::bad_request(
-            "invalid_json",
+        Err(e) => Err(ApiError::new(
+            ErrorCode::InvalidJson,
             format!("malformed JSON: {e}"),
         )),
     }

@@ -1,32 +1,50 @@
-//! The HTTP API: one module per resource, merged here with the JSON fallbacks, the
-//! body limit, the key check, CORS and (outermost) the request id. Handlers validate, call the engine or read the store, and shape JSON;
-//! they hold no SQL and no generation logic.
+//! The HTTP API: one module per surface (`streams` and `sessions` — the native API —,
+//! `ws`, `openai`), plus `ops` and the chat `page`, merged here with the JSON
+//! fallbacks, the body limit, the key check, CORS and (outermost) the request id.
+//!
+//! A surface maps its request onto the one start path ([`HttpState::start`] →
+//! `Engine::start`), follows streams through the engine's cursor rule, and writes the
+//! engine's events in its own format ([`render::Render`]). Handlers hold no SQL and no
+//! generation logic; they reach the engine only through [`HttpState`].
 
-pub mod auth;
-pub mod error;
-pub mod extract;
-pub mod openai;
-pub mod ops;
-pub mod page;
-pub mod params;
-pub mod request_id;
-pub mod sessions;
-pub mod sse;
+mod auth;
+mod error;
+mod extract;
+mod openai;
+mod ops;
+mod page;
+mod params;
+mod render;
+mod request_id;
+mod sessions;
+mod sse;
+mod state;
 #[cfg(test)]
 mod strategies;
-pub mod streams;
-pub mod ws;
+mod streams;
+mod ws;
+
+pub use error::{ApiError, ErrorCode};
+pub use state::{HttpConfig, HttpState};
+
+/// The parsers of what clients send, exported for the fuzz targets in `fuzz/`: each
+/// must answer any input with a value or a `4xx`, never a panic or a `5xx`.
+pub mod inputs {
+    pub use super::extract::decode_json;
+    pub use super::openai::request::ChatRequest;
+    pub use super::params::StreamParams;
+    pub use super::sessions::SessionParams;
+    pub use super::ws::protocol::{Incoming, Rejected, error, parse, stream_params};
+    pub use crate::engine::parse_cursor;
+}
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 
-use crate::app::AppState;
-use error::ApiError;
-
-pub fn router(state: AppState) -> Router {
-    let body_limit = state.config.body_limit;
-    let cors = cors(&state.config.cors_origins);
+/// The whole API, over `state`.
+pub fn router(state: HttpState) -> Router {
+    let body_limit = state.limits().body_limit;
+    let cors = cors(&state.server().cors_origins);
     let router = Router::new()
         .merge(streams::router())
         .merge(sessions::router())
@@ -34,17 +52,16 @@ pub fn router(state: AppState) -> Router {
         .merge(openai::router())
         .merge(ops::router())
         .merge(page::router())
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "method not allowed on this route",
             )
         })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(
-            auth::keys(&state),
+            state.clone(),
             auth::require_key,
         ))
         .with_state(state);

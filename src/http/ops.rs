@@ -5,11 +5,11 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde::Serialize;
 
-use crate::app::AppState;
+use super::state::HttpState;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<HttpState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -17,33 +17,46 @@ pub fn router() -> Router<AppState> {
         .route("/v1/models", get(models))
 }
 
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+}
+
 /// The process is up and serving HTTP.
-async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    status: &'static str,
+    store: bool,
+    models: bool,
+    shutting_down: bool,
 }
 
 /// The store answers, the models are loaded, and the server is not shutting down.
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let store = state.store.ping().await;
-    let models = state.engine.models().ready();
-    let open = !state.http_shutdown.is_cancelled();
-    let ready = store && models && open;
+async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
+    let store = state.engine().store_ready().await;
+    let models = state.engine().models().ready();
+    let shutting_down = state.is_shutting_down();
+    let ready = store && models && !shutting_down;
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "store": store,
-        "models": models,
-        "shutting_down": !open,
-    });
+    let body = Readiness {
+        status: if ready { "ready" } else { "not_ready" },
+        store,
+        models,
+        shutting_down,
+    };
     (status, Json(body))
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let text = state.metrics.render(&state.engine.gauges());
+async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    let text = state.metrics().render(&state.engine().gauges());
     (
         [(
             header::CONTENT_TYPE,
@@ -53,14 +66,36 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+#[derive(Serialize)]
+struct ModelList {
+    object: &'static str,
+    data: Vec<ModelObject>,
+}
+
+#[derive(Serialize)]
+struct ModelObject {
+    id: String,
+    object: &'static str,
+    created: i64,
+    owned_by: &'static str,
+}
+
 /// `GET /v1/models`, shaped like OpenAI's list.
-async fn models(State(state): State<AppState>) -> Json<Value> {
-    let data: Vec<Value> = state
-        .engine
+async fn models(State(state): State<HttpState>) -> Json<ModelList> {
+    let data = state
+        .engine()
         .models()
         .names()
         .into_iter()
-        .map(|id| json!({ "id": id, "object": "model", "created": 0, "owned_by": "spool" }))
+        .map(|id| ModelObject {
+            id,
+            object: "model",
+            created: 0,
+            owned_by: "spool",
+        })
         .collect();
-    Json(json!({ "object": "list", "data": data }))
+    Json(ModelList {
+        object: "list",
+        data,
+    })
 }

@@ -5,8 +5,8 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::error::ApiError;
-use crate::config::ServeConfig;
+use super::error::{ApiError, ErrorCode};
+use crate::config::LimitsConfig;
 use crate::llm::{GenerateRequest, Message, Models, Prompt, Role};
 
 #[derive(Debug, Deserialize)]
@@ -23,6 +23,10 @@ pub struct StreamParams {
     pub session_id: Option<String>,
     /// A session turn's message (`prompt` is accepted too).
     pub content: Option<String>,
+    /// Set by the OpenAI facade (`stream_options.include_usage`), never by a client of
+    /// the native API.
+    #[serde(skip)]
+    pub include_usage: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,7 +50,7 @@ impl StreamParams {
     /// an unknown model is the engine's `404`.
     pub fn validate(
         self,
-        config: &ServeConfig,
+        limits: &LimitsConfig,
         models: &Models,
     ) -> Result<GenerateRequest, ApiError> {
         if self.content.is_some() {
@@ -54,14 +58,14 @@ impl StreamParams {
                 "`content` is for a session's turn; a stream takes `prompt` or `messages`",
             ));
         }
-        self.validate_prompt(config, models)
+        self.validate_prompt(limits, models)
     }
 
     /// Validates a session's turn: the user's message is `content` (or `prompt`);
     /// `model` defaults to the session's.
     pub fn validate_turn(
         mut self,
-        config: &ServeConfig,
+        limits: &LimitsConfig,
         models: &Models,
         session_model: Option<&str>,
     ) -> Result<GenerateRequest, ApiError> {
@@ -83,12 +87,12 @@ impl StreamParams {
         if self.model.is_none() {
             self.model = session_model.map(str::to_owned);
         }
-        self.validate_prompt(config, models)
+        self.validate_prompt(limits, models)
     }
 
     fn validate_prompt(
         self,
-        config: &ServeConfig,
+        limits: &LimitsConfig,
         models: &Models,
     ) -> Result<GenerateRequest, ApiError> {
         let prompt = match (self.prompt, self.messages) {
@@ -114,23 +118,23 @@ impl StreamParams {
             Prompt::Text(t) => t.len(),
             Prompt::Messages(ms) => ms.iter().map(|m| m.content.len()).sum(),
         };
-        if prompt_bytes > config.max_prompt_bytes {
-            return Err(ApiError::bad_request(
-                "prompt_too_long",
+        if prompt_bytes > limits.max_prompt_bytes {
+            return Err(ApiError::new(
+                ErrorCode::PromptTooLong,
                 format!(
                     "the prompt is {prompt_bytes} bytes; the limit is {}",
-                    config.max_prompt_bytes
+                    limits.max_prompt_bytes
                 ),
             ));
         }
 
         let max_tokens = self
             .max_tokens
-            .unwrap_or(config.default_max_tokens.min(config.max_tokens_limit));
-        if max_tokens == 0 || max_tokens > config.max_tokens_limit {
+            .unwrap_or(limits.default_max_tokens.min(limits.max_tokens_limit));
+        if max_tokens == 0 || max_tokens > limits.max_tokens_limit {
             return Err(ApiError::invalid(format!(
                 "`max_tokens` must be between 1 and {}",
-                config.max_tokens_limit
+                limits.max_tokens_limit
             )));
         }
         if let Some(t) = self.temperature
@@ -176,7 +180,7 @@ impl StreamParams {
             stop,
             metadata: self.metadata,
             session_id: None,
-            include_usage: false,
+            include_usage: self.include_usage,
             continuation: None,
         })
     }
@@ -220,7 +224,7 @@ mod tests {
         models.add(Arc::new(MockBackend::default()));
         let params: StreamParams =
             serde_json::from_str(body).map_err(|e| ApiError::invalid(e.to_string()))?;
-        params.validate(&ServeConfig::defaults(), &models)
+        params.validate(&crate::ServeConfig::defaults().limits, &models)
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `/v1/sessions`: create a conversation, read its history, add a user turn. A turn is
-//! an ordinary stream (same response forms as `POST /v1/streams`).
+//! an ordinary stream started on the one start path (same response forms as
+//! `POST /v1/streams`).
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -7,21 +8,21 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use super::auth::Owner;
 use super::error::ApiError;
 use super::extract::{JsonBody, QueryParams, decode_json};
 use super::params::StreamParams;
+use super::state::HttpState;
 use super::streams::{CreateQuery, started_response, wants_sse};
-use crate::app::AppState;
-use crate::engine::{NewSessionRequest, SayError, Started};
+use crate::engine::{NewSessionRequest, Via};
 use crate::event::rfc3339;
-use crate::ids::looks_like_session_id;
+use crate::llm::Models;
 use crate::store::{SessionRow, TurnRow};
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<HttpState> {
     Router::new()
         .route("/v1/sessions", post(create))
         .route("/v1/sessions/{id}", get(read))
@@ -41,19 +42,11 @@ pub struct SessionParams {
 
 impl SessionParams {
     /// Checks the fields; an unknown model is `404` here, not at the first turn.
-    pub fn validate(self, state: &AppState) -> Result<NewSessionRequest, ApiError> {
+    pub fn validate(self, models: &Models) -> Result<NewSessionRequest, ApiError> {
         if let Some(model) = &self.model
-            && state.engine.models().get(model).is_none()
+            && models.get(model).is_none()
         {
-            let available = state.engine.models().names();
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "model_not_found",
-                format!(
-                    "unknown model {model:?}; available: {}",
-                    available.join(", ")
-                ),
-            ));
+            return Err(ApiError::model_not_found(model, models.names()));
         }
         if self
             .system
@@ -74,7 +67,7 @@ impl SessionParams {
 
 /// `POST /v1/sessions` (the body is optional): `201` with the empty session.
 async fn create(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     Owner(owner): Owner,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -83,11 +76,9 @@ async fn create(
     } else {
         decode_json(&body)?
     };
-    let row = state
-        .engine
-        .create_session(params.validate(&state)?, owner)
-        .await?;
-    let mut response = (StatusCode::CREATED, Json(describe(&row, &[]))).into_response();
+    let request = params.validate(state.engine().models())?;
+    let row = state.engine().create_session(request, owner).await?;
+    let mut response = (StatusCode::CREATED, Json(SessionObject::of(&row, &[]))).into_response();
     if let Ok(v) = format!("/v1/sessions/{}", row.id).parse() {
         response.headers_mut().insert(header::LOCATION, v);
     }
@@ -96,23 +87,27 @@ async fn create(
 
 /// `GET /v1/sessions/{id}`: the session and its turns.
 async fn read(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     Owner(owner): Owner,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let row = find(&state, &id, owner.as_deref()).await?;
-    let turns = state.store.turns(&id).await?;
-    Ok(Json(describe(&row, &turns)))
+) -> Result<Response, ApiError> {
+    let row = state
+        .engine()
+        .session(&id, owner.as_deref())
+        .await?
+        .ok_or_else(ApiError::session_not_found)?;
+    let turns = state.engine().turns(&id).await?;
+    Ok(Json(SessionObject::of(&row, &turns)).into_response())
 }
 
 /// `POST /v1/sessions/{id}/messages`: a user turn; answers like `POST /v1/streams`.
 async fn message(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     Owner(owner): Owner,
     Path(id): Path<String>,
     QueryParams(query): QueryParams<CreateQuery>,
     headers: HeaderMap,
-    JsonBody(params): JsonBody<StreamParams>,
+    JsonBody(mut params): JsonBody<StreamParams>,
 ) -> Result<Response, ApiError> {
     let wants_sse = wants_sse(&query, &headers)?;
     if params.session_id.as_ref().is_some_and(|s| *s != id) {
@@ -120,76 +115,60 @@ async fn message(
             "`session_id` in the body differs from the session in the path",
         ));
     }
-    let started = say(&state, &id, params, owner).await?;
+    params.session_id = Some(id);
+    let started = state.start(params, owner, Via::Http).await?;
     Ok(started_response(&state, &started, wants_sse))
 }
 
-/// Starts the next turn of session `id` with `params` (its `content` or `prompt`).
-pub async fn say(
-    state: &AppState,
-    id: &str,
-    params: StreamParams,
-    owner: Option<String>,
-) -> Result<Started, ApiError> {
-    let session = find(state, id, owner.as_deref()).await?;
-    let request = params.validate_turn(
-        &state.config,
-        state.engine.models(),
-        session.model.as_deref(),
-    )?;
-    state
-        .engine
-        .say(&session, request, owner)
-        .await
-        .map_err(|e| match e {
-            SayError::TurnInProgress => ApiError::new(
-                StatusCode::CONFLICT,
-                "turn_in_progress",
-                "the previous turn of this session is still running; wait for its end or cancel it",
-            ),
-            SayError::Start(e) => e.into(),
-            SayError::Store(e) => e.into(),
-        })
-}
-
-pub async fn find(state: &AppState, id: &str, owner: Option<&str>) -> Result<SessionRow, ApiError> {
-    let not_found = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "session_not_found",
-            "no such session",
-        )
-    };
-    if !looks_like_session_id(id) {
-        return Err(not_found());
-    }
-    state.store.session(id, owner).await?.ok_or_else(not_found)
-}
-
 /// The session object: its settings and turns.
-pub fn describe(row: &SessionRow, turns: &[TurnRow]) -> Value {
-    let metadata = row
-        .metadata
-        .as_deref()
-        .and_then(|m| serde_json::from_str::<Value>(m).ok());
-    json!({
-        "id": row.id,
-        "object": "session",
-        "model": row.model,
-        "system": row.system,
-        "metadata": metadata,
-        "created_at": rfc3339(row.created_at),
-        "turns": turns.iter().map(|t| {
-            let mut turn = json!({
-                "role": t.role,
-                "content": t.content.clone().unwrap_or_default(),
-                "created_at": rfc3339(t.created_at),
-            });
-            if let Some(stream) = &t.stream_id {
-                turn["stream_id"] = Value::from(stream.as_str());
-                turn["status"] = t.status.clone().map_or(Value::from("deleted"), Value::from);
-            }
-            turn
-        }).collect::<Vec<_>>(),
-    })
+#[derive(Serialize)]
+pub struct SessionObject<'a> {
+    id: &'a str,
+    object: &'static str,
+    model: Option<&'a str>,
+    system: Option<&'a str>,
+    metadata: Option<Value>,
+    created_at: String,
+    turns: Vec<TurnObject<'a>>,
+}
+
+#[derive(Serialize)]
+struct TurnObject<'a> {
+    role: &'a str,
+    content: &'a str,
+    created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_id: Option<&'a str>,
+    /// With `stream_id`: the stream's status, `deleted` once it is gone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'a str>,
+}
+
+impl<'a> SessionObject<'a> {
+    pub fn of(row: &'a SessionRow, turns: &'a [TurnRow]) -> Self {
+        SessionObject {
+            id: &row.id,
+            object: "session",
+            model: row.model.as_deref(),
+            system: row.system.as_deref(),
+            metadata: row
+                .metadata
+                .as_deref()
+                .and_then(|m| serde_json::from_str::<Value>(m).ok()),
+            created_at: rfc3339(row.created_at),
+            turns: turns
+                .iter()
+                .map(|t| TurnObject {
+                    role: &t.role,
+                    content: t.content.as_deref().unwrap_or_default(),
+                    created_at: rfc3339(t.created_at),
+                    stream_id: t.stream_id.as_deref(),
+                    status: t
+                        .stream_id
+                        .as_ref()
+                        .map(|_| t.status.as_deref().unwrap_or("deleted")),
+                })
+                .collect(),
+        }
+    }
 }

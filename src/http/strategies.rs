@@ -8,16 +8,16 @@ use std::sync::{Arc, LazyLock};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
-use crate::config::ServeConfig;
+use crate::config::{LimitsConfig, ServeConfig};
 use crate::http::error::ApiError;
 use crate::llm::mock::MockBackend;
 use crate::llm::{GenerateRequest, Models, Prompt};
 
 /// The default configuration and one mock model, built once.
-pub static SETUP: LazyLock<(ServeConfig, Models)> = LazyLock::new(|| {
+pub static SETUP: LazyLock<(LimitsConfig, Models)> = LazyLock::new(|| {
     let mut models = Models::default();
     models.add(Arc::new(MockBackend::default()));
-    (ServeConfig::defaults(), models)
+    (ServeConfig::defaults().limits, models)
 });
 
 /// Bounded runs: a few hundred cases per property keeps `cargo test` quick. Failures
@@ -233,7 +233,7 @@ pub fn check_accepted(r: &GenerateRequest) -> Result<(), TestCaseError> {
 pub fn check_rejected(e: &ApiError) -> Result<(), TestCaseError> {
     prop_assert_eq!(e.status, 400, "{:?}", e);
     prop_assert!(
-        ["invalid_json", "invalid_request", "prompt_too_long"].contains(&e.code),
+        ["invalid_json", "invalid_request", "prompt_too_long"].contains(&e.code.as_str()),
         "{:?}",
         e
     );

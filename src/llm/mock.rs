@@ -23,6 +23,18 @@ pub struct MockBackend {
     pub continuable: bool,
 }
 
+impl MockBackend {
+    pub fn from_config(config: &crate::config::MockConfig) -> Self {
+        MockBackend {
+            rate: config.rate.max(0.0),
+            ttft: Duration::from_millis(config.ttft_ms),
+            fail_after: config.fail_after,
+            stall_after: config.stall_after,
+            continuable: config.continuable,
+        }
+    }
+}
+
 impl Backend for MockBackend {
     fn models(&self) -> Vec<String> {
         vec![MODEL.to_owned()]

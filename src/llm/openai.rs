@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Backend, BackendError, GenerateRequest, Output, Prompt, Role, TokenStream};
-use crate::config::ServeConfig;
+use crate::config::OpenAiConfig;
 use crate::event::{FinishReason, Usage};
 
 #[derive(Clone)]
@@ -82,9 +82,9 @@ const ERROR_BODY: usize = 300;
 impl OpenAiBackend {
     /// Builds the client and resolves the model names (asking the upstream's `/models`
     /// when none are configured).
-    pub async fn connect(config: &ServeConfig) -> anyhow::Result<Self> {
+    pub async fn connect(config: &OpenAiConfig) -> anyhow::Result<Self> {
         let base = config
-            .openai_base_url
+            .base_url
             .as_deref()
             .map(|b| b.trim_end_matches('/').to_owned())
             .filter(|b| !b.is_empty())
@@ -92,22 +92,22 @@ impl OpenAiBackend {
                 "SPOOL_BACKEND=openai needs SPOOL_OPENAI_BASE_URL (e.g. http://127.0.0.1:11434/v1)",
             )?;
         let client = reqwest::Client::builder()
-            .connect_timeout(config.openai_connect_timeout)
+            .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)
             .build()
             .context("cannot build the HTTP client")?;
         let mut backend = OpenAiBackend {
             client,
             base,
-            api_key: config.openai_api_key.clone().filter(|k| !k.is_empty()),
+            api_key: config.api_key.clone().filter(|k| !k.is_empty()),
             models: config
-                .openai_models
+                .models
                 .iter()
                 .map(|m| m.trim().to_owned())
                 .filter(|m| !m.is_empty())
                 .collect(),
-            ttft_timeout: config.openai_ttft_timeout,
-            idle_timeout: config.openai_idle_timeout,
+            ttft_timeout: config.ttft_timeout,
+            idle_timeout: config.idle_timeout,
         };
         if backend.models.is_empty() {
             backend.models = backend.list_models().await.with_context(|| {

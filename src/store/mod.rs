@@ -23,7 +23,7 @@ use std::sync::Arc;
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
 
-use crate::config::{Database, ServeConfig};
+use crate::config::{ClusterConfig, Database, StoreConfig};
 use crate::hub::StreamHub;
 use crate::metrics::Metrics;
 
@@ -88,7 +88,8 @@ pub struct Store {
 /// Opens the database, migrates it, recovers what a dead process left, and starts the
 /// writer. Returns the read side, the writer handle and its task.
 pub async fn open(
-    config: &ServeConfig,
+    config: &StoreConfig,
+    cluster: &ClusterConfig,
     hub: Arc<StreamHub>,
     metrics: Arc<Metrics>,
     continuable: &dyn Fn(&str) -> bool,
@@ -118,10 +119,10 @@ pub async fn open(
             })
         }
         Database::Postgres(url) => {
-            let node: Arc<str> = Arc::from(config.node_id()?.as_str());
+            let node: Arc<str> = Arc::from(cluster.node_id()?.as_str());
             let incarnation: Arc<str> = Arc::from(hex(&fresh_secret()?[..8]).as_str());
             let opened =
-                postgres::open(&url, &node, &incarnation, config.node_lease, continuable).await?;
+                postgres::open(&url, &node, &incarnation, cluster.node_lease, continuable).await?;
             let (log, writer) = writer::start(
                 writer::Conn::Postgres {
                     conn: opened.write,

@@ -5,6 +5,7 @@ use sqlx::FromRow;
 use super::sessions::NewTurn;
 use super::{Store, StoreError, on_db};
 use crate::event::{FinishReason, StreamStatus, Usage};
+use crate::llm::GenerateRequest;
 
 /// A new stream, as the writer inserts it.
 #[derive(Debug, Clone)]
@@ -61,6 +62,13 @@ impl StreamRow {
 
     pub fn last_seq(&self) -> u64 {
         self.last_seq.max(0) as u64
+    }
+
+    /// The validated request the stream was started with, as it was stored.
+    pub fn request(&self) -> Result<GenerateRequest, StoreError> {
+        serde_json::from_str(&self.params).map_err(|e| {
+            StoreError::Corrupt(format!("stream {} has an unreadable request: {e}", self.id))
+        })
     }
 }
 

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use super::batch::{Batch, Outcome, StreamEnd};
 use super::sqlite::checkpoint::{self, Checkpointer};
 use super::{NewSession, NewStream, StoreError, postgres, sqlite};
-use crate::config::ServeConfig;
+use crate::config::StoreConfig;
 use crate::event::Event;
 use crate::hub::StreamHub;
 use crate::metrics::Metrics;
@@ -219,7 +219,7 @@ impl Conn {
 /// committing what was queued.
 pub(super) fn start(
     conn: Conn,
-    config: &ServeConfig,
+    config: &StoreConfig,
     hub: Arc<StreamHub>,
     metrics: Arc<Metrics>,
 ) -> (EventLog, WriterTask) {

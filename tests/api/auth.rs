@@ -7,7 +7,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use crate::helpers::*;
 
 async fn keyed_app() -> TestApp {
-    spawn_with(|c| c.api_keys = vec!["alpha-key".into(), "beta-key".into()]).await
+    spawn_with(|c| c.auth.api_keys = vec!["alpha-key".into(), "beta-key".into()]).await
 }
 
 fn post(app: &TestApp, path: &str, key: Option<&str>) -> reqwest::RequestBuilder {
@@ -235,8 +235,8 @@ async fn a_read_token_opens_one_streams_events_without_a_key() {
 #[tokio::test]
 async fn an_expired_read_token_is_refused() {
     let app = spawn_with(|c| {
-        c.api_keys = vec!["k".into()];
-        c.read_token_ttl = std::time::Duration::ZERO;
+        c.auth.api_keys = vec!["k".into()];
+        c.auth.read_token_ttl = std::time::Duration::ZERO;
     })
     .await;
     let a: Value = post(&app, "/v1/streams", Some("k"))
@@ -263,8 +263,8 @@ async fn an_expired_read_token_is_refused() {
 #[tokio::test]
 async fn a_key_over_its_rate_gets_429_with_retry_after_and_others_do_not() {
     let app = spawn_with(|c| {
-        c.api_keys = vec!["alpha-key".into(), "beta-key".into()];
-        c.rate_limit = 5;
+        c.auth.api_keys = vec!["alpha-key".into(), "beta-key".into()];
+        c.auth.rate_limit = 5;
     })
     .await;
     let mut codes = Vec::new();
@@ -308,8 +308,8 @@ async fn cors_is_closed_by_default_and_open_to_listed_origins() {
     assert!(r.headers().get("access-control-allow-origin").is_none());
 
     let app = spawn_with(|c| {
-        c.cors_origins = vec!["https://app.example".into()];
-        c.api_keys = vec!["k".into()];
+        c.server.cors_origins = vec!["https://app.example".into()];
+        c.auth.api_keys = vec!["k".into()];
     })
     .await;
     // The preflight is answered without a key.

@@ -63,7 +63,7 @@ fn expected(n: u32) -> String {
 
 #[tokio::test]
 async fn the_page_streams_an_answer() {
-    let app = spawn_with(|c| c.mock_rate = 40.0).await;
+    let app = spawn_with(|c| c.mock.rate = 40.0).await;
     let r = run_case("ask", &app.base).await;
     assert_eq!(r["text"], expected(7));
     let id = r["streamId"].as_str().unwrap();
@@ -74,7 +74,7 @@ async fn the_page_streams_an_answer() {
 
 #[tokio::test]
 async fn the_eventsource_example_streams_in_a_browser() {
-    let app = spawn_with(|c| c.mock_rate = 40.0).await;
+    let app = spawn_with(|c| c.mock.rate = 40.0).await;
     let r = run_case("eventsource", &app.base).await;
     assert_eq!(r["ok"], true);
 }
@@ -107,7 +107,7 @@ async fn the_page_and_its_assets_are_served_from_the_binary() {
 
 #[tokio::test]
 async fn the_page_resumes_a_cut_connection_with_the_exact_text() {
-    let app = spawn_with(|c| c.mock_rate = 40.0).await;
+    let app = spawn_with(|c| c.mock.rate = 40.0).await;
     let base = cutting_proxy(app.addr, 600, 1, Cut::EventsOnly).await;
     let r = run_case("resume", &base).await;
     assert!(r["reconnects"].as_u64().unwrap() >= 1, "{r}");
@@ -121,7 +121,7 @@ async fn the_page_resumes_a_cut_connection_with_the_exact_text() {
 
 #[tokio::test]
 async fn the_stop_button_cancels_over_the_websocket() {
-    let app = spawn_with(|c| c.mock_rate = 40.0).await;
+    let app = spawn_with(|c| c.mock.rate = 40.0).await;
     let r = run_case("stop", &app.base).await;
     assert_eq!(r["state"], "cancelled");
     let status = app.wait_terminal(r["streamId"].as_str().unwrap()).await;
@@ -135,7 +135,7 @@ async fn the_stop_button_cancels_over_the_websocket() {
 
 #[tokio::test]
 async fn a_reload_finds_the_sessions_and_their_turns() {
-    let app = spawn_with(|c| c.mock_rate = 40.0).await;
+    let app = spawn_with(|c| c.mock.rate = 40.0).await;
     let r = run_case("reload", &app.base).await;
     for id in [&r["first"], &r["second"]] {
         assert_eq!(
@@ -149,8 +149,8 @@ async fn a_reload_finds_the_sessions_and_their_turns() {
 async fn with_api_keys_the_page_asks_for_a_key_then_streams_and_stops() {
     // `page-key-1` is the key chat.mjs types.
     let app = spawn_with(|c| {
-        c.mock_rate = 40.0;
-        c.api_keys = vec!["page-key-1".into()];
+        c.mock.rate = 40.0;
+        c.auth.api_keys = vec!["page-key-1".into()];
     })
     .await;
     let r = run_case("keys", &app.base).await;

@@ -56,7 +56,7 @@ async fn generate_prints_the_text_and_exits_0() {
 
 #[tokio::test]
 async fn exit_codes_say_what_happened() {
-    let app = spawn_with(|c| c.mock_fail_after = Some(2)).await;
+    let app = spawn_with(|c| c.mock.fail_after = Some(2)).await;
     let (code, out, err) =
         spool(&["generate", "--base", &app.base, "--max-tokens", "5", "hi"]).await;
     assert_eq!(code, 4, "{err}");
@@ -88,7 +88,7 @@ async fn tail_follows_from_a_point() {
 
 #[tokio::test]
 async fn a_cut_connection_is_resumed_without_repeating_text() {
-    let app = spawn_with(|c| c.mock_rate = 300.0).await;
+    let app = spawn_with(|c| c.mock.rate = 300.0).await;
     let base = cutting_proxy(app.addr, 700, 3, Cut::Any).await;
     let (code, out, err) = spool(&["generate", "--base", &base, "--max-tokens", "120", "hi"]).await;
     assert_eq!(code, 0, "{err}");
@@ -146,7 +146,7 @@ async fn interrupted(app: &TestApp, mode: &str) -> (i32, String) {
 
 #[tokio::test]
 async fn ctrl_c_leaves_the_stream_running_or_cancels_it() {
-    let app = spawn_with(|c| c.mock_rate = 50.0).await;
+    let app = spawn_with(|c| c.mock.rate = 50.0).await;
     let (code, err) = interrupted(&app, "leave").await;
     assert_eq!(code, 130, "{err}");
     let id = err

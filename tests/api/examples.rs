@@ -4,7 +4,7 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn curl_tour_runs_as_documented() {
-    let app = spawn_with(|c| c.mock_rate = 200.0).await;
+    let app = spawn_with(|c| c.mock.rate = 200.0).await;
     let out = tokio::process::Command::new("bash")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/curl.sh"))
         .arg(&app.base)
@@ -34,7 +34,7 @@ async fn curl_tour_runs_as_documented() {
 /// Runs an example client through a proxy that cuts its first connections mid-stream:
 /// the printed text must still be exactly the stream's.
 async fn client_example(program: &str, script: &str) {
-    let app = spawn_with(|c| c.mock_rate = 300.0).await;
+    let app = spawn_with(|c| c.mock.rate = 300.0).await;
     let base = cutting_proxy(app.addr, 600, 2, Cut::Any).await;
     let out = tokio::process::Command::new(program)
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/").to_owned() + script)

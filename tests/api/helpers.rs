@@ -39,12 +39,12 @@ pub async fn spawn_app() -> TestApp {
 /// A server on an existing database file (the caller keeps the directory).
 pub async fn spawn_on(db: &std::path::Path, tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let mut config = ServeConfig::defaults();
-    config.database_url = format!("sqlite://{}", db.display());
+    config.store.database_url = format!("sqlite://{}", db.display());
     config.backend = BackendKind::Mock;
-    config.mock_rate = 0.0;
-    config.addr = "127.0.0.1:0".parse().unwrap();
+    config.mock.rate = 0.0;
+    config.server.addr = "127.0.0.1:0".parse().unwrap();
     tweak(&mut config);
-    let listener = spool::listen(config.addr).unwrap();
+    let listener = spool::listen(config.server.addr).unwrap();
     let addr = listener.local_addr().unwrap();
     let spool = spool::Spool::start(config).await.unwrap();
     let (stop, stopped) = oneshot::channel::<()>();

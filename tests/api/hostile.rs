@@ -22,8 +22,8 @@ const TEST_BOUND: Duration = Duration::from_secs(60);
 /// so that slow clients are disconnected within a test's time.
 async fn spawn_hostile() -> TestApp {
     spawn_with(|c| {
-        c.mock_rate = 50.0;
-        c.header_read_timeout = Duration::from_secs(1);
+        c.mock.rate = 50.0;
+        c.server.header_read_timeout = Duration::from_secs(1);
     })
     .await
 }
@@ -471,7 +471,7 @@ async fn slow_and_silent_clients_are_disconnected_by_the_header_timeout() {
 async fn thousands_of_half_open_sockets_do_not_keep_out_a_new_client() {
     tokio::time::timeout(TEST_BOUND, async {
         // The default 30 s header timeout: the sockets stay until the test closes them.
-        let app = spawn_with(|c| c.mock_rate = 50.0).await;
+        let app = spawn_with(|c| c.mock.rate = 50.0).await;
         let witness = Witness::start(&app).await;
         let before = app.metric("spool_connections").await;
 
@@ -528,9 +528,9 @@ async fn thousands_of_half_open_sockets_do_not_keep_out_a_new_client() {
 async fn silent_sockets_at_the_connection_cap_are_shed_so_a_new_client_gets_in() {
     tokio::time::timeout(TEST_BOUND, async {
         let app = spawn_with(|c| {
-            c.mock_rate = 50.0;
-            c.header_read_timeout = Duration::from_secs(1);
-            c.max_connections = 32;
+            c.mock.rate = 50.0;
+            c.server.header_read_timeout = Duration::from_secs(1);
+            c.server.max_connections = 32;
         })
         .await;
         let witness = Witness::start(&app).await;

@@ -17,7 +17,7 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn a_hundred_sse_streams_over_one_http2_connection() {
-    let app = spawn_with(|c| c.mock_rate = 200.0).await;
+    let app = spawn_with(|c| c.mock.rate = 200.0).await;
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()

@@ -9,7 +9,7 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn a_reader_that_disconnects_does_not_cancel() {
-    let app = spawn_with(|c| c.mock_rate = 100.0).await;
+    let app = spawn_with(|c| c.mock.rate = 100.0).await;
     let id = app.create(json!({"prompt": "x", "max_tokens": 20})).await;
     let seen = read_n_events(&app, &id, 3).await; // then the connection is dropped
     assert_eq!(seen[2].id, Some(3));
@@ -22,7 +22,7 @@ async fn a_reader_that_disconnects_does_not_cancel() {
 
 #[tokio::test]
 async fn cancel_is_idempotent_and_ends_with_done_cancelled() {
-    let app = spawn_with(|c| c.mock_stall_after = Some(2)).await;
+    let app = spawn_with(|c| c.mock.stall_after = Some(2)).await;
     let id = app.create(json!({"prompt": "x", "max_tokens": 10})).await;
     read_n_events(&app, &id, 3).await;
     let url = app.url(&format!("/v1/streams/{id}/cancel"));
@@ -53,7 +53,7 @@ async fn cancel_is_idempotent_and_ends_with_done_cancelled() {
 
 #[tokio::test]
 async fn delete_cancels_then_removes_everything() {
-    let app = spawn_with(|c| c.mock_stall_after = Some(1)).await;
+    let app = spawn_with(|c| c.mock.stall_after = Some(1)).await;
     let id = app.create(json!({"prompt": "x"})).await;
     read_n_events(&app, &id, 2).await;
     let url = app.url(&format!("/v1/streams/{id}"));
@@ -67,7 +67,7 @@ async fn delete_cancels_then_removes_everything() {
 
 #[tokio::test]
 async fn backend_failure_ends_with_an_error_event() {
-    let app = spawn_with(|c| c.mock_fail_after = Some(2)).await;
+    let app = spawn_with(|c| c.mock.fail_after = Some(2)).await;
     let id = app.create(json!({"prompt": "x", "max_tokens": 10})).await;
     let s = app.wait_terminal(&id).await;
     assert_eq!(s["status"], "failed");
@@ -83,9 +83,9 @@ async fn backend_failure_ends_with_an_error_event() {
 #[tokio::test]
 async fn full_queue_answers_429_with_retry_after_and_queued_streams_wait() {
     let app = spawn_with(|c| {
-        c.max_active = 1;
-        c.max_queued = 1;
-        c.mock_stall_after = Some(1);
+        c.limits.max_active = 1;
+        c.limits.max_queued = 1;
+        c.mock.stall_after = Some(1);
     })
     .await;
     let running = app.create(json!({"prompt": "x"})).await;
@@ -198,7 +198,7 @@ async fn list_is_newest_first_with_a_cursor() {
 
 #[tokio::test]
 async fn many_readers_of_one_stream_see_the_same_bytes() {
-    let app = spawn_with(|c| c.mock_rate = 300.0).await;
+    let app = spawn_with(|c| c.mock.rate = 300.0).await;
     let id = app.create(json!({"prompt": "x", "max_tokens": 30})).await;
     let mut readers = Vec::new();
     for _ in 0..20 {
@@ -218,7 +218,7 @@ async fn many_readers_of_one_stream_see_the_same_bytes() {
 
 #[tokio::test]
 async fn retention_deletes_old_streams() {
-    let app = spawn_with(|c| c.retention = Duration::from_millis(500)).await;
+    let app = spawn_with(|c| c.store.retention = Duration::from_millis(500)).await;
     let id = app.create(json!({"prompt": "x", "max_tokens": 1})).await;
     app.wait_terminal(&id).await;
     let url = app.url(&format!("/v1/streams/{id}"));

@@ -281,8 +281,8 @@ async fn requests_without_a_sane_id_get_a_fresh_one() {
 #[tokio::test]
 async fn errors_and_event_streams_echo_the_request_id() {
     let app = spawn_with(|c| {
-        c.api_keys = vec!["k".into()];
-        c.rate_limit = 2;
+        c.auth.api_keys = vec!["k".into()];
+        c.auth.rate_limit = 2;
     })
     .await;
     let send = |r: reqwest::RequestBuilder, id: &'static str| async move {

@@ -84,7 +84,7 @@ async fn cursor_rules() {
 
 #[tokio::test]
 async fn resume_of_a_live_stream_is_exact() {
-    let app = spawn_with(|c| c.mock_rate = 200.0).await;
+    let app = spawn_with(|c| c.mock.rate = 200.0).await;
     let id = app.create(json!({"prompt": "x", "max_tokens": 40})).await;
     let first = read_n_events(&app, &id, 6).await; // start + 5 tokens, stream still running
     assert_eq!(app.status(&id).await["status"], "running");
@@ -158,7 +158,7 @@ async fn read_with_drops(app: &TestApp, id: &str, cuts: &[usize]) -> Vec<SseEven
 #[test]
 fn any_drop_points_give_the_unbroken_events() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let app = rt.block_on(spawn_with(|c| c.mock_rate = 2000.0));
+    let app = rt.block_on(spawn_with(|c| c.mock.rate = 2000.0));
     // A finished stream and, per case, a live one.
     let finished = rt.block_on(async {
         let id = app.create(json!({"prompt": "x", "max_tokens": 30})).await;

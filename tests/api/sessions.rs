@@ -105,7 +105,7 @@ async fn three_turns_over_http_in_both_response_forms() {
 
 #[tokio::test]
 async fn a_cancelled_turn_keeps_its_text_and_the_next_turn_sees_it() {
-    let app = spawn_with(|c| c.mock_rate = 50.0).await;
+    let app = spawn_with(|c| c.mock.rate = 50.0).await;
     let id = new_session(&app, None).await["id"]
         .as_str()
         .unwrap()

@@ -10,7 +10,7 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn graceful_shutdown_ends_streams_and_flushes_every_event() {
-    let mut app = spawn_with(|c| c.mock_rate = 50.0).await;
+    let mut app = spawn_with(|c| c.mock.rate = 50.0).await;
     let mut ids = Vec::new();
     let mut readers = Vec::new();
     for _ in 0..5 {

@@ -37,9 +37,9 @@ fn decode_chunked(raw: &[u8]) -> (String, String) {
 async fn a_reader_that_never_reads_blocks_nothing_and_catches_up_exactly() {
     let app = spawn_with(|c| {
         // The readers are following live before the first token comes.
-        c.mock_ttft_ms = 300;
-        c.reader_buffer = 4;
-        c.max_tokens_limit = 200_000;
+        c.mock.ttft_ms = 300;
+        c.limits.reader_buffer = 4;
+        c.limits.max_tokens_limit = 200_000;
     })
     .await;
     // Long enough to overflow the socket buffers of a reader that does not read.

@@ -46,11 +46,11 @@ impl Fixture {
 
     fn config(&self, node: &str) -> ServeConfig {
         let mut config = ServeConfig::defaults();
-        config.database_url = match &self.place {
+        config.store.database_url = match &self.place {
             Place::Sqlite(dir) => format!("sqlite://{}", dir.path().join("suite.db").display()),
             Place::Postgres(db) => db.url.clone(),
         };
-        config.node_id = Some(node.to_owned());
+        config.cluster.node_id = Some(node.to_owned());
         config
     }
 
@@ -69,9 +69,15 @@ impl Fixture {
         tweak(&mut config);
         let metrics = Arc::new(Metrics::default());
         let hub = Arc::new(StreamHub::new(16));
-        let opened = store::open(&config, hub, metrics.clone(), &|_| continuable)
-            .await
-            .unwrap();
+        let opened = store::open(
+            &config.store,
+            &config.cluster,
+            hub,
+            metrics.clone(),
+            &|_| continuable,
+        )
+        .await
+        .unwrap();
         Db {
             store: opened.store,
             log: opened.log,

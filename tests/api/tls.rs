@@ -48,8 +48,8 @@ fn make_cert() -> Cert {
 async fn spawn_tls(cert: &Cert, tweak: impl FnOnce(&mut ServeConfig)) -> TestApp {
     let (c, k) = (cert.cert.clone(), cert.key.clone());
     spawn_with(move |config| {
-        config.tls_cert = Some(c);
-        config.tls_key = Some(k);
+        config.tls.cert = Some(c);
+        config.tls.key = Some(k);
         tweak(config);
     })
     .await
@@ -166,7 +166,7 @@ async fn http2_over_tls_is_chosen_by_alpn() {
 #[tokio::test]
 async fn many_sse_streams_over_one_tls_http2_connection() {
     let cert = make_cert();
-    let app = spawn_tls(&cert, |c| c.mock_rate = 200.0).await;
+    let app = spawn_tls(&cert, |c| c.mock.rate = 200.0).await;
     let h2 = h2_over_tls(&app, &cert).await;
     let base = https(&app);
     let mut ids = Vec::new();
@@ -202,7 +202,7 @@ async fn a_websocket_over_tls_http2() {
 async fn a_client_that_never_handshakes_blocks_no_one() {
     let cert = make_cert();
     let mut app = spawn_tls(&cert, |c| {
-        c.tls_handshake_timeout = Duration::from_secs(3600)
+        c.tls.handshake_timeout = Duration::from_secs(3600)
     })
     .await;
     // Sockets that say nothing: their handshakes wait in their own tasks.
@@ -241,8 +241,8 @@ async fn a_client_that_never_handshakes_is_dropped_after_the_timeout() {
     let cert = make_cert();
     // One connection slot: the silent client takes it, the next waits for it.
     let app = spawn_tls(&cert, |c| {
-        c.tls_handshake_timeout = Duration::from_millis(200);
-        c.max_connections = 1;
+        c.tls.handshake_timeout = Duration::from_millis(200);
+        c.server.max_connections = 1;
     })
     .await;
     let mut silent = TcpStream::connect(app.addr).await.unwrap();

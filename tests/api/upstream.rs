@@ -115,10 +115,10 @@ async fn spool_in_front(base: &str, models: &[&str]) -> TestApp {
     let models: Vec<String> = models.iter().map(|m| (*m).to_owned()).collect();
     spawn_with(move |c| {
         c.backend = BackendKind::Openai;
-        c.openai_base_url = Some(base);
-        c.openai_models = models;
-        c.openai_ttft_timeout = Duration::from_millis(500);
-        c.openai_idle_timeout = Duration::from_millis(500);
+        c.openai.base_url = Some(base);
+        c.openai.models = models;
+        c.openai.ttft_timeout = Duration::from_millis(500);
+        c.openai.idle_timeout = Duration::from_millis(500);
     })
     .await
 }

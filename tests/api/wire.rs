@@ -108,8 +108,8 @@ async fn token_text_with_newlines_stays_on_one_data_line() {
 #[tokio::test]
 async fn heartbeat_comment_after_silence() {
     let app = spawn_with(|c| {
-        c.heartbeat = Duration::from_millis(150);
-        c.mock_stall_after = Some(1);
+        c.server.heartbeat = Duration::from_millis(150);
+        c.mock.stall_after = Some(1);
     })
     .await;
     let id = app.create(json!({"prompt": "x", "max_tokens": 5})).await;

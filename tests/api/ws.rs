@@ -106,7 +106,7 @@ async fn generate_streams_tokens_whose_seq_is_the_sse_id() {
 
 #[tokio::test]
 async fn many_streams_share_one_socket() {
-    let app = spawn_with(|c| c.mock_rate = 200.0).await;
+    let app = spawn_with(|c| c.mock.rate = 200.0).await;
     let mut ws = connect(&app).await;
     for i in 0..20 {
         send(
@@ -144,7 +144,7 @@ async fn many_streams_share_one_socket() {
 
 #[tokio::test]
 async fn cancel_ends_a_stream_with_done_cancelled() {
-    let app = spawn_with(|c| c.mock_rate = 50.0).await;
+    let app = spawn_with(|c| c.mock.rate = 50.0).await;
     let mut ws = connect(&app).await;
     let id = generate(&mut ws, "c", json!({"prompt": "x", "max_tokens": 10_000})).await;
     // A few tokens, then cancel.
@@ -211,7 +211,7 @@ async fn ping_gets_pong() {
 
 #[tokio::test]
 async fn bad_frames_get_errors_and_spare_the_other_streams() {
-    let app = spawn_with(|c| c.mock_rate = 100.0).await;
+    let app = spawn_with(|c| c.mock.rate = 100.0).await;
     let mut ws = connect(&app).await;
     let id = generate(&mut ws, "keep", json!({"prompt": "x", "max_tokens": 40})).await;
 
@@ -266,7 +266,7 @@ async fn bad_frames_get_errors_and_spare_the_other_streams() {
 
 #[tokio::test]
 async fn an_oversized_message_closes_with_1009() {
-    let app = spawn_with(|c| c.ws_max_message = 1024).await;
+    let app = spawn_with(|c| c.ws.max_message = 1024).await;
     let mut ws = connect(&app).await;
     let big = json!({"type": "generate", "prompt": "x".repeat(4096)}).to_string();
     ws.send(Message::text(big)).await.unwrap();
@@ -285,8 +285,8 @@ async fn an_oversized_message_closes_with_1009() {
 #[tokio::test]
 async fn a_peer_that_misses_pongs_is_closed_and_freed() {
     let app = spawn_with(|c| {
-        c.ws_ping_interval = Duration::from_millis(50);
-        c.ws_pong_timeout = Duration::from_millis(300);
+        c.ws.ping_interval = Duration::from_millis(50);
+        c.ws.pong_timeout = Duration::from_millis(300);
     })
     .await;
     let mut ws = connect(&app).await;
@@ -324,9 +324,9 @@ async fn a_peer_that_misses_pongs_is_closed_and_freed() {
 #[tokio::test]
 async fn limits_on_streams_per_socket_and_sockets_per_server() {
     let app = spawn_with(|c| {
-        c.mock_rate = 10.0;
-        c.ws_max_streams = 2;
-        c.ws_max_sockets = 1;
+        c.mock.rate = 10.0;
+        c.ws.max_streams = 2;
+        c.ws.max_sockets = 1;
     })
     .await;
     let mut ws = connect(&app).await;
@@ -365,7 +365,7 @@ async fn limits_on_streams_per_socket_and_sockets_per_server() {
 
 #[tokio::test]
 async fn disconnect_cancels_only_streams_that_asked() {
-    let app = spawn_with(|c| c.mock_rate = 20.0).await;
+    let app = spawn_with(|c| c.mock.rate = 20.0).await;
     let mut ws = connect(&app).await;
     let keep = generate(&mut ws, "k", json!({"prompt": "x", "max_tokens": 10_000})).await;
     let stop = generate(
@@ -391,7 +391,7 @@ async fn disconnect_cancels_only_streams_that_asked() {
 
 #[tokio::test]
 async fn a_socket_that_never_reads_slows_nobody() {
-    let app = spawn_with(|c| c.ws_queue = 8).await;
+    let app = spawn_with(|c| c.ws.queue = 8).await;
     let mut stuck = connect(&app).await;
     let id = generate(
         &mut stuck,
@@ -475,7 +475,7 @@ async fn a_session_of_three_turns_over_the_socket() {
 
 #[tokio::test]
 async fn a_new_turn_while_one_runs_is_refused() {
-    let app = spawn_with(|c| c.mock_rate = 20.0).await;
+    let app = spawn_with(|c| c.mock.rate = 20.0).await;
     let mut ws = connect(&app).await;
     send(
         &mut ws,

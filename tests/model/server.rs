@@ -41,12 +41,14 @@ pub fn base() -> &'static str {
                 rt.block_on(async move {
                     let dir = tempfile::tempdir().unwrap();
                     let mut config = ServeConfig::defaults();
-                    config.database_url =
+                    config.store.database_url =
                         format!("sqlite://{}", dir.path().join("spool.db").display());
                     config.backend = BackendKind::Local;
-                    config.model_path = Some(path);
-                    config.addr = "127.0.0.1:0".parse().unwrap();
-                    let listener = tokio::net::TcpListener::bind(config.addr).await.unwrap();
+                    config.local.model_path = Some(path);
+                    config.server.addr = "127.0.0.1:0".parse().unwrap();
+                    let listener = tokio::net::TcpListener::bind(config.server.addr)
+                        .await
+                        .unwrap();
                     let addr = listener.local_addr().unwrap();
                     let spool = spool::Spool::start(config).await.unwrap();
                     tx.send(format!("http://{addr}")).unwrap();

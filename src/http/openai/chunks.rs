@@ -6,9 +6,11 @@
 //! `: ping` line (the Python SDK breaks on a standalone `retry:` and on a comment
 //! followed by a blank line after an event with an id).
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventData, FinishReason, Usage};
+use crate::http::render::{Frames, Render, data_frame};
+use crate::store::{StoreError, StreamRow};
 
 /// The heartbeat comment of this format: one line, no blank line after it.
 pub const PING: &str = ": ping\n";
@@ -24,85 +26,193 @@ pub struct ChunkFormat {
     pub include_usage: bool,
 }
 
+/// `chat.completion.chunk`, member for member as OpenAI sends it.
+#[derive(Serialize)]
+struct Chunk<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: i64,
+    model: &'a str,
+    system_fingerprint: Option<&'a str>,
+    choices: &'a [Choice<'a>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<OpenAiUsage>,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: u32,
+    delta: Delta<'a>,
+    logprobs: Option<()>,
+    finish_reason: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Delta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+}
+
+/// OpenAI's usage object.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct OpenAiUsage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+}
+
+impl From<Usage> for OpenAiUsage {
+    fn from(u: Usage) -> Self {
+        OpenAiUsage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.prompt_tokens + u.completion_tokens,
+        }
+    }
+}
+
+/// The error object of OpenAI's shape, as a stream's failure reaches an SDK.
+#[derive(Serialize)]
+struct StreamError<'a> {
+    error: StreamErrorObject<'a>,
+}
+
+#[derive(Serialize)]
+struct StreamErrorObject<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    param: Option<()>,
+    code: &'a str,
+}
+
+/// OpenAI's name for how a stream ended: `cancelled` has none (the text simply stops).
+pub fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Length => "length",
+        FinishReason::Stop | FinishReason::Cancelled => "stop",
+    }
+}
+
 impl ChunkFormat {
-    fn chunk(&self, delta: Value, finish_reason: Value) -> Value {
-        json!({
-            "id": self.stream_id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": null,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
+    /// The format of a stored stream, for a resume with `?format=openai`.
+    pub fn of(row: &StreamRow) -> Result<Self, StoreError> {
+        Ok(ChunkFormat {
+            stream_id: row.id.clone(),
+            model: row.model.clone(),
+            created: row.created_at / 1000,
+            include_usage: row.request()?.include_usage,
         })
     }
 
-    /// Appends `event` in this format. The terminal event is followed by the usage
-    /// chunk (if asked for) and `data: [DONE]`, which carry no id of their own.
-    pub fn write(&self, out: &mut String, event: &Event) {
-        let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
-        let mut frame = |value: &Value, id: Option<u64>| {
-            if let Some(id) = id {
-                out.push_str("id: ");
-                out.push_str(&id.to_string());
-                out.push('\n');
-            }
-            out.push_str("data: ");
-            out.push_str(&value.to_string());
-            out.push_str("\n\n");
+    fn chunk<'a>(&'a self, choices: &'a [Choice<'a>], usage: Option<OpenAiUsage>) -> Chunk<'a> {
+        Chunk {
+            id: &self.stream_id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            system_fingerprint: None,
+            choices,
+            usage,
+        }
+    }
+
+    fn write_chunk(
+        &self,
+        out: &mut String,
+        id: Option<u64>,
+        delta: Delta<'_>,
+        finish: Option<&'static str>,
+    ) {
+        let choices = [Choice {
+            index: 0,
+            delta,
+            logprobs: None,
+            finish_reason: finish,
+        }];
+        write_json(out, id, &self.chunk(&choices, None));
+    }
+}
+
+fn write_json(out: &mut String, id: Option<u64>, value: &impl Serialize) {
+    // Serializing these structs cannot fail: strings and numbers only.
+    let json = serde_json::to_string(value).unwrap_or_default();
+    data_frame(out, id, &json);
+}
+
+impl Render for ChunkFormat {
+    fn heartbeat(&self) -> &'static str {
+        PING
+    }
+
+    /// The terminal event is followed by the usage chunk (if asked for) and
+    /// `data: [DONE]`, which carry no id of their own.
+    fn render(&mut self, event: &Event, frames: &mut Frames) {
+        let Some(out) = frames.frame(Some(event.seq)) else {
+            return;
         };
-        match event.kind {
-            EventKind::Start => frame(
-                &self.chunk(json!({"role": "assistant", "content": ""}), Value::Null),
-                Some(event.seq),
+        let id = Some(event.seq);
+        match event.data() {
+            Some(EventData::Start(_)) => self.write_chunk(
+                out,
+                id,
+                Delta {
+                    role: Some("assistant"),
+                    content: Some(""),
+                },
+                None,
             ),
-            EventKind::Token => frame(
-                &self.chunk(json!({"content": data["text"]}), Value::Null),
-                Some(event.seq),
+            Some(EventData::Token(t)) => self.write_chunk(
+                out,
+                id,
+                Delta {
+                    role: None,
+                    content: Some(&t.text),
+                },
+                None,
             ),
-            EventKind::Done => {
-                let reason = match data["finish_reason"].as_str() {
-                    Some("length") => "length",
-                    // `cancelled` has no OpenAI name; the text simply stops there.
-                    _ => "stop",
+            Some(EventData::Done(done)) => {
+                let empty = Delta {
+                    role: None,
+                    content: None,
                 };
-                frame(&self.chunk(json!({}), Value::from(reason)), Some(event.seq));
+                self.write_chunk(out, id, empty, Some(finish_reason(done.finish_reason)));
                 if self.include_usage {
-                    let usage = usage(&data["usage"]);
-                    let mut last = self.chunk(json!({}), Value::Null);
-                    last["choices"] = json!([]);
-                    last["usage"] = usage;
-                    frame(&last, None);
+                    write_json(out, None, &self.chunk(&[], Some(done.usage.into())));
                 }
                 out.push_str("data: [DONE]\n\n");
             }
-            EventKind::Error => {
-                let code = data["code"].as_str().unwrap_or("backend_error");
-                let message = data["message"].as_str().unwrap_or("the generation failed");
-                frame(
-                    &json!({"error": {"message": message, "type": "server_error", "param": null, "code": code}}),
-                    Some(event.seq),
-                );
-                out.push_str("data: [DONE]\n\n");
+            Some(EventData::Error(e)) => {
+                write_error(out, id, &e.code, &e.message);
+            }
+            None => {
+                // Unreadable stored data (never written by spool): say so in the
+                // stream's own terms rather than skip an id.
+                write_error(out, id, "backend_error", "the generation failed");
             }
         }
     }
 }
 
-/// OpenAI's usage object from ours.
-pub fn usage(ours: &Value) -> Value {
-    let prompt = ours["prompt_tokens"].as_u64().unwrap_or(0);
-    let completion = ours["completion_tokens"].as_u64().unwrap_or(0);
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    })
+fn write_error(out: &mut String, id: Option<u64>, code: &str, message: &str) {
+    let error = StreamError {
+        error: StreamErrorObject {
+            message,
+            kind: "server_error",
+            param: None,
+            code,
+        },
+    };
+    write_json(out, id, &error);
+    out.push_str("data: [DONE]\n\n");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{FinishReason, Usage};
+    use serde_json::{Value, json};
 
     fn format(include_usage: bool) -> ChunkFormat {
         ChunkFormat {
@@ -111,6 +221,12 @@ mod tests {
             created: 1,
             include_usage,
         }
+    }
+
+    fn write(f: &mut ChunkFormat, out: &mut String, event: &Event) {
+        let mut frames = Frames::new(None);
+        f.render(event, &mut frames);
+        out.push_str(&frames.take());
     }
 
     fn data_lines(out: &str) -> Vec<Value> {
@@ -123,11 +239,12 @@ mod tests {
 
     #[test]
     fn a_stream_as_chunks() {
-        let f = format(true);
+        let mut f = format(true);
         let mut out = String::new();
-        f.write(&mut out, &Event::start(1, "st_x", "mock", "t"));
-        f.write(&mut out, &Event::token(2, " hi"));
-        f.write(
+        write(&mut f, &mut out, &Event::start(1, "st_x", "mock", "t"));
+        write(&mut f, &mut out, &Event::token(2, " hi"));
+        write(
+            &mut f,
             &mut out,
             &Event::done(
                 3,
@@ -152,16 +269,55 @@ mod tests {
         assert_eq!(out.matches("id: ").count(), 3);
     }
 
+    /// The exact bytes earlier releases sent: a resume in this format must match them.
+    #[test]
+    fn chunk_bytes_are_stable() {
+        let mut f = format(false);
+        let mut out = String::new();
+        write(&mut f, &mut out, &Event::token(2, " hi"));
+        assert_eq!(
+            out,
+            "id: 2\ndata: {\"id\":\"st_x\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"mock\",\"system_fingerprint\":null,\"choices\":[{\"index\":0,\"delta\":{\"content\":\" hi\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n"
+        );
+        let mut f = format(true);
+        let mut out = String::new();
+        write(
+            &mut f,
+            &mut out,
+            &Event::done(
+                3,
+                FinishReason::Stop,
+                Usage {
+                    prompt_tokens: 2,
+                    completion_tokens: 1,
+                },
+            ),
+        );
+        assert_eq!(
+            out,
+            "id: 3\ndata: {\"id\":\"st_x\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"mock\",\"system_fingerprint\":null,\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}]}\n\n\
+             data: {\"id\":\"st_x\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"mock\",\"system_fingerprint\":null,\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":1,\"total_tokens\":3}}\n\n\
+             data: [DONE]\n\n"
+        );
+        let mut out = String::new();
+        write(&mut f, &mut out, &Event::error(4, "backend_error", "boom"));
+        assert_eq!(
+            out,
+            "id: 4\ndata: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\",\"param\":null,\"code\":\"backend_error\"}}\n\ndata: [DONE]\n\n"
+        );
+    }
+
     #[test]
     fn errors_and_cancels() {
-        let f = format(false);
+        let mut f = format(false);
         let mut out = String::new();
-        f.write(&mut out, &Event::error(5, "backend_error", "boom"));
+        write(&mut f, &mut out, &Event::error(5, "backend_error", "boom"));
         let chunks = data_lines(&out);
         assert_eq!(chunks[0]["error"]["code"], "backend_error");
         assert_eq!(chunks[0]["error"]["message"], "boom");
         let mut out = String::new();
-        f.write(
+        write(
+            &mut f,
             &mut out,
             &Event::done(4, FinishReason::Cancelled, Usage::default()),
         );

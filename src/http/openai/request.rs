@@ -1,14 +1,12 @@
-//! The OpenAI chat request, as the SDKs send it, turned into our validated
-//! [`GenerateRequest`] by way of the native [`StreamParams`] rules. Unknown fields are
+//! The OpenAI chat request, as the SDKs send it, turned into the native
+//! [`StreamParams`] (validated by the same rules on the one start path). Unknown fields are
 //! ignored, as OpenAI-compatible servers do.
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::config::ServeConfig;
 use crate::http::error::ApiError;
 use crate::http::params::{MessageParam, StopParam, StreamParams};
-use crate::llm::{GenerateRequest, Models};
 
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
@@ -39,11 +37,8 @@ pub struct ChatMessage {
 }
 
 impl ChatRequest {
-    pub fn into_request(
-        self,
-        config: &ServeConfig,
-        models: &Models,
-    ) -> Result<GenerateRequest, ApiError> {
+    /// The native parameters this request means (validated on the start path).
+    pub fn into_params(self) -> Result<StreamParams, ApiError> {
         if let Some(n) = self.n
             && n != 1
         {
@@ -84,10 +79,9 @@ impl ChatRequest {
             metadata: self.metadata,
             session_id: None,
             content: None,
+            include_usage,
         };
-        let mut request = params.validate(config, models)?;
-        request.include_usage = include_usage;
-        Ok(request)
+        Ok(params)
     }
 }
 
@@ -124,7 +118,7 @@ mod tests {
         self, Field, SETUP, a_float, a_list, a_string, an_integer, an_object, body, check, one_of,
         run_shaped,
     };
-    use crate::llm::{Message, Prompt, Role};
+    use crate::llm::{GenerateRequest, Message, Prompt, Role};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -151,7 +145,9 @@ mod tests {
     /// `POST /v1/chat/completions`: the body as the handler decodes and validates it.
     fn chat(bytes: &[u8]) -> Result<GenerateRequest, ApiError> {
         let (config, models) = &*SETUP;
-        decode_json::<ChatRequest>(bytes)?.into_request(config, models)
+        decode_json::<ChatRequest>(bytes)?
+            .into_params()?
+            .validate(config, models)
     }
 
     /// A chat body, give or take: its required and optional members.

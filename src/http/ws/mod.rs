@@ -13,21 +13,20 @@ use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tracing::Instrument;
 
 use super::auth::Owner;
-use super::error::ApiError;
-use crate::app::AppState;
+use super::error::{ApiError, ErrorCode};
+use crate::http::state::HttpState;
 
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<HttpState> {
     Router::new().route("/v1/ws", get(upgrade).connect(upgrade))
 }
 
 async fn upgrade(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     Owner(owner): Owner,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -35,26 +34,25 @@ async fn upgrade(
         Ok(ws) => ws,
         Err(rejection) => {
             return ApiError::new(
-                rejection.status(),
-                "websocket_required",
+                ErrorCode::WebsocketRequired,
                 format!("this endpoint speaks WebSocket: {}", rejection.body_text()),
             )
+            .with_status(rejection.status())
             .into_response();
         }
     };
-    let Ok(permit) = state.ws_sockets.clone().try_acquire_owned() else {
-        let mut e = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_sockets",
+    let Some(permit) = state.socket_permit() else {
+        return ApiError::new(
+            ErrorCode::TooManySockets,
             format!(
                 "this server holds its limit of {} WebSocket connections; retry shortly",
-                state.config.ws_max_sockets
+                state.ws().max_sockets
             ),
-        );
-        e.retry_after = Some(1);
-        return e.into_response();
+        )
+        .retry_after(1)
+        .into_response();
     };
-    let limit = state.config.ws_max_message;
+    let limit = state.ws().max_message;
     // The connection outlives this handler: it keeps the request's span (and id).
     let span = tracing::Span::current();
     ws.max_message_size(limit)

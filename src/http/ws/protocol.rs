@@ -1,14 +1,17 @@
-//! The WebSocket messages of SPEC §4: parsing what a client sends, and shaping what
-//! the server sends. Pure functions, unit-tested.
+//! The WebSocket messages of SPEC §4: parsing what a client sends (a serde-tagged enum,
+//! with the error codes of SPEC §4 for what does not parse), and the one renderer of
+//! what the server sends — stored events as `token`/`done`/`error` messages, and the
+//! server's own messages as typed structs. Pure functions, unit-tested.
 
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::event::{Event, EventKind};
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorCode};
 use crate::http::params::StreamParams;
 
-/// A client message, parsed as far as its `type` and the members every handler needs;
-/// `body` keeps the whole object for the handlers that take request parameters.
+/// A client message. `body` keeps the parameters of the messages that start a stream,
+/// for the same validation as `POST /v1/streams`.
 #[derive(Debug, PartialEq)]
 pub enum Incoming {
     Generate {
@@ -18,7 +21,8 @@ pub enum Incoming {
     },
     Subscribe {
         stream_id: String,
-        after: u64,
+        /// `None`: from the start.
+        after: Option<u64>,
     },
     Cancel {
         stream_id: String,
@@ -34,16 +38,63 @@ pub enum Incoming {
     Ping,
 }
 
+/// The messages as they are on the wire, dispatched on `type` by serde.
+#[derive(Deserialize)]
+#[serde(tag = "type")]
+enum Wire {
+    #[serde(rename = "generate")]
+    Generate {
+        #[serde(rename = "ref", default)]
+        reference: Option<String>,
+        #[serde(default)]
+        cancel_on_disconnect: Option<bool>,
+        #[serde(flatten)]
+        body: Map<String, Value>,
+    },
+    #[serde(rename = "subscribe")]
+    Subscribe {
+        stream_id: String,
+        /// Checked by the cursor rule (`invalid_cursor`), not by serde.
+        #[serde(default)]
+        after: Option<Value>,
+    },
+    #[serde(rename = "cancel")]
+    Cancel { stream_id: String },
+    #[serde(rename = "unsubscribe")]
+    Unsubscribe { stream_id: String },
+    #[serde(rename = "session.say")]
+    SessionSay {
+        #[serde(rename = "ref", default)]
+        reference: Option<String>,
+        #[serde(default)]
+        session_id: Option<String>,
+        #[serde(flatten)]
+        body: Map<String, Value>,
+    },
+    #[serde(rename = "ping")]
+    Ping,
+}
+
+/// Every `type` a client may send.
+const TYPES: [&str; 6] = [
+    "generate",
+    "subscribe",
+    "cancel",
+    "unsubscribe",
+    "session.say",
+    "ping",
+];
+
 /// Why a text frame is not a message we take; answered with an `error` message.
 #[derive(Debug, PartialEq)]
 pub struct Rejected {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     /// The `ref` of the message, if it had one.
     pub reference: Option<String>,
 }
 
-fn rejected(code: &'static str, message: impl Into<String>, reference: Option<String>) -> Rejected {
+fn rejected(code: ErrorCode, message: impl Into<String>, reference: Option<String>) -> Rejected {
     Rejected {
         code,
         message: message.into(),
@@ -54,111 +105,95 @@ fn rejected(code: &'static str, message: impl Into<String>, reference: Option<St
 /// Parses one text frame.
 pub fn parse(text: &str) -> Result<Incoming, Rejected> {
     let value: Value = serde_json::from_str(text)
-        .map_err(|e| rejected("invalid_json", format!("malformed JSON: {e}"), None))?;
-    let Value::Object(mut body) = value else {
+        .map_err(|e| rejected(ErrorCode::InvalidJson, format!("malformed JSON: {e}"), None))?;
+    let Value::Object(body) = value else {
         return Err(rejected(
-            "invalid_message",
+            ErrorCode::InvalidMessage,
             "a message is a JSON object",
             None,
         ));
     };
-    let reference = match body.remove("ref") {
+    // The `ref` first: every later refusal carries it back.
+    let reference = match body.get("ref") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s),
-        Some(_) => return Err(rejected("invalid_message", "`ref` must be a string", None)),
-    };
-    let kind = match body.remove("type") {
-        Some(Value::String(t)) => t,
+        Some(Value::String(s)) => Some(s.clone()),
         Some(_) => {
             return Err(rejected(
-                "invalid_message",
+                ErrorCode::InvalidMessage,
+                "`ref` must be a string",
+                None,
+            ));
+        }
+    };
+    let kind = match body.get("type") {
+        Some(Value::String(t)) => t.clone(),
+        Some(_) => {
+            return Err(rejected(
+                ErrorCode::InvalidMessage,
                 "`type` must be a string",
                 reference,
             ));
         }
         None => {
             return Err(rejected(
-                "invalid_message",
+                ErrorCode::InvalidMessage,
                 "the message has no `type`",
                 reference,
             ));
         }
     };
-    let stream_id =
-        |body: &Map<String, Value>, reference: &Option<String>| match body.get("stream_id") {
-            Some(Value::String(s)) => Ok(s.clone()),
-            _ => Err(rejected(
-                "invalid_message",
-                format!("`{kind}` needs `stream_id` (a string)"),
-                reference.clone(),
-            )),
-        };
-    match kind.as_str() {
-        "generate" => {
-            let cancel_on_disconnect = match body.remove("cancel_on_disconnect") {
-                None | Some(Value::Null) => false,
-                Some(Value::Bool(b)) => b,
-                Some(_) => {
-                    return Err(rejected(
-                        "invalid_message",
-                        "`cancel_on_disconnect` must be true or false",
-                        reference,
-                    ));
-                }
-            };
-            Ok(Incoming::Generate {
-                reference,
-                cancel_on_disconnect,
-                body,
-            })
-        }
-        "subscribe" => {
-            let stream_id = stream_id(&body, &reference)?;
-            let after = match body.get("after") {
-                None | Some(Value::Null) => 0,
-                Some(v) => v.as_u64().ok_or_else(|| {
-                    rejected(
-                        "invalid_cursor",
-                        "`after` must be a non-negative integer",
-                        reference.clone(),
-                    )
-                })?,
-            };
-            Ok(Incoming::Subscribe { stream_id, after })
-        }
-        "cancel" => Ok(Incoming::Cancel {
-            stream_id: stream_id(&body, &reference)?,
-        }),
-        "unsubscribe" => Ok(Incoming::Unsubscribe {
-            stream_id: stream_id(&body, &reference)?,
-        }),
-        "session.say" => {
-            let session_id = match body.remove("session_id") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(s),
-                Some(_) => {
-                    return Err(rejected(
-                        "invalid_message",
-                        "`session_id` must be a string",
-                        reference,
-                    ));
-                }
-            };
-            Ok(Incoming::SessionSay {
-                reference,
-                session_id,
-                body,
-            })
-        }
-        "ping" => Ok(Incoming::Ping),
-        other => Err(rejected(
-            "unknown_type",
+    if !TYPES.contains(&kind.as_str()) {
+        return Err(rejected(
+            ErrorCode::UnknownType,
             format!(
-                "unknown message type {other:?}; expected generate, subscribe, cancel, unsubscribe, session.say or ping"
+                "unknown message type {kind:?}; expected generate, subscribe, cancel, unsubscribe, session.say or ping"
             ),
             reference,
-        )),
+        ));
     }
+    let wire = Wire::deserialize(Value::Object(body)).map_err(|e| {
+        rejected(
+            ErrorCode::InvalidMessage,
+            format!("`{kind}`: {e}"),
+            reference.clone(),
+        )
+    })?;
+    Ok(match wire {
+        Wire::Generate {
+            reference,
+            cancel_on_disconnect,
+            body,
+        } => Incoming::Generate {
+            reference,
+            cancel_on_disconnect: cancel_on_disconnect.unwrap_or(false),
+            body,
+        },
+        Wire::Subscribe { stream_id, after } => {
+            let after = match after {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_u64().ok_or_else(|| {
+                    rejected(
+                        ErrorCode::InvalidCursor,
+                        "`after` must be a non-negative integer",
+                        reference,
+                    )
+                })?),
+            };
+            Incoming::Subscribe { stream_id, after }
+        }
+        Wire::Cancel { stream_id } => Incoming::Cancel { stream_id },
+        Wire::Unsubscribe { stream_id } => Incoming::Unsubscribe { stream_id },
+        Wire::SessionSay {
+            reference,
+            session_id,
+            body,
+        } => Incoming::SessionSay {
+            reference,
+            session_id,
+            body,
+        },
+        Wire::Ping => Incoming::Ping,
+    })
 }
 
 /// A `generate` or `session.say` message's parameters, as `POST /v1/streams` takes them.
@@ -182,11 +217,42 @@ pub fn event_message(stream_id: &str, event: &Event) -> Option<String> {
     } else {
         ","
     };
-    let id = Value::from(stream_id).to_string();
+    let id = serde_json::to_string(stream_id).ok()?;
     Some(format!(
         r#"{{"type":"{kind}","stream_id":{id},"seq":{}{sep}{rest}"#,
         event.seq
     ))
+}
+
+/// The server's own messages (not events), member for member.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Outgoing<'a> {
+    Error {
+        code: &'a str,
+        message: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stream_id: Option<&'a str>,
+    },
+    Started {
+        stream_id: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        session_id: Option<&'a str>,
+    },
+    Session {
+        session_id: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
+}
+
+fn to_text(message: &Outgoing<'_>) -> String {
+    // Serializing strings cannot fail.
+    serde_json::to_string(message).unwrap_or_default()
 }
 
 /// An `error` message.
@@ -196,33 +262,27 @@ pub fn error(
     reference: Option<&str>,
     stream_id: Option<&str>,
 ) -> String {
-    let mut m = json!({"type": "error", "code": code, "message": message});
-    if let Some(r) = reference {
-        m["ref"] = Value::from(r);
-    }
-    if let Some(s) = stream_id {
-        m["stream_id"] = Value::from(s);
-    }
-    m.to_string()
+    to_text(&Outgoing::Error {
+        code,
+        message,
+        reference,
+        stream_id,
+    })
 }
 
 pub fn started(reference: Option<&str>, stream_id: &str, session_id: Option<&str>) -> String {
-    let mut m = json!({"type": "started", "stream_id": stream_id});
-    if let Some(r) = reference {
-        m["ref"] = Value::from(r);
-    }
-    if let Some(s) = session_id {
-        m["session_id"] = Value::from(s);
-    }
-    m.to_string()
+    to_text(&Outgoing::Started {
+        stream_id,
+        reference,
+        session_id,
+    })
 }
 
 pub fn session(reference: Option<&str>, session_id: &str) -> String {
-    let mut m = json!({"type": "session", "session_id": session_id});
-    if let Some(r) = reference {
-        m["ref"] = Value::from(r);
-    }
-    m.to_string()
+    to_text(&Outgoing::Session {
+        session_id,
+        reference,
+    })
 }
 
 pub const PONG: &str = r#"{"type":"pong"}"#;
@@ -231,6 +291,7 @@ pub const PONG: &str = r#"{"type":"pong"}"#;
 mod tests {
     use super::*;
     use crate::event::{FinishReason, Usage};
+    use serde_json::json;
 
     #[test]
     fn events_become_messages_with_the_sse_seq() {
@@ -276,7 +337,7 @@ mod tests {
             parse(r#"{"type":"subscribe","stream_id":"st_x","after":3}"#),
             Ok(Incoming::Subscribe {
                 stream_id: "st_x".into(),
-                after: 3
+                after: Some(3)
             })
         );
         assert_eq!(
@@ -341,8 +402,8 @@ mod tests {
     mod properties {
         use super::*;
         use crate::http::strategies::{
-            self, Field, SETUP, a_list, a_string, an_integer, an_object, check, json, one_of,
-            run_shaped, shaped,
+            self, Field, SETUP, a_list, a_string, an_integer, an_object, check, one_of, run_shaped,
+            shaped,
         };
         use crate::llm::GenerateRequest;
         use proptest::prelude::*;
@@ -371,13 +432,13 @@ mod tests {
         /// it, and for the messages that start a stream, validate their parameters as
         /// `POST /v1/streams` would. `None` for the messages that need no parameters.
         fn handle(text: &str) -> Result<Option<Result<GenerateRequest, ApiError>>, Rejected> {
-            let (config, models) = &*SETUP;
+            let (limits, models) = &*SETUP;
             Ok(match parse(text)? {
                 Incoming::Generate { body, .. } => {
-                    Some(stream_params(body).and_then(|p| p.validate(config, models)))
+                    Some(stream_params(body).and_then(|p| p.validate(limits, models)))
                 }
                 Incoming::SessionSay { body, .. } => {
-                    Some(stream_params(body).and_then(|p| p.validate_turn(config, models, None)))
+                    Some(stream_params(body).and_then(|p| p.validate_turn(limits, models, None)))
                 }
                 _ => None,
             })
@@ -388,18 +449,18 @@ mod tests {
                 Ok(Some(result)) => check(result)?,
                 Ok(None) => {}
                 Err(rejected) => {
-                    prop_assert!(CODES.contains(&rejected.code), "{:?}", rejected);
+                    prop_assert!(CODES.contains(&rejected.code.as_str()), "{:?}", rejected);
                     prop_assert!(!rejected.message.is_empty());
                     // The error message the socket sends back is one JSON object.
                     let sent = error(
-                        rejected.code,
+                        rejected.code.as_str(),
                         &rejected.message,
                         rejected.reference.as_deref(),
                         None,
                     );
                     let v: Value = serde_json::from_str(&sent)
                         .map_err(|e| TestCaseError::fail(format!("{sent}: {e}")))?;
-                    prop_assert_eq!(&v["code"], rejected.code);
+                    prop_assert_eq!(&v["code"], rejected.code.as_str());
                     prop_assert_eq!(v["ref"].as_str(), rejected.reference.as_deref());
                 }
             }
@@ -463,7 +524,7 @@ mod tests {
             }
 
             #[test]
-            fn any_json_frame_is_taken_or_answered_with_a_named_error(v in json(FIELDS)) {
+            fn any_json_frame_is_taken_or_answered_with_a_named_error(v in strategies::json(FIELDS)) {
                 check_message(&v.to_string())?;
             }
 
@@ -489,7 +550,7 @@ mod tests {
                 }
                 prop_assert_eq!(
                     parse(&m.to_string()),
-                    Ok(Incoming::Subscribe { stream_id, after: after.unwrap_or(0) })
+                    Ok(Incoming::Subscribe { stream_id, after })
                 );
             }
 
@@ -506,7 +567,7 @@ mod tests {
                 let m = json!({"type": "subscribe", "stream_id": "st_x", "after": after, "ref": "r"});
                 let e = parse(&m.to_string()).err();
                 prop_assert_eq!(
-                    e.map(|e| (e.code, e.reference)),
+                    e.map(|e| (e.code.as_str(), e.reference)),
                     Some(("invalid_cursor", Some("r".to_owned()))),
                     "{}", m
                 );

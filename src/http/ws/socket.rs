@@ -22,11 +22,10 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::protocol::{self, Incoming};
-use crate::app::AppState;
-use crate::feed;
-use crate::http::error::ApiError;
-use crate::http::sessions;
-use crate::ids::looks_like_stream_id;
+use crate::engine::{Access, Follow, Via};
+use crate::http::error::{ApiError, ErrorCode};
+use crate::http::sessions::SessionParams;
+use crate::http::state::HttpState;
 
 /// What the writer sends: a text message, a Ping, or the closing frame.
 enum Out {
@@ -37,13 +36,13 @@ enum Out {
 
 pub async fn run(
     socket: WebSocket,
-    state: AppState,
+    state: HttpState,
     owner: Option<String>,
     _permit: OwnedSemaphorePermit,
 ) {
-    state.metrics.ws_opened();
+    state.metrics().ws_opened();
     let (sink, frames) = socket.split();
-    let (out, out_rx) = mpsc::channel(state.config.ws_queue.max(1));
+    let (out, out_rx) = mpsc::channel(state.ws().queue.max(1));
     let mut connection = Connection {
         state: state.clone(),
         owner,
@@ -61,7 +60,7 @@ pub async fn run(
         connection.finish().await;
     };
     tokio::join!(reader, writer);
-    state.metrics.ws_closed();
+    state.metrics().ws_closed();
     tracing::info!("websocket closed");
 }
 
@@ -89,7 +88,7 @@ async fn write_loop(
 }
 
 struct Connection {
-    state: AppState,
+    state: HttpState,
     /// The API key's owner (see `http::auth`); every stream it touches is scoped to it.
     owner: Option<String>,
     out: mpsc::Sender<Out>,
@@ -101,11 +100,11 @@ struct Connection {
 
 impl Connection {
     async fn read_loop(&mut self, mut frames: futures_util::stream::SplitStream<WebSocket>) {
-        let config = self.state.config.clone();
-        let shutdown = self.state.http_shutdown.clone();
+        let config = self.state.ws().clone();
+        let shutdown = self.state.shutdown_token();
         let mut ping = tokio::time::interval_at(
-            Instant::now() + config.ws_ping_interval,
-            config.ws_ping_interval.max(Duration::from_millis(10)),
+            Instant::now() + config.ping_interval,
+            config.ping_interval.max(Duration::from_millis(10)),
         );
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heard = Instant::now();
@@ -132,7 +131,7 @@ impl Connection {
                         Message::Text(text) => self.on_text(text.as_str()).await,
                         Message::Binary(_) => {
                             self.send(protocol::error(
-                                "unsupported_frame",
+                                ErrorCode::UnsupportedFrame.as_str(),
                                 "binary frames are not supported; send JSON text frames",
                                 None,
                                 None,
@@ -144,8 +143,8 @@ impl Connection {
                     }
                 }
                 _ = ping.tick() => {
-                    if heard.elapsed() > config.ws_pong_timeout {
-                        self.state.metrics.ws_timed_out();
+                    if heard.elapsed() > config.pong_timeout {
+                        self.state.metrics().ws_timed_out();
                         self.close(close_code::POLICY, "no pong within the timeout").await;
                         return;
                     }
@@ -166,7 +165,7 @@ impl Connection {
         self.followers.abort_all();
         while self.followers.join_next().await.is_some() {}
         for id in self.cancel_on_disconnect.drain() {
-            if let Err(e) = self.state.engine.cancel(&id, self.owner.as_deref()).await {
+            if let Err(e) = self.state.engine().cancel(&id, self.owner.as_deref()).await {
                 tracing::warn!(stream_id = %id, error = %e, "cancel on disconnect failed");
             }
         }
@@ -181,8 +180,13 @@ impl Connection {
     }
 
     async fn send_error(&self, e: &ApiError, reference: Option<&str>, stream_id: Option<&str>) {
-        self.send(protocol::error(e.code, &e.message, reference, stream_id))
-            .await;
+        self.send(protocol::error(
+            e.code.as_str(),
+            &e.message,
+            reference,
+            stream_id,
+        ))
+        .await;
     }
 
     async fn on_text(&mut self, text: &str) {
@@ -190,7 +194,7 @@ impl Connection {
             Ok(m) => m,
             Err(r) => {
                 self.send(protocol::error(
-                    r.code,
+                    r.code.as_str(),
                     &r.message,
                     r.reference.as_deref(),
                     None,
@@ -228,14 +232,11 @@ impl Connection {
                 }
             }
             Incoming::Cancel { stream_id } => {
-                let found = if looks_like_stream_id(&stream_id) {
-                    self.state
-                        .engine
-                        .cancel(&stream_id, self.owner.as_deref())
-                        .await
-                } else {
-                    Ok(None)
-                };
+                let found = self
+                    .state
+                    .engine()
+                    .cancel(&stream_id, self.owner.as_deref())
+                    .await;
                 match found {
                     Ok(Some(_)) => {}
                     Ok(None) => {
@@ -254,18 +255,20 @@ impl Connection {
     }
 
     fn room_for_one_more(&self) -> Result<(), ApiError> {
-        if self.following.len() >= self.state.config.ws_max_streams {
-            return Err(ApiError::bad_request(
-                "too_many_streams",
+        let max = self.state.ws().max_streams;
+        if self.following.len() >= max {
+            return Err(ApiError::new(
+                ErrorCode::TooManyStreams,
                 format!(
-                    "this socket follows its limit of {} streams; unsubscribe from one first",
-                    self.state.config.ws_max_streams
+                    "this socket follows its limit of {max} streams; unsubscribe from one first"
                 ),
             ));
         }
         Ok(())
     }
 
+    /// `generate`: a stream (or, with `session_id`, a session's turn) on the one start
+    /// path; it counts against the key's rate limit like a `POST`.
     async fn generate(
         &mut self,
         reference: Option<&str>,
@@ -274,12 +277,10 @@ impl Connection {
     ) -> Result<(), ApiError> {
         self.room_for_one_more()?;
         let params = protocol::stream_params(body)?;
-        let started = if let Some(session_id) = params.session_id.clone() {
-            sessions::say(&self.state, &session_id, params, self.owner.clone()).await?
-        } else {
-            let request = params.validate(&self.state.config, self.state.engine.models())?;
-            self.state.engine.start(request, self.owner.clone()).await?
-        };
+        let started = self
+            .state
+            .start(params, self.owner.clone(), Via::Socket)
+            .await?;
         if cancel_on_disconnect {
             self.cancel_on_disconnect.insert(started.id.clone());
         }
@@ -293,6 +294,7 @@ impl Connection {
         Ok(())
     }
 
+    /// `session.say`: the next turn of a session (a new one without `session_id`).
     async fn say(
         &mut self,
         reference: Option<&str>,
@@ -300,67 +302,60 @@ impl Connection {
         body: Map<String, Value>,
     ) -> Result<(), ApiError> {
         self.room_for_one_more()?;
-        let params = protocol::stream_params(body)?;
+        let mut params = protocol::stream_params(body)?;
         let session_id = match session_id {
             Some(id) => id,
             None => {
-                let new = sessions::SessionParams {
+                let new = SessionParams {
                     model: params.model.clone(),
                     system: None,
                     metadata: None,
                 }
-                .validate(&self.state)?;
+                .validate(self.state.engine().models())?;
                 let row = self
                     .state
-                    .engine
+                    .engine()
                     .create_session(new, self.owner.clone())
                     .await?;
                 self.send(protocol::session(reference, &row.id)).await;
                 row.id
             }
         };
-        let started = sessions::say(&self.state, &session_id, params, self.owner.clone()).await?;
+        params.session_id = Some(session_id.clone());
+        let started = self
+            .state
+            .start(params, self.owner.clone(), Via::Socket)
+            .await?;
         self.send(protocol::started(reference, &started.id, Some(&session_id)))
             .await;
         self.follow(started.id, 1);
         Ok(())
     }
 
-    async fn subscribe(&mut self, stream_id: &str, after: u64) -> Result<(), ApiError> {
-        if !looks_like_stream_id(stream_id) {
-            return Err(ApiError::stream_not_found());
-        }
+    /// `subscribe`: the cursor rule, in this protocol's words (`stream_ended`,
+    /// `cursor_out_of_range`, `stream_not_found`).
+    async fn subscribe(&mut self, stream_id: &str, after: Option<u64>) -> Result<(), ApiError> {
         if self.following.contains_key(stream_id) {
-            return Err(ApiError::bad_request(
-                "already_subscribed",
+            return Err(ApiError::new(
+                ErrorCode::AlreadySubscribed,
                 "this socket already follows that stream",
             ));
         }
         self.room_for_one_more()?;
-        let row = self
-            .state
-            .store
-            .stream(stream_id, self.owner.as_deref())
-            .await?
-            .ok_or_else(ApiError::stream_not_found)?;
-        let last = row.last_seq();
-        if after > last {
-            return Err(ApiError::bad_request(
-                "cursor_out_of_range",
-                format!("the resume point {after} is beyond the stream's last event ({last})"),
-            ));
+        let access = Access::Owner(self.owner.as_deref());
+        match self.state.engine().follow(stream_id, access, after).await? {
+            Follow::Ended(row) => Err(ApiError::new(
+                ErrorCode::StreamEnded,
+                format!(
+                    "the stream ended with event {}; nothing follows it",
+                    row.last_seq()
+                ),
+            )),
+            Follow::From { after, .. } => {
+                self.follow(stream_id.to_owned(), after);
+                Ok(())
+            }
         }
-        if after == last && row.status()?.is_terminal() {
-            return Err(ApiError::bad_request(
-                "stream_ended",
-                format!("the stream ended with event {last}; nothing follows it"),
-            ));
-        }
-        if after > 0 {
-            self.state.metrics.resumed();
-        }
-        self.follow(stream_id.to_owned(), after);
-        Ok(())
     }
 
     /// Follows a stream from `after` to its end in a task of this connection.
@@ -371,13 +366,7 @@ impl Connection {
         let span = tracing::Span::current();
         let task = self.followers.spawn(
             async move {
-                let feed = feed::follow(
-                    state.store.clone(),
-                    state.hub.clone(),
-                    state.metrics.clone(),
-                    id.clone(),
-                    after,
-                );
+                let feed = state.engine().feed(&id, after);
                 futures_util::pin_mut!(feed);
                 while let Some(chunk) = feed.next().await {
                     let chunk = match chunk {
@@ -386,7 +375,7 @@ impl Connection {
                             let e: ApiError = e.into();
                             let _ = out
                                 .send(Out::Text(protocol::error(
-                                    e.code,
+                                    e.code.as_str(),
                                     &e.message,
                                     None,
                                     Some(&id),
@@ -396,7 +385,7 @@ impl Connection {
                         }
                     };
                     let events = chunk.events();
-                    state.metrics.events_delivered(events.len());
+                    state.metrics().events_delivered(events.len());
                     for event in events {
                         if let Some(text) = protocol::event_message(&id, event)
                             && out.send(Out::Text(text)).await.is_err()

@@ -109,9 +109,14 @@ impl LocalBackend {
 }
 
 impl LocalHandle {
-    /// Resolves with the error if the model cannot be loaded (never otherwise).
-    pub async fn failed(&self) -> String {
-        let mut state = self.state.clone();
+    /// Resolves with the error if the model cannot be loaded (never otherwise). The
+    /// future holds no borrow of the handle.
+    pub fn failed(&self) -> impl std::future::Future<Output = String> + Send + 'static + use<> {
+        let state = self.state.clone();
+        Self::failure(state)
+    }
+
+    async fn failure(mut state: watch::Receiver<LoadState>) -> String {
         let error = match state.wait_for(|s| matches!(s, LoadState::Failed(_))).await {
             Ok(s) => match &*s {
                 LoadState::Failed(e) => Some(e.clone()),

@@ -1,0 +1,185 @@
+//! The one start path. Every way a stream begins — `POST /v1/streams`, a session's
+//! turn over HTTP or the WebSocket, a WebSocket `generate`, `/v1/chat/completions` —
+//! ends in [`Engine::start`] with a validated request, its owner and, for a session's
+//! turn, the session. Every admission rule is applied here, in this order:
+//!
+//! 1. the server is not shutting down;
+//! 2. the model is served;
+//! 3. a start that came without an HTTP request of its own ([`Via::Socket`]) takes a
+//!    token from its key's rate limit (an HTTP request was counted by the key check);
+//! 4. a session runs one turn at a time; the prompt becomes the session's history;
+//! 5. the backend can take the request (context length, parameters);
+//! 6. a place in the queue ([`super::Admission`]), else `Busy`.
+//!
+//! Only then is anything stored: the stream row and its `start` event, committed before
+//! this returns, and the generation task is spawned.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::sessions::{Starting, history, running};
+use super::{Engine, Live, StartError, Started, generation};
+use crate::event::{Event, now_ms, rfc3339};
+use crate::ids::new_stream_id;
+use crate::llm::{GenerateRequest, Prompt};
+use crate::store::{NewStream, NewTurn, SessionRow, StoreError};
+
+/// What every surface hands the start path.
+#[derive(Debug)]
+pub struct StartRequest {
+    /// Validated; for a session's turn, its prompt is the user's message.
+    pub request: GenerateRequest,
+    /// The API key's owner (`None` without keys).
+    pub owner: Option<String>,
+    /// The session whose next turn this is (found for `owner`).
+    pub session: Option<SessionRow>,
+    pub via: Via,
+}
+
+/// How a start reached the server, for the per-key rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// An HTTP request of its own, which the key check has already counted.
+    Http,
+    /// A message on an open WebSocket: counted here.
+    Socket,
+}
+
+impl Engine {
+    /// Accepts a generation: applies every admission rule, stores the stream and its
+    /// `start` event, then starts the generation task. Returns once the `start` event
+    /// is committed.
+    pub async fn start(self: &Arc<Self>, start: StartRequest) -> Result<Started, StartError> {
+        let StartRequest {
+            mut request,
+            owner,
+            session,
+            via,
+        } = start;
+        if self.shutdown.is_cancelled() {
+            return Err(StartError::ShuttingDown);
+        }
+        let Some(backend) = self.models.get(&request.model).cloned() else {
+            return Err(StartError::UnknownModel {
+                model: request.model.clone(),
+                available: self.models.names(),
+            });
+        };
+        if let (Via::Socket, Some(owner)) = (via, owner.as_deref()) {
+            self.charge(owner)?;
+        }
+        // A session's turn: held in `starting_turns` until the stream is stored.
+        let mut _starting = None;
+        let turn = match &session {
+            None => None,
+            Some(session) => {
+                _starting = Some(Starting::claim(self, &session.id)?);
+                let turns = self.store.turns(&session.id).await?;
+                if turns.last().is_some_and(running) {
+                    return Err(StartError::TurnInProgress);
+                }
+                let content = request.prompt.flat_text();
+                request.prompt = Prompt::Messages(history(session, &turns, &content));
+                request.session_id = Some(session.id.clone());
+                Some(NewTurn {
+                    session_id: session.id.clone(),
+                    idx: turns.last().map_or(0, |t| t.idx + 1),
+                    content,
+                })
+            }
+        };
+        backend
+            .check(&request)
+            .map_err(|e| StartError::Unsupported(e.0))?;
+        let Some(ticket) = self.admission.try_admit() else {
+            self.metrics.rejected_busy();
+            return Err(StartError::Busy);
+        };
+        let id = new_stream_id().map_err(|_| StartError::Random)?;
+        // At `error` level, like the request span, so it exists under any filter.
+        let span = tracing::error_span!("stream", stream_id = %id);
+        let created_at = now_ms();
+        let params = serde_json::to_string(&request).unwrap_or_else(|_| "{}".to_owned());
+        let live = Live {
+            cancel: self.shutdown.child_token(),
+            ended: CancellationToken::new(),
+        };
+
+        // Live before the first event exists, so no reader can miss it.
+        self.hub.open(&id);
+        self.live().insert(id.clone(), live.clone());
+        let stream = NewStream {
+            id: id.clone(),
+            owner,
+            model: request.model.clone(),
+            params,
+            created_at,
+            turn,
+        };
+        let start = Event::start(1, &id, &request.model, &rfc3339(created_at));
+        if let Err(e) = self.log.create(stream, start).await {
+            self.hub.close(&id);
+            self.live().remove(&id);
+            return Err(match e {
+                // Another node started this session's turn first.
+                StoreError::Conflict if session.is_some() => StartError::TurnInProgress,
+                e => e.into(),
+            });
+        }
+        self.metrics.stream_started();
+        span.in_scope(|| {
+            tracing::info!(
+                model = %request.model,
+                max_tokens = request.max_tokens,
+                session_id = request.session_id.as_deref(),
+                "stream started"
+            );
+        });
+
+        let started = Started {
+            id: id.clone(),
+            model: request.model.clone(),
+            created_at,
+            session_id: request.session_id.clone(),
+        };
+        self.spawn_generation(&id, request, backend, live, 1, ticket, span);
+        Ok(started)
+    }
+
+    /// Takes one token from `owner`'s rate limit (`SPOOL_RATE_LIMIT`): for every `/v1`
+    /// request, and for every stream started without one.
+    pub fn charge(&self, owner: &str) -> Result<(), StartError> {
+        self.rate
+            .take(owner)
+            .map_err(|wait| StartError::RateLimited {
+                per_minute: self.rate.per_minute(),
+                wait,
+            })
+    }
+
+    /// Runs a stream's generation in a tracked task, after its event `last_seq`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn spawn_generation(
+        self: &Arc<Self>,
+        id: &str,
+        request: GenerateRequest,
+        backend: Arc<dyn crate::llm::Backend>,
+        live: Live,
+        last_seq: u64,
+        ticket: super::admission::Ticket,
+        span: tracing::Span,
+    ) {
+        let generation = generation::Generation {
+            engine: self.clone(),
+            id: Arc::from(id),
+            request,
+            backend,
+            cancel: live.cancel,
+            ended: live.ended,
+            last_seq,
+        };
+        self.tasks.spawn(generation.run(ticket).instrument(span));
+    }
+}
