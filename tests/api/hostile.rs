@@ -66,13 +66,13 @@ impl Witness {
         let url = app.url(&format!("/v1/streams/{id}/events"));
         let seen = tokens.clone();
         let reader = tokio::spawn(async move {
-            let mut events = SseReader::open(fresh_client().get(url), DEADLINE).await;
-            while let Some(event) = events.next_event().await {
+            let mut reader = SseReader::open(fresh_client().get(url), DEADLINE).await;
+            while let Some(event) = reader.next_event().await {
                 if event.event == "token" {
                     seen.fetch_add(1, Ordering::SeqCst);
                 }
             }
-            events.into_events()
+            reader.into_events()
         });
         let witness = Witness { id, tokens, reader };
         witness.wait_for_tokens(1).await;

@@ -8,8 +8,8 @@
 //! (comments such as `: ping` and `retry:` blocks included, for tests of the wire
 //! bytes); the blocks that carry data are the events.
 //!
-//! Not the CLI's parser (`src/cli/sse.rs`): that one is private to the crate, decodes
-//! lossily and keeps no bytes.
+//! Not the CLI's parser: that one is private to the crate, decodes lossily and keeps no
+//! bytes, which the tests of exact bytes and of whole UTF-8 need.
 #![allow(dead_code)] // not every test binary uses every helper
 
 use std::pin::Pin;
