@@ -8,17 +8,15 @@
 //! The tests of this file run one at a time: each starts three processes, and the lease
 //! timing they check should not compete with another test's cluster for two cores.
 
-use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::helpers::{DEADLINE, SendJson, SseEvent, parse_sse};
+use crate::helpers::{DEADLINE, SendJson, SseEvent, SseReader, parse_sse};
 use crate::pg::TestDb;
 use crate::process::{self, Server};
+use crate::sse::{raw, text};
 
 /// The nodes' lease: short, so a dead node is noticed within seconds.
 const LEASE: Duration = Duration::from_secs(3);
@@ -174,7 +172,7 @@ impl Cluster {
         if let Some(after) = after {
             r = r.header("Last-Event-ID", after.to_string());
         }
-        SseReader::open(r).await
+        SseReader::open(r, DEADLINE).await
     }
 
     /// One complete read of `id` on `node`, from the start.
@@ -214,73 +212,6 @@ impl Cluster {
     }
 }
 
-/// An open SSE response, read as far as a test asks.
-struct SseReader {
-    body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
-    buf: String,
-}
-
-impl SseReader {
-    async fn open(request: reqwest::RequestBuilder) -> SseReader {
-        let r = tokio::time::timeout(DEADLINE, request.send())
-            .await
-            .expect("events request hung")
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        SseReader {
-            body: Box::pin(r.bytes_stream()),
-            buf: String::new(),
-        }
-    }
-
-    /// Reads until at least `n` complete events have arrived; returns them all.
-    async fn until(&mut self, n: usize) -> Vec<SseEvent> {
-        let until = Instant::now() + DEADLINE;
-        loop {
-            let events = parse_sse(&self.buf);
-            if events.len() >= n {
-                return events;
-            }
-            match tokio::time::timeout_at(until, self.body.next())
-                .await
-                .expect("timed out waiting for events")
-            {
-                Some(Ok(bytes)) => self.buf.push_str(std::str::from_utf8(&bytes).unwrap()),
-                other => panic!("the response ended early: {other:?}; got {:?}", self.buf),
-            }
-        }
-    }
-
-    /// Reads until the server ends the response, which must happen before `until`;
-    /// returns the whole body.
-    async fn read_to_end(mut self, until: Instant) -> String {
-        loop {
-            match tokio::time::timeout_at(until, self.body.next()).await {
-                Err(_) => panic!("the response did not end in time; got {:?}", self.buf),
-                Ok(Some(Ok(bytes))) => self.buf.push_str(std::str::from_utf8(&bytes).unwrap()),
-                Ok(Some(Err(e))) => panic!("the response failed: {e}; got {:?}", self.buf),
-                Ok(None) => return self.buf,
-            }
-        }
-    }
-
-    /// Reads whatever still arrives from a server that was killed: until the
-    /// connection fails or ends, or nothing comes for a while.
-    async fn leftovers(mut self) -> String {
-        while let Ok(Some(Ok(bytes))) =
-            tokio::time::timeout(Duration::from_secs(2), self.body.next()).await
-        {
-            self.buf.push_str(std::str::from_utf8(&bytes).unwrap());
-        }
-        self.buf
-    }
-}
-
-/// The events' bytes, in order.
-fn raw(events: &[SseEvent]) -> String {
-    events.iter().map(|e| e.raw.as_str()).collect()
-}
-
 /// Asserts the ids are 1, 2, 3 … with no gap or duplicate, and that only the last
 /// event is terminal.
 fn assert_contiguous(events: &[SseEvent]) {
@@ -301,15 +232,6 @@ fn assert_contiguous(events: &[SseEvent]) {
         [events.len() as u64],
         "not exactly one terminal event, last"
     );
-}
-
-/// The concatenated text of the token events.
-fn text(events: &[SseEvent]) -> String {
-    events
-        .iter()
-        .filter(|e| e.event == "token")
-        .map(|e| e.json()["text"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 /// The mock backend's first `n` tokens.

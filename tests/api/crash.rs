@@ -5,7 +5,6 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -25,11 +24,7 @@ async fn start_reading(
     client: &reqwest::Client,
     server: &Server,
     max_tokens: u32,
-) -> (
-    String,
-    impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + use<>,
-    String,
-) {
+) -> (String, SseReader) {
     let r = client
         .post(format!("{}/v1/streams", server.base))
         .header("Accept", "text/event-stream")
@@ -38,19 +33,9 @@ async fn start_reading(
         .await
         .unwrap();
     let id = r.headers()["x-stream-id"].to_str().unwrap().to_owned();
-    let mut body = Box::pin(r.bytes_stream());
-    let mut seen = String::new();
-    let until = Instant::now() + DEADLINE;
-    while parse_sse(&seen).len() < 20 {
-        assert!(Instant::now() < until, "no events");
-        let chunk = tokio::time::timeout(DEADLINE, body.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        seen.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
-    (id, body, seen)
+    let mut reader = SseReader::new(r, DEADLINE);
+    reader.until(20).await;
+    (id, reader)
 }
 
 #[tokio::test]
@@ -60,15 +45,11 @@ async fn kill_9_loses_no_event_a_reader_saw() {
     let client = reqwest::Client::new();
 
     let mut server = start(&db);
-    let (id, mut body, mut seen) = start_reading(&client, &server, 10_000).await;
+    let (id, reader) = start_reading(&client, &server, 10_000).await;
     server.child.kill().unwrap(); // SIGKILL
     server.child.wait().unwrap();
     // Whatever else was in flight on the socket was committed before it was sent too.
-    while let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(2), body.next()).await
-    {
-        seen.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
-    let seen = parse_sse(&seen);
+    let seen = parse_sse(&reader.leftovers().await);
 
     let server = start(&db);
     let status: Value = client
@@ -110,16 +91,8 @@ async fn sigterm_ends_open_responses_flushes_and_exits_within_10s() {
         .await
         .unwrap();
     let id = r.headers()["x-stream-id"].to_str().unwrap().to_owned();
-    let mut body = r.bytes_stream();
-    let mut seen = String::new();
-    while parse_sse(&seen).len() < 5 {
-        let chunk = tokio::time::timeout(DEADLINE, body.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        seen.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    let mut reader = SseReader::new(r, DEADLINE);
+    reader.until(5).await;
     let signalled = Instant::now();
     let pid = server.child.id().to_string();
     assert!(
@@ -130,12 +103,9 @@ async fn sigterm_ends_open_responses_flushes_and_exits_within_10s() {
             .success()
     );
     // The open response ends by itself.
-    while let Some(Ok(chunk)) = tokio::time::timeout(DEADLINE, body.next())
+    let seen = tokio::time::timeout(DEADLINE, reader.read_to_close())
         .await
-        .expect("the SSE response did not end")
-    {
-        seen.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+        .expect("the SSE response did not end");
     let code = loop {
         if let Some(code) = server.child.try_wait().unwrap() {
             break code;
@@ -173,10 +143,10 @@ async fn kill_9_then_a_continuable_stream_goes_on_with_no_gap() {
     let env = [("SPOOL_MOCK_CONTINUE", "true"), ("SPOOL_MOCK_RATE", "200")];
 
     let mut server = start_with(&db, &env);
-    let (id, _body, seen) = start_reading(&client, &server, 300).await;
+    let (id, reader) = start_reading(&client, &server, 300).await;
     server.child.kill().unwrap(); // SIGKILL
     server.child.wait().unwrap();
-    let seen = parse_sse(&seen);
+    let seen = reader.events().to_vec();
     let last_seen = seen.last().unwrap().id.unwrap();
     assert!(last_seen < 250, "the stream ended before the kill");
 
@@ -198,11 +168,7 @@ async fn kill_9_then_a_continuable_stream_goes_on_with_no_gap() {
     assert_eq!(last.json()["finish_reason"], "length");
     assert_eq!(last.json()["usage"]["completion_tokens"], 300);
     // Exactly the text of an unbroken run.
-    let text: String = all
-        .iter()
-        .filter(|e| e.event == "token")
-        .map(|e| e.json()["text"].as_str().unwrap().to_owned())
-        .collect();
+    let text = crate::sse::text(&all);
     let expected: String = (1..=300).map(|i| format!(" tok{i}")).collect();
     assert_eq!(text, expected);
     let status: Value = client

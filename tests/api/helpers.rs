@@ -1,15 +1,16 @@
-//! Spawning a server for a test, and a small SSE client.
+//! Spawning a server for a test, and reading its streams (with the shared SSE client).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::Value;
 use spool::ServeConfig;
 use spool::config::BackendKind;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+pub use crate::sse::{SseEvent, SseReader, parse as parse_sse};
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -156,6 +157,14 @@ impl TestApp {
         (status, body)
     }
 
+    /// Opens the events of `id` (expecting `200`), to read as far as a test asks.
+    pub async fn open_events(&self, id: &str) -> SseReader {
+        let request = self
+            .client
+            .get(self.url(&format!("/v1/streams/{id}/events")));
+        SseReader::open(request, DEADLINE).await
+    }
+
     pub async fn metric(&self, name: &str) -> f64 {
         let text = self
             .client
@@ -183,78 +192,12 @@ impl Drop for TestApp {
     }
 }
 
-/// One parsed SSE event, with the exact bytes it arrived as.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SseEvent {
-    pub id: Option<u64>,
-    pub event: String,
-    pub data: String,
-    pub raw: String,
-}
-
-impl SseEvent {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.data).unwrap()
-    }
-}
-
-/// The complete events of an SSE body (a trailing partial event is ignored, as
-/// `EventSource` ignores it). Comments and `retry:` blocks are skipped.
-pub fn parse_sse(body: &str) -> Vec<SseEvent> {
-    let mut out = Vec::new();
-    let mut rest = body;
-    while let Some(end) = rest.find("\n\n") {
-        let block = &rest[..end];
-        let raw = &rest[..end + 2];
-        rest = &rest[end + 2..];
-        let (mut id, mut event, mut data) = (None, String::new(), None);
-        for line in block.lines() {
-            if let Some(v) = line.strip_prefix("id: ") {
-                id = Some(v.parse().unwrap());
-            } else if let Some(v) = line.strip_prefix("event: ") {
-                event = v.to_owned();
-            } else if let Some(v) = line.strip_prefix("data: ") {
-                assert!(data.is_none(), "more than one data line: {block:?}");
-                data = Some(v.to_owned());
-            }
-        }
-        if let Some(data) = data {
-            out.push(SseEvent {
-                id,
-                event,
-                data,
-                raw: raw.to_owned(),
-            });
-        }
-    }
-    out
-}
-
 /// Opens the events URL and reads until `n` complete events arrived, then drops the
 /// connection. Returns those events.
 pub async fn read_n_events(app: &TestApp, id: &str, n: usize) -> Vec<SseEvent> {
-    let r = app
-        .client
-        .get(app.url(&format!("/v1/streams/{id}/events")))
-        .send()
-        .await
-        .unwrap();
-    let mut body = r.bytes_stream();
-    let mut buf = String::new();
-    let until = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let events = parse_sse(&buf);
-        if events.len() >= n {
-            return events[..n].to_vec();
-        }
-        let chunk = tokio::time::timeout_at(until, body.next())
-            .await
-            .expect("timed out reading events");
-        match chunk {
-            Some(Ok(bytes)) => buf.push_str(std::str::from_utf8(&bytes).unwrap()),
-            other => panic!("stream ended early: {other:?}; got {buf:?}"),
-        }
-    }
+    let mut events = app.open_events(id).await.until(n).await;
+    events.truncate(n);
+    events
 }
 
 /// Sends a request and reads its JSON body (tests only: panics on any failure).

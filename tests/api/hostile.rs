@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -67,19 +66,13 @@ impl Witness {
         let url = app.url(&format!("/v1/streams/{id}/events"));
         let seen = tokens.clone();
         let reader = tokio::spawn(async move {
-            let response = fresh_client().get(url).send().await.unwrap();
-            assert_eq!(response.status(), 200);
-            let mut body = response.bytes_stream();
-            let mut text = String::new();
-            while let Some(chunk) = body.next().await {
-                text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
-                let events = parse_sse(&text);
-                seen.store(
-                    events.iter().filter(|e| e.event == "token").count(),
-                    Ordering::SeqCst,
-                );
+            let mut reader = SseReader::open(fresh_client().get(url), DEADLINE).await;
+            while let Some(event) = reader.next_event().await {
+                if event.event == "token" {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
             }
-            parse_sse(&text)
+            reader.into_events()
         });
         let witness = Witness { id, tokens, reader };
         witness.wait_for_tokens(1).await;

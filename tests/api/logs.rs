@@ -22,20 +22,12 @@ fn request_id(r: &reqwest::Response) -> String {
 }
 
 /// Reads an SSE response until its `done` event.
-async fn read_to_done(r: reqwest::Response) -> String {
-    let mut body = Box::pin(r.bytes_stream());
-    let mut seen = String::new();
-    let until = Instant::now() + DEADLINE;
-    while !seen.contains("event: done") {
-        assert!(Instant::now() < until, "no done event: {seen}");
-        let chunk = tokio::time::timeout(DEADLINE, body.next())
-            .await
-            .unwrap()
-            .expect("the response ended before done")
-            .unwrap();
-        seen.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
-    seen
+async fn read_to_done(r: reqwest::Response) {
+    let mut reader = SseReader::new(r, DEADLINE);
+    let done = reader
+        .read_until(|r| r.events().iter().any(|e| e.event == "done"))
+        .await;
+    assert!(done, "the response ended before done: {}", reader.text());
 }
 
 /// A field of a JSON log line: the event's own, else the innermost span's that has it.

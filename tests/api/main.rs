@@ -7,6 +7,10 @@ mod helpers;
 mod pg;
 #[path = "../common/process.rs"]
 mod process;
+#[path = "../common/ready.rs"]
+mod ready;
+#[path = "../common/sse.rs"]
+mod sse;
 
 mod auth;
 mod bad_input;

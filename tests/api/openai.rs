@@ -14,12 +14,6 @@ async fn chat(app: &TestApp, body: Value) -> reqwest::Response {
         .unwrap()
 }
 
-fn data_lines(body: &str) -> Vec<&str> {
-    body.lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .collect()
-}
-
 #[tokio::test]
 async fn a_stream_is_chunks_with_ids_and_done_and_resumes_in_the_same_format() {
     let app = spawn_app().await;
@@ -36,10 +30,10 @@ async fn a_stream_is_chunks_with_ids_and_done_and_resumes_in_the_same_format() {
     assert!(!body.contains("retry:"), "{body}");
     assert!(body.starts_with("id: 1\ndata: {"), "{body}");
     assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
-    let data = data_lines(&body);
+    let data: Vec<String> = parse_sse(&body).into_iter().map(|e| e.data).collect();
     // role chunk, 4 tokens, finish, usage, [DONE]
     assert_eq!(data.len(), 8, "{body}");
-    let usage: Value = serde_json::from_str(data[6]).unwrap();
+    let usage: Value = serde_json::from_str(&data[6]).unwrap();
     assert_eq!(usage["usage"]["completion_tokens"], 4);
     assert_eq!(usage["choices"], json!([]));
 

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -116,23 +115,10 @@ async fn read_until_cut(
         return (Vec::new(), true);
     }
     assert_eq!(r.status(), 200);
-    let mut body = r.bytes_stream();
-    let mut buf: Vec<u8> = Vec::new();
-    let until = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if buf.len() >= cut {
-            buf.truncate(cut);
-            return (parse_sse(std::str::from_utf8(&buf).unwrap()), false);
-        }
-        match tokio::time::timeout_at(until, body.next())
-            .await
-            .expect("read timed out")
-        {
-            Some(Ok(bytes)) => buf.extend_from_slice(&bytes),
-            Some(Err(e)) => panic!("body error: {e}"),
-            None => return (parse_sse(std::str::from_utf8(&buf).unwrap()), true),
-        }
-    }
+    let mut reader = SseReader::new(r, DEADLINE);
+    let ended = !reader.read_until(|r| r.bytes().len() >= cut).await;
+    let body = reader.bytes();
+    (parse_sse(&body[..cut.min(body.len())]), ended)
 }
 
 /// Follows a stream through a sequence of drops at the given body offsets, resuming

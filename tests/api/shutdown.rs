@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::helpers::*;
@@ -17,20 +16,8 @@ async fn graceful_shutdown_ends_streams_and_flushes_every_event() {
         let id = app
             .create(json!({"prompt": "x", "max_tokens": 10_000}))
             .await;
-        let r = app
-            .client
-            .get(app.url(&format!("/v1/streams/{id}/events")))
-            .send()
-            .await
-            .unwrap();
-        readers.push(tokio::spawn(async move {
-            let mut body = r.bytes_stream();
-            let mut seen = String::new();
-            while let Some(Ok(chunk)) = body.next().await {
-                seen.push_str(std::str::from_utf8(&chunk).unwrap());
-            }
-            seen
-        }));
+        let reader = app.open_events(&id).await;
+        readers.push(tokio::spawn(reader.read_to_close()));
         ids.push(id);
     }
     for id in &ids {

@@ -13,7 +13,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use spool::config::BackendKind;
 
@@ -192,15 +191,9 @@ async fn cancel_aborts_the_upstream_request_and_a_reader_leaving_does_not() {
     let id = app
         .create(json!({"model": "long", "prompt": "hi", "max_tokens": 100}))
         .await;
-    let r = app
-        .client
-        .get(app.url(&format!("/v1/streams/{id}/events")))
-        .send()
-        .await
-        .unwrap();
-    let mut body = r.bytes_stream();
-    body.next().await;
-    drop(body);
+    let mut reader = app.open_events(&id).await;
+    reader.read_until(|r| !r.bytes().is_empty()).await;
+    drop(reader);
     let before = app.status(&id).await["last_seq"].as_u64().unwrap();
     app.wait_for(&id, "more tokens after the reader left", |s| {
         s["last_seq"].as_u64().unwrap_or(0) > before + 5

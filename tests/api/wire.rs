@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::helpers::*;
@@ -113,23 +112,10 @@ async fn heartbeat_comment_after_silence() {
     })
     .await;
     let id = app.create(json!({"prompt": "x", "max_tokens": 5})).await;
-    let r = app
-        .client
-        .get(app.url(&format!("/v1/streams/{id}/events")))
-        .send()
-        .await
-        .unwrap();
-    let mut body = r.bytes_stream();
-    let mut seen = String::new();
-    let until = tokio::time::Instant::now() + DEADLINE;
-    while !seen.contains(": ping\n\n") {
-        let chunk = tokio::time::timeout_at(until, body.next())
-            .await
-            .expect("no heartbeat")
-            .unwrap()
-            .unwrap();
-        seen.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    let mut reader = app.open_events(&id).await;
+    let pinged = reader.read_until(|r| r.text().contains(": ping\n\n")).await;
+    assert!(pinged, "no heartbeat: {:?}", reader.text());
+    let seen = reader.text();
     // The ping comes after the events, never inside one.
     assert!(
         seen.starts_with("retry: 1000\n\nid: 1\nevent: start\n"),

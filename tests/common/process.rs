@@ -1,6 +1,7 @@
 //! The real `spool` binary as a child process on port 0 (shared by the test binaries
 //! that kill it or read its logs): started with a clean environment, its address read
-//! from its log, its stderr kept line by line, and killed when dropped.
+//! from its log, waited for until it is ready, its stderr kept line by line, and killed
+//! when dropped.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -34,8 +35,10 @@ pub fn start(db: &std::path::Path, env: &[(&str, &str)], deadline: Duration) -> 
     start_url(&format!("sqlite://{}", db.display()), env, deadline)
 }
 
-/// [`start`] on any `DATABASE_URL` (a PostgreSQL one, for several nodes).
+/// [`start`] on any `DATABASE_URL` (a PostgreSQL one, for several nodes). Returns once
+/// the server is ready (`/readyz`), all within `deadline`.
 pub fn start_url(database_url: &str, env: &[(&str, &str)], deadline: Duration) -> Server {
+    let started = std::time::Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_spool"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -69,5 +72,7 @@ pub fn start_url(database_url: &str, env: &[(&str, &str)], deadline: Duration) -
     let base = rx
         .recv_timeout(deadline)
         .expect("the server did not report its address");
-    Server { child, base, log }
+    let server = Server { child, base, log };
+    crate::ready::wait_ready(&server.base, deadline.saturating_sub(started.elapsed()));
+    server
 }

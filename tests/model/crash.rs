@@ -2,18 +2,17 @@
 //! from its stored token ids, readers see no gap, and with a seed the text is exactly
 //! what an uninterrupted run produces.
 
-use futures_util::StreamExt;
 use serde_json::Value;
 
-use crate::server::{DEADLINE, Event, ask, model_path};
-
 use crate::process::Server;
+use crate::server::{DEADLINE, ask, model_path};
+use crate::sse::{SseEvent, SseReader, parse, text};
 
 /// The real binary on port 0, with the local model, ready.
 async fn start(db: &std::path::Path) -> Server {
     let db = db.to_path_buf();
     let model = model_path().display().to_string();
-    let server = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         crate::process::start(
             &db,
             &[
@@ -25,49 +24,7 @@ async fn start(db: &std::path::Path) -> Server {
         )
     })
     .await
-    .unwrap();
-    let client = reqwest::Client::new();
-    let until = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Ok(r) = client.get(format!("{}/readyz", server.base)).send().await
-            && r.status() == 200
-        {
-            return server;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "the model never got ready"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
-fn parse(body: &str) -> Vec<Event> {
-    body.split("\n\n")
-        .filter_map(|block| {
-            let mut id = None;
-            let mut event = String::new();
-            let mut data = None;
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id: ") {
-                    id = Some(v.parse().unwrap());
-                } else if let Some(v) = line.strip_prefix("event: ") {
-                    event = v.to_owned();
-                } else if let Some(v) = line.strip_prefix("data: ") {
-                    data = Some(v.to_owned());
-                }
-            }
-            data.map(|data| Event { id, event, data })
-        })
-        .collect()
-}
-
-fn text(events: &[Event]) -> String {
-    events
-        .iter()
-        .filter(|e| e.event == "token")
-        .map(|e| e.json()["text"].as_str().unwrap().to_owned())
-        .collect()
+    .unwrap()
 }
 
 #[tokio::test]
@@ -100,27 +57,15 @@ async fn kill_9_mid_stream_then_the_restart_continues_it_exactly() {
         .await
         .unwrap();
     let id = r.headers()["x-stream-id"].to_str().unwrap().to_owned();
-    let mut body = r.bytes_stream();
-    let mut seen = Vec::new();
-    while parse(std::str::from_utf8(&seen).unwrap_or_default())
-        .iter()
-        .filter(|e| e.event == "token")
-        .count()
-        < 12
-    {
-        let chunk = tokio::time::timeout(DEADLINE, body.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        seen.extend_from_slice(&chunk);
-    }
+    let mut reader = SseReader::new(r, DEADLINE);
+    let tokens = reader
+        .read_until(|r| r.events().iter().filter(|e| e.event == "token").count() >= 12)
+        .await;
+    assert!(tokens, "the stream ended before its 12th token");
     server.child.kill().unwrap(); // SIGKILL
     server.child.wait().unwrap();
-    let seen = String::from_utf8(seen).unwrap();
     // Only whole events count as seen.
-    let seen = &seen[..seen.rfind("\n\n").unwrap() + 2];
-    let seen = parse(seen);
+    let seen = reader.into_events();
     let last_seen = seen.last().unwrap().id.unwrap();
     assert_ne!(
         seen.last().unwrap().event,
@@ -141,7 +86,7 @@ async fn kill_9_mid_stream_then_the_restart_continues_it_exactly() {
         .await
         .unwrap();
     let rest = parse(&rest);
-    let all: Vec<Event> = seen.iter().chain(rest.iter()).cloned().collect();
+    let all: Vec<SseEvent> = seen.iter().chain(rest.iter()).cloned().collect();
     let ids: Vec<u64> = all.iter().map(|e| e.id.unwrap()).collect();
     assert_eq!(
         ids,

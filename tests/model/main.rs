@@ -8,6 +8,10 @@ mod crash;
 mod forward;
 #[path = "../common/process.rs"]
 mod process;
+#[path = "../common/ready.rs"]
+mod ready;
 mod server;
+#[path = "../common/sse.rs"]
+mod sse;
 mod streams;
 mod tokenizer;

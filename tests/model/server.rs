@@ -1,15 +1,17 @@
-//! One shared server on the real model, on its own thread and runtime, and a small SSE
-//! client that reads bytes (a chunk may end inside a UTF-8 character).
+//! One shared server on the real model, on its own thread and runtime, and running a
+//! stream on it to its end (with the shared SSE reader, which keeps bytes until an event
+//! is whole: a chunk may end inside a UTF-8 character).
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use spool::ServeConfig;
 use spool::config::BackendKind;
+
+use crate::sse::{SseEvent, SseReader};
 
 pub const DEADLINE: Duration = Duration::from_secs(120);
 
@@ -59,93 +61,26 @@ pub fn base() -> &'static str {
             })
             .unwrap();
         let base = rx.recv().unwrap();
-        // Tests call this from inside their runtime: wait on a plain thread.
-        let waiting = base.clone();
-        std::thread::spawn(move || wait_ready(&waiting))
-            .join()
-            .unwrap();
+        crate::ready::wait_ready(&base, DEADLINE);
         base
     })
-}
-
-fn wait_ready(base: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let client = reqwest::Client::new();
-        let until = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let r = client.get(format!("{base}/readyz")).send().await.unwrap();
-            if r.status() == 200 {
-                return;
-            }
-            assert_eq!(r.status(), 503);
-            assert!(
-                tokio::time::Instant::now() < until,
-                "the model never loaded"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
 }
 
 pub fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-/// One SSE event.
-#[derive(Debug, Clone)]
-pub struct Event {
-    #[allow(dead_code)]
-    pub id: Option<u64>,
-    pub event: String,
-    pub data: String,
-}
-
-impl Event {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.data).unwrap()
-    }
-}
-
-/// Parses complete events from the front of `buf` (bytes), leaving the rest.
-fn take_events(buf: &mut Vec<u8>, out: &mut Vec<Event>) {
-    while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-        let block: Vec<u8> = buf.drain(..end + 2).collect();
-        let block = String::from_utf8(block).expect("an SSE event is not valid UTF-8");
-        let (mut id, mut event, mut data) = (None, String::new(), None);
-        for line in block.lines() {
-            if let Some(v) = line.strip_prefix("id: ") {
-                id = Some(v.parse().unwrap());
-            } else if let Some(v) = line.strip_prefix("event: ") {
-                event = v.to_owned();
-            } else if let Some(v) = line.strip_prefix("data: ") {
-                data = Some(v.to_owned());
-            }
-        }
-        if let Some(data) = data {
-            out.push(Event { id, event, data });
-        }
-    }
-}
-
 /// A finished stream as a reader saw it.
 #[derive(Debug)]
 pub struct Run {
     pub id: String,
-    pub events: Vec<Event>,
+    pub events: Vec<SseEvent>,
 }
 
 impl Run {
     /// The concatenated token texts.
     pub fn text(&self) -> String {
-        self.events
-            .iter()
-            .filter(|e| e.event == "token")
-            .map(|e| e.json()["text"].as_str().unwrap().to_owned())
-            .collect()
+        crate::sse::text(&self.events)
     }
 
     pub fn last(&self) -> Value {
@@ -168,25 +103,18 @@ pub async fn run(body: Value) -> Run {
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let id = r.headers()["x-stream-id"].to_str().unwrap().to_owned();
-    let mut body = r.bytes_stream();
-    let mut buf = Vec::new();
-    let mut events = Vec::new();
-    let until = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        take_events(&mut buf, &mut events);
-        if events
-            .last()
-            .is_some_and(|e| e.event == "done" || e.event == "error")
-        {
-            return Run { id, events };
-        }
-        match tokio::time::timeout_at(until, body.next())
-            .await
-            .expect("timed out reading the stream")
-        {
-            Some(Ok(bytes)) => buf.extend_from_slice(&bytes),
-            other => panic!("the stream ended early: {other:?}; got {events:?}"),
-        }
+    let mut reader = SseReader::new(r, DEADLINE);
+    let ended = reader
+        .read_until(|r| {
+            r.events()
+                .last()
+                .is_some_and(|e| e.event == "done" || e.event == "error")
+        })
+        .await;
+    assert!(ended, "the stream ended early; got {:?}", reader.events());
+    Run {
+        id,
+        events: reader.into_events(),
     }
 }
 
