@@ -36,12 +36,16 @@ async fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            // A fatal condition says which status a supervisor should see (75: restart me).
+            let code = e
+                .downcast_ref::<spool::app::Fatal>()
+                .map_or(1, spool::app::Fatal::exit_code);
             match format {
                 LogFormat::Text => eprintln!("spool: {e:#}"),
                 // A log collector parses every line.
                 LogFormat::Json => tracing::error!(error = %format!("{e:#}"), "spool stopped"),
             }
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(code)
         }
     }
 }
