@@ -16,6 +16,7 @@
 
 mod admission;
 mod generation;
+mod rate;
 mod sessions;
 mod stop;
 
@@ -39,6 +40,7 @@ use crate::store::{
 };
 
 pub use admission::Admission;
+pub use rate::RateLimit;
 pub use sessions::{NewSessionRequest, SayError};
 pub use stop::StopFilter;
 
