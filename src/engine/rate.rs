@@ -21,6 +21,21 @@ pub struct RateLimit<C: Clock = DefaultClock> {
     limiter: Option<Limiter<C>>,
 }
 
+/// Unlimited.
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit::new(0)
+    }
+}
+
+impl<C: Clock> std::fmt::Debug for RateLimit<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("per_minute", &self.per_minute)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RateLimit {
     /// `per_minute` requests per minute per owner; 0 = no limit.
     pub fn new(per_minute: u32) -> Self {
