@@ -1,92 +1,74 @@
-//! Process-wide counters and histograms, rendered in the Prometheus text format.
+//! Counters, gauges and histograms, rendered in the Prometheus text format.
 //!
-//! Plain atomics: recording is a relaxed add on the hot path, and rendering reads a
-//! snapshot. Gauges that other parts already know (queue depth, live readers) are
-//! asked for at render time instead of being kept twice.
+//! Recorded through the `metrics` facade into a `metrics-exporter-prometheus` recorder
+//! that belongs to this `Metrics` alone — never installed as the process-global
+//! recorder, so several servers in one process (the API tests start many) each count
+//! their own. Every handle is registered once, when `Metrics` is made: recording is a
+//! call on a stored handle (an atomic add on the hot path), never a lookup by name.
+//! Gauges that other parts already know (queue depth, live readers) are set from
+//! [`Gauges`] just before rendering instead of being kept twice. `/metrics` is served
+//! by our own axum handler, which calls [`Metrics::render`].
+//!
+//! Names, types, labels and histogram buckets are what dashboards read: keep them.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
 use crate::event::StreamStatus;
 
-#[derive(Default)]
-pub struct Metrics {
-    streams_started: AtomicU64,
-    streams_finished: [AtomicU64; 6],
-    tokens_generated: AtomicU64,
-    events_committed: AtomicU64,
-    events_delivered: AtomicU64,
-    readers_active: AtomicU64,
-    reader_lags: AtomicU64,
-    resumes: AtomicU64,
-    rejected_busy: AtomicU64,
-    commit_failures: AtomicU64,
-    ws_sockets: AtomicU64,
-    connections: AtomicU64,
-    ws_timeouts: AtomicU64,
-    cluster_wakeups: AtomicU64,
-    cluster_listen_lost: AtomicU64,
-    cluster_takeovers: AtomicU64,
-    batch_size: Histogram<BATCH_BUCKETS>,
-    commit_seconds: Histogram<LATENCY_BUCKETS>,
-    ttft_seconds: Histogram<LATENCY_BUCKETS>,
-}
-
-const BATCH_BUCKETS: usize = 10;
-const BATCH_BOUNDS: [f64; BATCH_BUCKETS] =
-    [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 256.0, 1024.0, 4096.0];
-const LATENCY_BUCKETS: usize = 12;
-const LATENCY_BOUNDS: [f64; LATENCY_BUCKETS] = [
+const BATCH_BOUNDS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 256.0, 1024.0, 4096.0];
+const LATENCY_BOUNDS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-/// A cumulative-on-render histogram with fixed bounds.
-struct Histogram<const N: usize> {
-    buckets: [AtomicU64; N],
-    overflow: AtomicU64,
-    count: AtomicU64,
-    /// Sum in micro-units, so an integer atomic can hold it.
-    sum_micros: AtomicU64,
-}
+const BATCH_EVENTS: &str = "spool_store_batch_events";
+const COMMIT_SECONDS: &str = "spool_store_commit_seconds";
+const TTFT_SECONDS: &str = "spool_time_to_first_token_seconds";
 
-impl<const N: usize> Default for Histogram<N> {
-    fn default() -> Self {
-        Histogram {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            overflow: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
-        }
-    }
-}
+/// Histogram samples wait in the recorder until they are folded into buckets; that
+/// happens on every render, and also after this many samples, so a server nobody
+/// scrapes does not hold them all.
+const UPKEEP_EVERY: u64 = 1024;
 
-impl<const N: usize> Histogram<N> {
-    fn observe(&self, bounds: &[f64; N], value: f64) {
-        match bounds.iter().position(|&b| value <= b) {
-            Some(i) => self.buckets[i].fetch_add(1, Relaxed),
-            None => self.overflow.fetch_add(1, Relaxed),
-        };
-        self.count.fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add((value * 1e6) as u64, Relaxed);
-    }
+const METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
-    fn render(&self, out: &mut String, name: &str, help: &str, bounds: &[f64; N]) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bucket, bound) in self.buckets.iter().zip(bounds) {
-            cumulative += bucket.load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += self.overflow.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.sum_micros.load(Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count {}", self.count.load(Relaxed));
-    }
+pub struct Metrics {
+    handle: PrometheusHandle,
+    streams_started: Counter,
+    /// By the index of the status in [`StreamStatus::ALL`]; no-op handles for the
+    /// statuses that are not terminal.
+    streams_finished: [Counter; StreamStatus::ALL.len()],
+    tokens_generated: Counter,
+    events_committed: Counter,
+    events_delivered: Counter,
+    readers_active: Gauge,
+    reader_lags: Counter,
+    resumes: Counter,
+    rejected_busy: Counter,
+    commit_failures: Counter,
+    ws_sockets: Gauge,
+    connections: Gauge,
+    ws_timeouts: Counter,
+    cluster_wakeups: Counter,
+    cluster_listen_lost: Counter,
+    cluster_takeovers: Counter,
+    batch_size: Histogram,
+    commit_seconds: Histogram,
+    ttft_seconds: Histogram,
+    streams_queued: Gauge,
+    streams_running: Gauge,
+    queue_depth: Gauge,
+    live_streams: Gauge,
+    remote_readers: Gauge,
+    /// The two values [`Metrics::ws_sockets`] and [`Metrics::reader_lags`] read back
+    /// (the exporter's handles are write-only).
+    open_ws: AtomicU64,
+    lags: AtomicU64,
+    samples: AtomicU64,
 }
 
 /// Values owned elsewhere, read when `/metrics` is rendered.
@@ -98,246 +80,255 @@ pub struct Gauges {
     pub remote_readers: usize,
 }
 
+/// Registers this `Metrics`' handles on its own recorder, with their help texts.
+struct Registrar<R>(R);
+
+impl<R: Recorder> Registrar<R> {
+    fn counter(&self, name: &'static str, help: &'static str) -> Counter {
+        self.0
+            .describe_counter(KeyName::from_const_str(name), None, help.into());
+        self.0
+            .register_counter(&Key::from_static_name(name), &METADATA)
+    }
+
+    fn gauge(&self, name: &'static str, help: &'static str) -> Gauge {
+        self.0
+            .describe_gauge(KeyName::from_const_str(name), None, help.into());
+        self.0
+            .register_gauge(&Key::from_static_name(name), &METADATA)
+    }
+
+    fn histogram(&self, name: &'static str, help: &'static str) -> Histogram {
+        self.0
+            .describe_histogram(KeyName::from_const_str(name), None, help.into());
+        self.0
+            .register_histogram(&Key::from_static_name(name), &METADATA)
+    }
+
+    fn labelled_gauge(
+        &self,
+        name: &'static str,
+        label: &'static str,
+        value: &'static str,
+    ) -> Gauge {
+        let key = Key::from_parts(name, vec![Label::new(label, value)]);
+        self.0.register_gauge(&key, &METADATA)
+    }
+}
+
+fn builder() -> PrometheusBuilder {
+    let with_buckets = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(BATCH_EVENTS.into()), &BATCH_BOUNDS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(COMMIT_SECONDS.into()), &LATENCY_BOUNDS)
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(TTFT_SECONDS.into()), &LATENCY_BOUNDS)
+        });
+    // Setting buckets fails only for an empty list of bounds, which these are not.
+    with_buckets.unwrap_or_else(|_| PrometheusBuilder::new())
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
+    pub fn new() -> Self {
+        let recorder = builder().build_recorder();
+        let handle = recorder.handle();
+        let r = Registrar(recorder);
+
+        let streams_started = r.counter("spool_streams_started_total", "Streams accepted.");
+        let finished = "spool_streams_finished_total";
+        r.0.describe_counter(
+            KeyName::from_const_str(finished),
+            None,
+            "Streams ended, by final status.".into(),
+        );
+        let streams_finished = StreamStatus::ALL.map(|status| {
+            if status.is_terminal() {
+                let key = Key::from_parts(finished, vec![Label::new("status", status.as_str())]);
+                r.0.register_counter(&key, &METADATA)
+            } else {
+                Counter::noop()
+            }
+        });
+        let streams = "spool_streams";
+        r.0.describe_gauge(
+            KeyName::from_const_str(streams),
+            None,
+            "Streams in this process, by state.".into(),
+        );
+        let streams_queued = r.labelled_gauge(streams, "state", "queued");
+        let streams_running = r.labelled_gauge(streams, "state", "running");
+
+        Metrics {
+            streams_started,
+            streams_finished,
+            streams_queued,
+            streams_running,
+            queue_depth: r.gauge("spool_queue_depth", "Generations waiting for a slot."),
+            live_streams: r.gauge("spool_live_streams", "Streams with a live fan-out channel."),
+            remote_readers: r.gauge(
+                "spool_remote_readers",
+                "Readers following a stream another node generates (PostgreSQL).",
+            ),
+            cluster_wakeups: r.counter(
+                "spool_cluster_notifications_total",
+                "Stream wake-ups received from commits (PostgreSQL NOTIFY).",
+            ),
+            cluster_listen_lost: r.counter(
+                "spool_cluster_listen_lost_total",
+                "Times the LISTEN connection was lost and re-established.",
+            ),
+            cluster_takeovers: r.counter(
+                "spool_cluster_takeovers_total",
+                "Streams of dead nodes this node ended or continued.",
+            ),
+            ws_sockets: r.gauge("spool_ws_sockets", "Open WebSocket connections."),
+            connections: r.gauge(
+                "spool_connections",
+                "Open client connections (an upgraded WebSocket counts in spool_ws_sockets).",
+            ),
+            ws_timeouts: r.counter(
+                "spool_ws_pong_timeouts_total",
+                "WebSocket peers closed for missing pongs.",
+            ),
+            tokens_generated: r.counter(
+                "spool_tokens_generated_total",
+                "Tokens produced by backends.",
+            ),
+            events_committed: r.counter(
+                "spool_events_committed_total",
+                "Events committed to the store.",
+            ),
+            events_delivered: r
+                .counter("spool_events_delivered_total", "Events written to readers."),
+            readers_active: r.gauge("spool_readers_active", "Open event readers."),
+            reader_lags: r.counter(
+                "spool_reader_lags_total",
+                "Times a slow reader caught up from the store.",
+            ),
+            resumes: r.counter("spool_resumes_total", "Reads that resumed after a cursor."),
+            rejected_busy: r.counter(
+                "spool_rejected_busy_total",
+                "Requests refused with 429 because the queue was full.",
+            ),
+            commit_failures: r.counter(
+                "spool_store_commit_failures_total",
+                "Batches the store refused after retries.",
+            ),
+            batch_size: r.histogram(BATCH_EVENTS, "Events per group commit."),
+            commit_seconds: r.histogram(COMMIT_SECONDS, "Group commit latency."),
+            ttft_seconds: r.histogram(TTFT_SECONDS, "From acceptance to the first token."),
+            handle,
+            open_ws: AtomicU64::new(0),
+            lags: AtomicU64::new(0),
+            samples: AtomicU64::new(0),
+        }
+    }
+
     pub fn stream_started(&self) {
-        self.streams_started.fetch_add(1, Relaxed);
+        self.streams_started.increment(1);
     }
     pub fn stream_finished(&self, status: StreamStatus) {
         if let Some(i) = StreamStatus::ALL.iter().position(|&s| s == status) {
-            self.streams_finished[i].fetch_add(1, Relaxed);
+            self.streams_finished[i].increment(1);
         }
     }
     pub fn token_generated(&self) {
-        self.tokens_generated.fetch_add(1, Relaxed);
+        self.tokens_generated.increment(1);
     }
     pub fn events_committed(&self, n: usize) {
-        self.events_committed.fetch_add(n as u64, Relaxed);
+        self.events_committed.increment(n as u64);
     }
     pub fn events_delivered(&self, n: usize) {
-        self.events_delivered.fetch_add(n as u64, Relaxed);
+        self.events_delivered.increment(n as u64);
     }
     pub fn reader_opened(&self) {
-        self.readers_active.fetch_add(1, Relaxed);
+        self.readers_active.increment(1.0);
     }
     pub fn reader_closed(&self) {
-        self.readers_active.fetch_sub(1, Relaxed);
+        self.readers_active.decrement(1.0);
     }
     pub fn reader_lagged(&self) {
-        self.reader_lags.fetch_add(1, Relaxed);
+        self.lags.fetch_add(1, Relaxed);
+        self.reader_lags.increment(1);
     }
     pub fn resumed(&self) {
-        self.resumes.fetch_add(1, Relaxed);
+        self.resumes.increment(1);
     }
     pub fn rejected_busy(&self) {
-        self.rejected_busy.fetch_add(1, Relaxed);
+        self.rejected_busy.increment(1);
     }
     pub fn ws_opened(&self) {
-        self.ws_sockets.fetch_add(1, Relaxed);
+        self.open_ws.fetch_add(1, Relaxed);
+        self.ws_sockets.increment(1.0);
     }
     pub fn ws_closed(&self) {
-        self.ws_sockets.fetch_sub(1, Relaxed);
+        self.open_ws.fetch_sub(1, Relaxed);
+        self.ws_sockets.decrement(1.0);
     }
     pub fn connection_opened(&self) {
-        self.connections.fetch_add(1, Relaxed);
+        self.connections.increment(1.0);
     }
     pub fn connection_closed(&self) {
-        self.connections.fetch_sub(1, Relaxed);
+        self.connections.decrement(1.0);
     }
     pub fn ws_timed_out(&self) {
-        self.ws_timeouts.fetch_add(1, Relaxed);
+        self.ws_timeouts.increment(1);
     }
     /// Open WebSocket connections.
     pub fn ws_sockets(&self) -> u64 {
-        self.ws_sockets.load(Relaxed)
+        self.open_ws.load(Relaxed)
     }
     /// Several nodes: another node's commit named `n` streams with readers here.
     pub fn cluster_woken(&self, n: usize) {
-        self.cluster_wakeups.fetch_add(n as u64, Relaxed);
+        self.cluster_wakeups.increment(n as u64);
     }
     pub fn cluster_listen_lost(&self) {
-        self.cluster_listen_lost.fetch_add(1, Relaxed);
+        self.cluster_listen_lost.increment(1);
     }
     /// Streams of dead nodes this node ended or continued.
     pub fn cluster_took_over(&self, n: usize) {
-        self.cluster_takeovers.fetch_add(n as u64, Relaxed);
+        self.cluster_takeovers.increment(n as u64);
     }
     pub fn commit_failed(&self) {
-        self.commit_failures.fetch_add(1, Relaxed);
+        self.commit_failures.increment(1);
     }
     pub fn observe_commit(&self, events: usize, took: Duration) {
-        self.batch_size.observe(&BATCH_BOUNDS, events as f64);
-        self.commit_seconds
-            .observe(&LATENCY_BOUNDS, took.as_secs_f64());
+        self.batch_size.record(events as f64);
+        self.commit_seconds.record(took.as_secs_f64());
+        self.sampled(2);
     }
     pub fn observe_ttft(&self, took: Duration) {
-        self.ttft_seconds
-            .observe(&LATENCY_BOUNDS, took.as_secs_f64());
+        self.ttft_seconds.record(took.as_secs_f64());
+        self.sampled(1);
+    }
+
+    /// Folds waiting histogram samples into their buckets every [`UPKEEP_EVERY`].
+    fn sampled(&self, n: u64) {
+        let before = self.samples.fetch_add(n, Relaxed);
+        if before / UPKEEP_EVERY != (before + n) / UPKEEP_EVERY {
+            self.handle.run_upkeep();
+        }
     }
 
     /// Times a reader had to catch up from the store after falling behind.
     pub fn reader_lags(&self) -> u64 {
-        self.reader_lags.load(Relaxed)
+        self.lags.load(Relaxed)
     }
 
     pub fn render(&self, gauges: &Gauges) -> String {
-        let mut out = String::with_capacity(4096);
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
-        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        counter(
-            &mut out,
-            "spool_streams_started_total",
-            "Streams accepted.",
-            self.streams_started.load(Relaxed),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP spool_streams_finished_total Streams ended, by final status.\n\
-             # TYPE spool_streams_finished_total counter"
-        );
-        for (status, n) in StreamStatus::ALL.iter().zip(&self.streams_finished) {
-            if status.is_terminal() {
-                let _ = writeln!(
-                    out,
-                    "spool_streams_finished_total{{status=\"{}\"}} {}",
-                    status.as_str(),
-                    n.load(Relaxed)
-                );
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP spool_streams Streams in this process, by state.\n# TYPE spool_streams gauge\n\
-             spool_streams{{state=\"queued\"}} {}\nspool_streams{{state=\"running\"}} {}",
-            gauges.queued, gauges.running
-        );
-        gauge(
-            &mut out,
-            "spool_queue_depth",
-            "Generations waiting for a slot.",
-            gauges.queued as u64,
-        );
-        gauge(
-            &mut out,
-            "spool_live_streams",
-            "Streams with a live fan-out channel.",
-            gauges.live_streams as u64,
-        );
-        gauge(
-            &mut out,
-            "spool_remote_readers",
-            "Readers following a stream another node generates (PostgreSQL).",
-            gauges.remote_readers as u64,
-        );
-        counter(
-            &mut out,
-            "spool_cluster_notifications_total",
-            "Stream wake-ups received from commits (PostgreSQL NOTIFY).",
-            self.cluster_wakeups.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "spool_cluster_listen_lost_total",
-            "Times the LISTEN connection was lost and re-established.",
-            self.cluster_listen_lost.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "spool_cluster_takeovers_total",
-            "Streams of dead nodes this node ended or continued.",
-            self.cluster_takeovers.load(Relaxed),
-        );
-        gauge(
-            &mut out,
-            "spool_ws_sockets",
-            "Open WebSocket connections.",
-            self.ws_sockets.load(Relaxed),
-        );
-        gauge(
-            &mut out,
-            "spool_connections",
-            "Open client connections (an upgraded WebSocket counts in spool_ws_sockets).",
-            self.connections.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "spool_ws_pong_timeouts_total",
-            "WebSocket peers closed for missing pongs.",
-            self.ws_timeouts.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "spool_tokens_generated_total",
-            "Tokens produced by backends.",
-            self.tokens_generated.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "spool_events_committed_total",
-            "Events committed to the store.",
-            self.events_committed.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "spool_events_delivered_total",
-            "Events written to readers.",
-            self.events_delivered.load(Relaxed),
-        );
-        gauge(
-            &mut out,
-            "spool_readers_active",
-            "Open event readers.",
-            self.readers_active.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "spool_reader_lags_total",
-            "Times a slow reader caught up from the store.",
-            self.reader_lags.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "spool_resumes_total",
-            "Reads that resumed after a cursor.",
-            self.resumes.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "spool_rejected_busy_total",
-            "Requests refused with 429 because the queue was full.",
-            self.rejected_busy.load(Relaxed),
-        );
-        counter(
-            &mut out,
-            "spool_store_commit_failures_total",
-            "Batches the store refused after retries.",
-            self.commit_failures.load(Relaxed),
-        );
-        self.batch_size.render(
-            &mut out,
-            "spool_store_batch_events",
-            "Events per group commit.",
-            &BATCH_BOUNDS,
-        );
-        self.commit_seconds.render(
-            &mut out,
-            "spool_store_commit_seconds",
-            "Group commit latency.",
-            &LATENCY_BOUNDS,
-        );
-        self.ttft_seconds.render(
-            &mut out,
-            "spool_time_to_first_token_seconds",
-            "From acceptance to the first token.",
-            &LATENCY_BOUNDS,
-        );
-        out
+        self.streams_queued.set(gauges.queued as f64);
+        self.streams_running.set(gauges.running as f64);
+        self.queue_depth.set(gauges.queued as f64);
+        self.live_streams.set(gauges.live_streams as f64);
+        self.remote_readers.set(gauges.remote_readers as f64);
+        self.handle.render()
     }
 }
 
@@ -345,17 +336,21 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    fn gauges() -> Gauges {
+        Gauges {
+            running: 1,
+            queued: 2,
+            live_streams: 0,
+            remote_readers: 0,
+        }
+    }
+
     #[test]
     fn histogram_renders_cumulative_buckets() {
         let m = Metrics::default();
         m.observe_commit(3, Duration::from_millis(2));
         m.observe_commit(5000, Duration::from_secs(9));
-        let text = m.render(&Gauges {
-            running: 1,
-            queued: 2,
-            live_streams: 0,
-            remote_readers: 0,
-        });
+        let text = m.render(&gauges());
         assert!(
             text.contains("spool_store_batch_events_bucket{le=\"4\"} 1"),
             "{text}"
@@ -364,6 +359,62 @@ mod tests {
             text.contains("spool_store_batch_events_bucket{le=\"+Inf\"} 2"),
             "{text}"
         );
-        assert!(text.contains("spool_queue_depth 2"), "{text}");
+        assert!(
+            text.contains("spool_store_commit_seconds_bucket{le=\"0.0025\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spool_store_batch_events_sum 5003\n"),
+            "{text}"
+        );
+        assert!(text.contains("spool_queue_depth 2\n"), "{text}");
+        assert!(
+            text.contains("spool_streams{state=\"running\"} 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_metric_is_there_from_the_start_with_its_type() {
+        let text = Metrics::default().render(&gauges());
+        for (name, kind) in [
+            ("spool_streams_started_total", "counter"),
+            ("spool_streams_finished_total", "counter"),
+            ("spool_streams", "gauge"),
+            ("spool_connections", "gauge"),
+            ("spool_store_commit_failures_total", "counter"),
+            ("spool_time_to_first_token_seconds", "histogram"),
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}\n")),
+                "{name}: {text}"
+            );
+        }
+        assert!(text.contains("spool_streams_started_total 0\n"), "{text}");
+        assert!(
+            text.contains("spool_streams_finished_total{status=\"interrupted\"} 0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("status=\"running\""), "{text}");
+        assert!(
+            text.contains("spool_time_to_first_token_seconds_bucket{le=\"0.0005\"} 0\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn each_instance_counts_its_own() {
+        let (a, b) = (Metrics::default(), Metrics::default());
+        a.token_generated();
+        a.ws_opened();
+        assert!(
+            a.render(&gauges())
+                .contains("spool_tokens_generated_total 1\n")
+        );
+        assert!(
+            b.render(&gauges())
+                .contains("spool_tokens_generated_total 0\n")
+        );
+        assert_eq!((a.ws_sockets(), b.ws_sockets()), (1, 0));
     }
 }

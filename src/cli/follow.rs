@@ -4,10 +4,9 @@
 use std::io::Write;
 use std::time::Duration;
 
+use eventsource_stream::{Event, Eventsource};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-
-use super::sse::{SseEvent, SseParser};
 
 /// How following ended.
 pub enum Ending {
@@ -95,24 +94,24 @@ impl Follower {
             }
             return Ok(None);
         }
-        let mut parser = SseParser::default();
-        let mut body = response.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let Ok(chunk) = chunk else {
-                return Ok(None);
-            };
-            for event in parser.push(&chunk) {
-                if let Some(ending) = self.print(&event) {
-                    return Ok(Some(ending));
-                }
+        // The parser buffers bytes, so a character split between chunks stays whole; any
+        // error (the connection broke, bytes that are not an event stream) is a drop.
+        let mut events = response.bytes_stream().eventsource();
+        while let Some(Ok(event)) = events.next().await {
+            if let Some(ending) = self.print(&event) {
+                return Ok(Some(ending));
             }
         }
         Ok(None)
     }
 
-    /// Prints one event (once: seqs at or below the last printed are skipped).
-    fn print(&mut self, event: &SseEvent) -> Option<Ending> {
-        if let Some(id) = event.id {
+    /// Prints one event (once: seqs at or below the last printed are skipped). spool
+    /// numbers every event. (An event without `id:` would carry the one before it, the
+    /// SSE spec's last event ID, and so be skipped; one whose id is not a number is
+    /// printed without one.)
+    fn print(&mut self, event: &Event) -> Option<Ending> {
+        let id: Option<u64> = event.id.parse().ok();
+        if let Some(id) = id {
             if id <= self.last {
                 return None;
             }
@@ -121,7 +120,7 @@ impl Follower {
         let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
         let mut out = std::io::stdout().lock();
         if self.json {
-            let line = json!({"id": event.id, "event": event.event, "data": data});
+            let line = json!({"id": id, "event": event.event, "data": data});
             let _ = writeln!(out, "{line}");
         } else if event.event == "token" {
             let _ = write!(out, "{}", data["text"].as_str().unwrap_or_default());
@@ -179,3 +178,35 @@ impl Follower {
 
 /// A failure that resuming cannot fix (unknown stream, bad cursor).
 struct Fatal(String);
+
+#[cfg(test)]
+mod tests {
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
+
+    /// What the follower relies on from the parser: events whole wherever a chunk ends,
+    /// even inside a UTF-8 character; comments and `retry:` alone are no events.
+    #[tokio::test]
+    async fn events_split_anywhere_are_whole() {
+        let wire = "retry: 1000\n\nid: 1\nevent: start\ndata: {}\n\n: ping\n\nid: 2\nevent: token\ndata: {\"text\":\"é\"}\n\n";
+        let bytes = wire.as_bytes();
+        for cut in 0..bytes.len() {
+            let chunks = [&bytes[..cut], &bytes[cut..]].map(|c| Ok::<_, ()>(c.to_vec()));
+            let events: Vec<_> = futures_util::stream::iter(chunks)
+                .eventsource()
+                .map(|e| e.map_err(|e| format!("{e:?}")))
+                .collect()
+                .await;
+            let events: Result<Vec<_>, _> = events.into_iter().collect();
+            let events = events.unwrap();
+            assert_eq!(events.len(), 2, "cut at {cut}");
+            assert_eq!(
+                (events[0].id.as_str(), events[0].event.as_str()),
+                ("1", "start")
+            );
+            assert_eq!(events[1].id, "2");
+            assert_eq!(events[1].event, "token");
+            assert_eq!(events[1].data, "{\"text\":\"é\"}");
+        }
+    }
+}

@@ -3,7 +3,6 @@
 //! (`Last-Event-ID`), telling stderr, never repeating text on stdout.
 
 mod follow;
-mod sse;
 
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
