@@ -45,7 +45,7 @@ pub use cursor::{FollowError, InvalidCursor, parse as parse_cursor};
 pub use rate::RateLimit;
 pub use reads::{Access, Follow};
 pub use sessions::NewSessionRequest;
-pub use start::{StartRequest, Via};
+pub use start::{StartRequest, TurnOf, Via};
 pub use stop::StopFilter;
 
 /// Why a stream could not be started. Nothing was stored.
@@ -82,6 +82,8 @@ pub struct Started {
     pub created_at: i64,
     /// The session whose turn the stream answers.
     pub session_id: Option<String>,
+    /// Whether that session was created for this turn.
+    pub new_session: bool,
 }
 
 /// What a cancel request found.

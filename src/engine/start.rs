@@ -7,7 +7,8 @@
 //! 2. the model is served;
 //! 3. a start that came without an HTTP request of its own ([`Via::Socket`]) takes a
 //!    token from its key's rate limit (an HTTP request was counted by the key check);
-//! 4. a session runs one turn at a time; the prompt becomes the session's history;
+//! 4. a session runs one turn at a time (a new session is created here, for its first
+//!    turn); the prompt becomes the session's history;
 //! 5. the backend can take the request (context length, parameters);
 //! 6. a place in the queue ([`super::Admission`]), else `Busy`.
 //!
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::sessions::{Starting, history, running};
+use super::sessions::{NewSessionRequest, Starting, history, running};
 use super::{Engine, Live, StartError, Started, generation};
 use crate::event::{Event, now_ms, rfc3339};
 use crate::ids::new_stream_id;
@@ -33,9 +34,19 @@ pub struct StartRequest {
     pub request: GenerateRequest,
     /// The API key's owner (`None` without keys).
     pub owner: Option<String>,
-    /// The session whose next turn this is (found for `owner`).
-    pub session: Option<SessionRow>,
+    /// The session whose next turn this is.
+    pub session: Option<TurnOf>,
     pub via: Via,
+}
+
+/// Which session a turn belongs to.
+#[derive(Debug)]
+pub enum TurnOf {
+    /// An existing session (found for the request's owner).
+    Session(SessionRow),
+    /// A session created for this, its first turn (WebSocket `session.say` without a
+    /// `session_id`): created once the start has passed the rate limit.
+    New(NewSessionRequest),
 }
 
 /// How a start reached the server, for the per-key rate limit.
@@ -70,6 +81,11 @@ impl Engine {
         if let (Via::Socket, Some(owner)) = (via, owner.as_deref()) {
             self.charge(owner)?;
         }
+        let (session, new_session) = match session {
+            None => (None, false),
+            Some(TurnOf::Session(row)) => (Some(row), false),
+            Some(TurnOf::New(new)) => (Some(self.create_session(new, owner.clone()).await?), true),
+        };
         // A session's turn: held in `starting_turns` until the stream is stored.
         let mut _starting = None;
         let turn = match &session {
@@ -143,6 +159,7 @@ impl Engine {
             model: request.model.clone(),
             created_at,
             session_id: request.session_id.clone(),
+            new_session,
         };
         self.spawn_generation(&id, request, backend, live, 1, ticket, span);
         Ok(started)

@@ -15,7 +15,7 @@ use super::params::StreamParams;
 use super::render::{Numbering, Render};
 use super::sse;
 use crate::config::{AuthConfig, LimitsConfig, ServerConfig, WsConfig};
-use crate::engine::{Engine, StartRequest, Started, Via};
+use crate::engine::{Engine, NewSessionRequest, StartRequest, Started, TurnOf, Via};
 use crate::metrics::Metrics;
 
 /// The parts of the configuration the HTTP layer reads.
@@ -116,19 +116,44 @@ impl HttpState {
         owner: Option<String>,
         via: Via,
     ) -> Result<Started, ApiError> {
+        self.start_with(params, owner, via, None).await
+    }
+
+    /// [`HttpState::start`] for the first turn of a session created for it.
+    pub(super) async fn start_in_new_session(
+        &self,
+        params: StreamParams,
+        owner: Option<String>,
+        via: Via,
+        session: NewSessionRequest,
+    ) -> Result<Started, ApiError> {
+        self.start_with(params, owner, via, Some(session)).await
+    }
+
+    async fn start_with(
+        &self,
+        params: StreamParams,
+        owner: Option<String>,
+        via: Via,
+        new_session: Option<NewSessionRequest>,
+    ) -> Result<Started, ApiError> {
         let engine = self.engine();
-        let session = match params.session_id.as_deref() {
-            None => None,
-            Some(id) => Some(
-                engine
+        let (request, session) = match (params.session_id.as_deref(), new_session) {
+            (Some(id), _) => {
+                let row = engine
                     .session(id, owner.as_deref())
                     .await?
-                    .ok_or_else(ApiError::session_not_found)?,
-            ),
-        };
-        let request = match &session {
-            Some(s) => params.validate_turn(self.limits(), engine.models(), s.model.as_deref())?,
-            None => params.validate(self.limits(), engine.models())?,
+                    .ok_or_else(ApiError::session_not_found)?;
+                let request =
+                    params.validate_turn(self.limits(), engine.models(), row.model.as_deref())?;
+                (request, Some(TurnOf::Session(row)))
+            }
+            (None, Some(new)) => {
+                let request =
+                    params.validate_turn(self.limits(), engine.models(), new.model.as_deref())?;
+                (request, Some(TurnOf::New(new)))
+            }
+            (None, None) => (params.validate(self.limits(), engine.models())?, None),
         };
         Ok(engine
             .start(StartRequest {

@@ -501,3 +501,92 @@ async fn a_new_turn_while_one_runs_is_refused() {
     assert_eq!(e["code"], "turn_in_progress");
     assert_eq!(e["ref"], "again");
 }
+
+/// `SPOOL_RATE_LIMIT` counts every stream a socket starts, as it counts a `POST`: the
+/// upgrade request takes one token, each `generate` and `session.say` one more, and
+/// past the limit the start is refused (`rate_limited`) while the socket stays open.
+#[tokio::test]
+async fn generates_over_a_socket_count_against_the_key_rate_limit() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let app = spawn_with(|c| {
+        c.auth.api_keys = vec!["alpha-key".into(), "beta-key".into()];
+        c.auth.rate_limit = 4;
+    })
+    .await;
+    let mut request = format!("ws://{}/v1/ws", app.addr)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", "Bearer alpha-key".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    // The upgrade took 1 of 4: three generates start, the fourth is refused, and so
+    // is a session's turn.
+    async fn answer(ws: &mut Ws, reference: &str, mut msg: Value) -> Value {
+        msg["ref"] = json!(reference);
+        send(ws, msg).await;
+        loop {
+            let m = next(ws).await;
+            if m["ref"] == reference {
+                return m;
+            }
+        }
+    }
+    let generate = json!({"type": "generate", "prompt": "hi", "max_tokens": 2});
+    for i in 0..3 {
+        let m = answer(&mut ws, &format!("g{i}"), generate.clone()).await;
+        assert_eq!(m["type"], "started", "{m}");
+    }
+    let refused = answer(&mut ws, "g3", generate.clone()).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    let say = json!({"type": "session.say", "content": "hi"});
+    let refused = answer(&mut ws, "s1", say).await;
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    // The socket still answers, and the key's HTTP requests are over the limit too.
+    send(&mut ws, json!({"type": "ping"})).await;
+    loop {
+        if next(&mut ws).await["type"] == "pong" {
+            break;
+        }
+    }
+    let r = app
+        .client
+        .get(app.url("/v1/models"))
+        .bearer_auth("alpha-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let r = app
+        .client
+        .get(app.url("/v1/models"))
+        .bearer_auth("beta-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "buckets are per key");
+}
+
+/// A `POST` that starts a stream is counted once (by the key check), not twice.
+#[tokio::test]
+async fn a_post_is_counted_once() {
+    let app = spawn_with(|c| {
+        c.auth.api_keys = vec!["alpha-key".into()];
+        c.auth.rate_limit = 3;
+    })
+    .await;
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        let r = app
+            .client
+            .post(app.url("/v1/streams"))
+            .bearer_auth("alpha-key")
+            .json(&json!({"prompt": "hi", "max_tokens": 1}))
+            .send()
+            .await
+            .unwrap();
+        codes.push(r.status().as_u16());
+    }
+    assert_eq!(codes, [201, 201, 201, 429]);
+}

@@ -235,6 +235,9 @@ enum Outgoing<'a> {
         reference: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         stream_id: Option<&'a str>,
+        /// What the HTTP error object would carry besides (e.g. the list of models).
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        extra: Option<&'a Map<String, Value>>,
     },
     Started {
         stream_id: &'a str,
@@ -267,6 +270,18 @@ pub fn error(
         message,
         reference,
         stream_id,
+        extra: None,
+    })
+}
+
+/// The `error` message of an API error: its code, message and extra members.
+pub fn api_error(e: &ApiError, reference: Option<&str>, stream_id: Option<&str>) -> String {
+    to_text(&Outgoing::Error {
+        code: e.code.as_str(),
+        message: &e.message,
+        reference,
+        stream_id,
+        extra: e.extra.as_deref(),
     })
 }
 

@@ -180,13 +180,8 @@ impl Connection {
     }
 
     async fn send_error(&self, e: &ApiError, reference: Option<&str>, stream_id: Option<&str>) {
-        self.send(protocol::error(
-            e.code.as_str(),
-            &e.message,
-            reference,
-            stream_id,
-        ))
-        .await;
+        self.send(protocol::api_error(e, reference, stream_id))
+            .await;
     }
 
     async fn on_text(&mut self, text: &str) {
@@ -303,8 +298,12 @@ impl Connection {
     ) -> Result<(), ApiError> {
         self.room_for_one_more()?;
         let mut params = protocol::stream_params(body)?;
-        let session_id = match session_id {
-            Some(id) => id,
+        let owner = self.owner.clone();
+        let started = match session_id {
+            Some(id) => {
+                params.session_id = Some(id);
+                self.state.start(params, owner, Via::Socket).await?
+            }
             None => {
                 let new = SessionParams {
                     model: params.model.clone(),
@@ -312,22 +311,22 @@ impl Connection {
                     metadata: None,
                 }
                 .validate(self.state.engine().models())?;
-                let row = self
-                    .state
-                    .engine()
-                    .create_session(new, self.owner.clone())
-                    .await?;
-                self.send(protocol::session(reference, &row.id)).await;
-                row.id
+                self.state
+                    .start_in_new_session(params, owner, Via::Socket, new)
+                    .await?
             }
         };
-        params.session_id = Some(session_id.clone());
-        let started = self
-            .state
-            .start(params, self.owner.clone(), Via::Socket)
-            .await?;
-        self.send(protocol::started(reference, &started.id, Some(&session_id)))
-            .await;
+        if let Some(session) = started.session_id.as_deref()
+            && started.new_session
+        {
+            self.send(protocol::session(reference, session)).await;
+        }
+        self.send(protocol::started(
+            reference,
+            &started.id,
+            started.session_id.as_deref(),
+        ))
+        .await;
         self.follow(started.id, 1);
         Ok(())
     }
@@ -373,14 +372,8 @@ impl Connection {
                         Ok(chunk) => chunk,
                         Err(e) => {
                             let e: ApiError = e.into();
-                            let _ = out
-                                .send(Out::Text(protocol::error(
-                                    e.code.as_str(),
-                                    &e.message,
-                                    None,
-                                    Some(&id),
-                                )))
-                                .await;
+                            let text = protocol::api_error(&e, None, Some(&id));
+                            let _ = out.send(Out::Text(text)).await;
                             break;
                         }
                     };
