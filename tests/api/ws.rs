@@ -590,3 +590,49 @@ async fn a_post_is_counted_once() {
     }
     assert_eq!(codes, [201, 201, 201, 429]);
 }
+
+/// An unknown model is `model_not_found` with the list of models, on every surface.
+#[tokio::test]
+async fn an_unknown_model_is_named_with_the_models_there_are() {
+    let app = spawn_app().await;
+    let mut ws = connect(&app).await;
+    for (reference, msg) in [
+        (
+            "g",
+            json!({"type": "generate", "prompt": "hi", "model": "nope"}),
+        ),
+        (
+            "s",
+            json!({"type": "session.say", "content": "hi", "model": "nope"}),
+        ),
+    ] {
+        let mut msg = msg;
+        msg["ref"] = json!(reference);
+        send(&mut ws, msg).await;
+        let m = next(&mut ws).await;
+        assert_eq!(m["type"], "error", "{m}");
+        assert_eq!(m["ref"], reference, "{m}");
+        assert_eq!(m["code"], "model_not_found", "{m}");
+        assert_eq!(m["models"], json!(["mock"]), "{m}");
+    }
+    for (path, body) in [
+        ("/v1/streams", json!({"prompt": "hi", "model": "nope"})),
+        ("/v1/sessions", json!({"model": "nope"})),
+        (
+            "/v1/chat/completions",
+            json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+    ] {
+        let r = app
+            .client
+            .post(app.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "model_not_found", "{path}: {e}");
+        assert_eq!(e["error"]["models"], json!(["mock"]), "{path}: {e}");
+    }
+}
