@@ -11,7 +11,7 @@
 //!
 //! A fatal condition found by a background task (the model failed to load, this node's
 //! lease was taken) ends `serve` through the same path, with an error `main` turns into
-//! the process's exit status ([`Fatal::exit_code`]).
+//! the process's exit status (`crate::fatal`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{BackendKind, ServeConfig};
 use crate::engine::{Admission, Engine, RateLimit};
 use crate::event::now_ms;
+use crate::fatal::{Fatal, FatalSender};
 use crate::http::{HttpConfig, HttpState};
 use crate::hub::StreamHub;
 use crate::llm::Models;
@@ -36,42 +37,6 @@ use crate::metrics::Metrics;
 use crate::store::{self, EventLog, Store, WriterTask};
 use crate::tls::Tls;
 use crate::{http, server};
-
-/// A condition after which this process must stop.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Fatal {
-    /// The local model could not be loaded: serving only 503s helps no one.
-    #[error("the local model could not be loaded: {0}")]
-    ModelFailed(String),
-    /// Another process holds this node's lease (it expired while this one stalled, and
-    /// a survivor took its streams over, or another process took the node id).
-    #[error(
-        "this node's lease is not ours any more (it expired and a survivor took its \
-         streams over, or another process took this node id)"
-    )]
-    LeaseLost,
-}
-
-impl Fatal {
-    /// The exit status `main` ends with: 75 (`EX_TEMPFAIL`) for a lost lease, so a
-    /// supervisor restarts the node; 1 otherwise.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Fatal::LeaseLost => 75,
-            Fatal::ModelFailed(_) => 1,
-        }
-    }
-}
-
-/// Where background tasks report a [`Fatal`] condition; `serve` hears the first.
-#[derive(Clone)]
-pub struct FatalSender(mpsc::Sender<Fatal>);
-
-impl FatalSender {
-    pub fn report(&self, fatal: Fatal) {
-        let _ = self.0.try_send(fatal);
-    }
-}
 
 /// A started spool: store open, engine ready, not yet serving.
 pub struct Spool {
@@ -115,7 +80,7 @@ impl Spool {
             RateLimit::new(config.auth.rate_limit),
         );
         engine.continue_unfinished(opened.unfinished).await;
-        let (fatal_tx, fatal) = mpsc::channel(1);
+        let (fatal_tx, fatal) = FatalSender::channel();
         if store.is_shared() {
             tracing::info!(node = store.node(), "sharing the database with other nodes");
             crate::cluster::start(
@@ -123,12 +88,12 @@ impl Spool {
                 store.clone(),
                 hub.clone(),
                 &config.cluster,
-                FatalSender(fatal_tx.clone()),
+                fatal_tx.clone(),
             );
         }
         if let Some(local) = &local {
             let failed = local.failed();
-            let report = FatalSender(fatal_tx);
+            let report = fatal_tx;
             let shutdown = engine.shutdown_token();
             engine.spawn(async move {
                 tokio::select! {

@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{Fatal, FatalSender};
 use crate::config::ClusterConfig;
 use crate::engine::Engine;
+use crate::fatal::{Fatal, FatalSender};
 use crate::hub::StreamHub;
 use crate::store::Store;
 use crate::store::postgres::cluster::Notice;

@@ -14,7 +14,8 @@
 //! - [`http`] — the API surfaces (native, WebSocket, OpenAI) over the engine; each
 //!   surface writes the engine's events in its own wire format.
 //! - `server` — the accept loop (`tls` when a certificate is set).
-//! - [`app`] — assembles the parts, serves, and shuts them down in order.
+//! - [`app`] — assembles the parts, serves, and shuts them down in order; [`fatal`] —
+//!   the conditions that stop the process, and their exit statuses.
 //! - [`cli`] — the client commands `spool generate` / `spool tail`.
 //! - [`event`], [`ids`], [`metrics`] — the vocabulary, stream ids, and `/metrics`.
 //!
@@ -29,6 +30,7 @@ mod cluster;
 pub mod config;
 mod engine;
 pub mod event;
+pub mod fatal;
 mod feed;
 pub mod http;
 pub mod hub;

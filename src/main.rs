@@ -38,8 +38,8 @@ async fn main() -> std::process::ExitCode {
         Err(e) => {
             // A fatal condition says which status a supervisor should see (75: restart me).
             let code = e
-                .downcast_ref::<spool::app::Fatal>()
-                .map_or(1, spool::app::Fatal::exit_code);
+                .downcast_ref::<spool::fatal::Fatal>()
+                .map_or(1, spool::fatal::Fatal::exit_code);
             match format {
                 LogFormat::Text => eprintln!("spool: {e:#}"),
                 // A log collector parses every line.

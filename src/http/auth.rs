@@ -12,6 +12,7 @@
 //! expiry (unix seconds) with a server secret kept in the store. It is accepted as
 //! `?token=` on that one stream's events URL, nowhere else, until it expires.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{FromRequestParts, Request, State};
@@ -22,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use super::error::{ApiError, ErrorCode};
-use super::state::HttpState;
+use crate::engine::Engine;
 
 /// The configured keys, as digests, and the read-token signer.
 #[derive(Debug, Default)]
@@ -176,13 +177,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Owner {
     }
 }
 
+/// What the key check needs: the keys, and the engine whose rate limit every `/v1`
+/// request of a key counts against.
+pub struct KeyCheck {
+    pub keys: ApiKeys,
+    pub engine: Arc<Engine>,
+}
+
 /// Middleware: checks the key of a guarded route and records its owner.
 pub async fn require_key(
-    State(state): State<HttpState>,
+    State(check): State<Arc<KeyCheck>>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let keys = state.keys();
+    let keys = &check.keys;
     if keys.guards(request.uri().path()) {
         let key = request
             .headers()
@@ -193,7 +201,7 @@ pub async fn require_key(
         match key.and_then(|k| keys.owner(k)) {
             Some(owner) => {
                 // Every `/v1` request counts against its key's rate limit.
-                if let Err(e) = state.engine().charge(&owner) {
+                if let Err(e) = check.engine.charge(&owner) {
                     return ApiError::from(e).into_response();
                 }
                 request.extensions_mut().insert(Owner(Some(owner)));

@@ -10,6 +10,7 @@
 mod auth;
 mod error;
 mod extract;
+mod formats;
 mod openai;
 mod ops;
 mod page;
@@ -61,7 +62,7 @@ pub fn router(state: HttpState) -> Router {
         })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.key_check(),
             auth::require_key,
         ))
         .with_state(state);

@@ -1,5 +1,6 @@
 //! How stored events become bytes on the wire: one [`Render`] per SSE format, and the
-//! list of formats a stream's events can be read in (`?format=`).
+//! frames they are written into (`super::formats` lists the formats a stream's events
+//! can be read in by `?format=`).
 //!
 //! A renderer is a pure function of the stored events it is fed, in order: the same
 //! events give the same bytes, live or replayed, on any node. That is the whole of the
@@ -20,11 +21,10 @@
 //!   format's own count of frames (`engine::cursor::resolve` works in any unit).
 //!
 //! Adding a format: one file with a type that implements [`Render`] (in its surface's
-//! module), and a variant of [`Format`] if `GET /v1/streams/{id}/events?format=` should
+//! module), and a variant of `formats::Format` if `GET /v1/streams/{id}/events?format=` should
 //! offer it.
 
 use crate::event::Event;
-use crate::store::{StoreError, StreamRow};
 
 /// How a format numbers its frames (see the module comment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,34 +140,6 @@ impl ItoaBuf {
     pub(crate) fn as_str(&self) -> &str {
         // Only ASCII digits were written.
         std::str::from_utf8(&self.bytes[self.start..]).unwrap_or("0")
-    }
-}
-
-/// The formats `GET /v1/streams/{id}/events?format=` offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// SPEC §3 (no `format`, or `sse`/`native`).
-    Native,
-    /// OpenAI's `chat.completion.chunk` lines (`openai`).
-    OpenAi,
-}
-
-impl Format {
-    /// The format of a `?format=` value (`None` when it names none).
-    pub fn parse(name: Option<&str>) -> Option<Format> {
-        match name {
-            None | Some("sse" | "native") => Some(Format::Native),
-            Some("openai") => Some(Format::OpenAi),
-            Some(_) => None,
-        }
-    }
-
-    /// This format's renderer for a stored stream.
-    pub fn renderer(self, row: &StreamRow) -> Result<Box<dyn Render>, StoreError> {
-        Ok(match self {
-            Format::Native => Box::new(super::sse::Native),
-            Format::OpenAi => Box::new(super::openai::chunks::ChunkFormat::of(row)?),
-        })
     }
 }
 

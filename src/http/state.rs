@@ -9,7 +9,7 @@ use axum::response::Response;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::auth::ApiKeys;
+use super::auth::{ApiKeys, KeyCheck};
 use super::error::ApiError;
 use super::params::StreamParams;
 use super::render::{Numbering, Render};
@@ -34,7 +34,8 @@ pub struct HttpState(Arc<Inner>);
 struct Inner {
     engine: Arc<Engine>,
     metrics: Arc<Metrics>,
-    keys: ApiKeys,
+    /// The keys, with the engine for the rate limit (the key check's own state).
+    check: Arc<KeyCheck>,
     config: HttpConfig,
     /// Cancelled when the server stops accepting: open SSE responses and sockets end.
     shutdown: CancellationToken,
@@ -57,10 +58,14 @@ impl HttpState {
             config.auth.read_token_ttl,
         );
         let sockets = Arc::new(Semaphore::new(config.ws.max_sockets));
+        let check = Arc::new(KeyCheck {
+            keys,
+            engine: engine.clone(),
+        });
         HttpState(Arc::new(Inner {
             engine,
             metrics,
-            keys,
+            check,
             config,
             shutdown: CancellationToken::new(),
             sockets,
@@ -82,7 +87,12 @@ impl HttpState {
     }
 
     pub(super) fn keys(&self) -> &ApiKeys {
-        &self.0.keys
+        &self.0.check.keys
+    }
+
+    /// The key check's state (for its middleware).
+    pub(super) fn key_check(&self) -> Arc<KeyCheck> {
+        self.0.check.clone()
     }
 
     pub(super) fn limits(&self) -> &LimitsConfig {

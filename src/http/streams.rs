@@ -1,6 +1,6 @@
 //! `/v1/streams`: start, read (SSE), inspect, list, cancel and delete streams — the
 //! native surface. Its bodies are the typed structs below; its wire format is
-//! `sse::Native` (or another format by `?format=`, see `render::Format`).
+//! `sse::Native` (or another format by `?format=`, see `formats`).
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -13,8 +13,8 @@ use serde_json::{Map, Value};
 use super::auth::{Owner, ReadGrant};
 use super::error::{ApiError, ErrorCode};
 use super::extract::{JsonBody, QueryParams};
+use super::formats::Format;
 use super::params::StreamParams;
-use super::render;
 use super::sse;
 use super::state::HttpState;
 use crate::engine::{Access, Cancel, Follow, Started, Via, parse_cursor};
@@ -143,7 +143,7 @@ async fn events(
         })?)?),
         None => query.after.as_deref().map(parse_cursor).transpose()?,
     };
-    let Some(format) = render::Format::parse(query.format.as_deref()) else {
+    let Some(format) = Format::parse(query.format.as_deref()) else {
         return Err(ApiError::invalid(format!(
             "`format` is {:?}; expected \"openai\" or nothing",
             query.format.unwrap_or_default()
