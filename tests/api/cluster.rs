@@ -708,3 +708,44 @@ async fn a_node_restarted_under_its_id_ends_the_streams_it_left_open() {
     assert_eq!(s["last_seq"], events.len());
     assert_eq!(cluster.logged("a", "left running").len(), 1);
 }
+
+#[tokio::test]
+async fn a_node_whose_lease_was_taken_stops_with_75_and_writes_nothing_more() {
+    // Streams that stall: they stay running on `a` until something ends them.
+    let mut cluster = Cluster::start(&[("SPOOL_MOCK_STALL_AFTER", "3")]).await;
+    let pool = cluster.db.pool().await;
+    let id = cluster.create_id("a", 100).await;
+    let mut on_b = cluster.events("b", &id, None).await;
+    let before = on_b.until(4).await;
+    // As a survivor's sweep does when `a` was silent past its lease.
+    sqlx::query("DELETE FROM nodes WHERE id = 'a'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let until = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        let node = &mut cluster.nodes[0];
+        if let Some(status) = node.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < until, "a did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        status.code(),
+        Some(75),
+        "{:?}",
+        cluster.node("a").log_lines()
+    );
+    assert!(!cluster.logged("a", "lease is not ours").is_empty());
+    // `a` wrote no end of its own; a survivor ends the stream, once.
+    let body = on_b.read_to_end(Instant::now() + DEADLINE).await;
+    let events = parse_sse(&body);
+    assert_contiguous(&events);
+    assert_eq!(raw(&events[..before.len()]), raw(&before));
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "error", "{}", last.data);
+    assert_eq!(last.json()["code"], "interrupted");
+    assert_eq!(events.iter().filter(|e| e.event == "error").count(), 1);
+    cluster.wait_status("c", &id, "interrupted").await;
+}
