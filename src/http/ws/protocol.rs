@@ -76,7 +76,7 @@ enum Wire {
 }
 
 /// Every `type` a client may send.
-const TYPES: [&str; 6] = [
+pub(crate) const TYPES: [&str; 6] = [
     "generate",
     "subscribe",
     "cancel",
@@ -484,17 +484,7 @@ mod tests {
 
         /// A client message, give or take.
         fn message_fields() -> (Vec<Field>, Vec<Field>) {
-            let required = vec![(
-                "type",
-                one_of(&[
-                    "generate",
-                    "subscribe",
-                    "cancel",
-                    "unsubscribe",
-                    "session.say",
-                    "ping",
-                ]),
-            )];
+            let required = vec![("type", one_of(&TYPES))];
             let message = an_object(
                 vec![
                     ("role", one_of(&["user", "system"])),

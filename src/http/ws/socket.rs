@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::protocol::{self, Incoming};
-use crate::engine::{Access, Follow, Via};
+use crate::engine::{Access, Follow, Started, Via};
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::sessions::SessionParams;
 use crate::http::state::HttpState;
@@ -279,13 +279,7 @@ impl Connection {
         if cancel_on_disconnect {
             self.cancel_on_disconnect.insert(started.id.clone());
         }
-        self.send(protocol::started(
-            reference,
-            &started.id,
-            started.session_id.as_deref(),
-        ))
-        .await;
-        self.follow(started.id, 1);
+        self.started(reference, started).await;
         Ok(())
     }
 
@@ -316,6 +310,13 @@ impl Connection {
                     .await?
             }
         };
+        self.started(reference, started).await;
+        Ok(())
+    }
+
+    /// Tells the client what started (`session` first, for a session made for it),
+    /// then follows the stream from its first event.
+    async fn started(&mut self, reference: Option<&str>, started: Started) {
         if let Some(session) = started.session_id.as_deref()
             && started.new_session
         {
@@ -328,7 +329,6 @@ impl Connection {
         ))
         .await;
         self.follow(started.id, 1);
-        Ok(())
     }
 
     /// `subscribe`: the cursor rule, in this protocol's words (`stream_ended`,
