@@ -2,12 +2,16 @@
 //! its state, serve, and shut everything down in order. `app` depends on every part;
 //! no part depends on `app`.
 //!
-//! Shutdown order, and why: (1) stop accepting and end open SSE responses, so no client
-//! waits on a dying process; (2) end running generations with `interrupted` and wait
-//! for every tracked task; (3) stop the model thread; (4) flush the writer, so every
-//! event handed to it is on disk; (5) give up the lease and close the read pool. Each
-//! step has its share of `SPOOL_SHUTDOWN_TIMEOUT` (a quarter, three eighths, an eighth
-//! and a quarter), so the whole is bounded by it.
+//! Shutdown order, and why: (1) drain — `/readyz` 503 and new streams refused at once
+//! (a load balancer stops routing), running streams go on with their readers served,
+//! for up to `SPOOL_DRAIN_TIMEOUT`; (2) stop what still runs — a stream whose backend
+//! can continue is left for the next process (or another node), the rest end
+//! `interrupted` — and commit it all; (3) stop accepting and close connections, each
+//! response writing its last events first, so every connected reader has its stream's
+//! end (or resumes where it goes on); (4) stop the model thread; (5) close the writer;
+//! (6) give up the lease and close the read pool. After the drain, each step has its
+//! share of `SPOOL_SHUTDOWN_TIMEOUT` (three eighths, a quarter, an eighth, a quarter),
+//! so the process exits within `SPOOL_DRAIN_TIMEOUT + SPOOL_SHUTDOWN_TIMEOUT`.
 //!
 //! A fatal condition found by a background task (the model failed to load, this node's
 //! lease was taken) ends `serve` through the same path, with an error `main` turns into
@@ -139,7 +143,8 @@ impl Spool {
     }
 
     /// Serves on `listener` until `shutdown` resolves (or a [`Fatal`] condition is
-    /// reported), then shuts down in order. A fatal condition is the error returned.
+    /// reported), then drains and shuts down in order. A fatal condition is the error
+    /// returned.
     pub async fn serve(
         mut self,
         listener: TcpListener,
@@ -148,30 +153,12 @@ impl Spool {
         let addr = listener.local_addr().context("listener address")?;
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         tracing::info!("spool listening on {scheme}://{addr}");
-        let http_shutdown = self.http.shutdown_token();
-        let trigger = http_shutdown.clone();
-        let mut fatal_rx = std::mem::replace(&mut self.fatal, mpsc::channel(1).1);
-        let watcher = tokio::spawn(async move {
-            // No sender left means no task can report anything: wait for the signal.
-            let reported = async {
-                match fatal_rx.recv().await {
-                    Some(fatal) => fatal,
-                    None => std::future::pending().await,
-                }
-            };
-            let fatal = tokio::select! {
-                _ = shutdown => None,
-                _ = trigger.cancelled() => None,
-                fatal = reported => Some(fatal),
-            };
-            trigger.cancel();
-            fatal
-        });
+        let close = self.http.shutdown_token();
         let grace = self.config.server.shutdown_timeout;
-        server::serve(
+        let server = tokio::spawn(server::serve(
             listener,
             self.router(),
-            http_shutdown,
+            close.clone(),
             server::Options {
                 tls: self.tls.take(),
                 max_connections: self.config.server.max_connections,
@@ -179,9 +166,20 @@ impl Spool {
                 drain: grace / 4,
                 metrics: self.metrics.clone(),
             },
-        )
-        .await;
-        let fatal = watcher.await.ok().flatten();
+        ));
+
+        // No sender left means no task can report anything: wait for the signal.
+        let mut fatal_rx = std::mem::replace(&mut self.fatal, mpsc::channel(1).1);
+        let reported = async {
+            match fatal_rx.recv().await {
+                Some(fatal) => fatal,
+                None => std::future::pending().await,
+            }
+        };
+        let fatal = tokio::select! {
+            _ = shutdown => None,
+            fatal = reported => Some(fatal),
+        };
         if let Some(fatal) = &fatal {
             tracing::error!(error = %fatal, "stopping");
         }
@@ -189,11 +187,39 @@ impl Spool {
 
         if fenced {
             // A survivor owns this node's streams now: write nothing more to them.
+            close.cancel();
             tracing::info!("shutting down: leaving running streams to the survivor");
             self.engine.halt(grace * 3 / 8).await;
         } else {
-            tracing::info!("shutting down: ending running streams");
-            self.engine.shutdown(grace * 3 / 8).await;
+            // `/readyz` answers 503 and new streams are refused from now on; running
+            // streams go on, their readers served, until they end or the drain is over.
+            self.engine.begin_drain();
+            let drain = self.config.server.drain_timeout;
+            if fatal.is_none() && !drain.is_zero() {
+                tracing::info!(timeout = ?drain, "draining");
+                if tokio::time::timeout(drain, self.engine.drained())
+                    .await
+                    .is_err()
+                {
+                    tracing::info!("the drain is over; stopping the streams still running");
+                }
+            }
+            let left = self.engine.shutdown(grace * 3 / 8).await;
+            if left > 0 {
+                tracing::info!(
+                    streams = left,
+                    "left running streams for the next process to continue"
+                );
+            }
+            // Every stream has ended (or was handed on) and is committed: readers get
+            // their last events as their responses close.
+            close.cancel();
+        }
+        if tokio::time::timeout(grace / 4 + sse_final_write(), server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open at the shutdown deadline");
         }
         if let Some(local) = self.local.take() {
             local.shutdown(grace / 8).await;
@@ -211,9 +237,9 @@ impl Spool {
             tracing::warn!("the writer did not stop in time");
         }
         if !fenced {
-            // Every stream of this node has ended and is stored: give up the lease, so
-            // no survivor waits for it to expire (one that did not end is swept as an
-            // orphan).
+            // Every stream of this node has ended or was handed on and is stored: give
+            // up the lease, so that a survivor continues the streams left at once (and
+            // ends any that did not end as an orphan's).
             if let Err(e) = self.store.release_lease().await {
                 tracing::warn!(error = %e, "could not release this node's lease");
             }
@@ -227,6 +253,11 @@ impl Spool {
             }
         }
     }
+}
+
+/// Responses write their last events for this long after the close.
+fn sse_final_write() -> Duration {
+    crate::http::FINAL_WRITE
 }
 
 async fn build_models(config: &ServeConfig) -> anyhow::Result<(Models, Option<LocalHandle>)> {

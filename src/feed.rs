@@ -61,6 +61,9 @@ pub fn follow(
         let mut watch = live.is_none().then(|| hub.watch(&stream_id));
         let poll = if store.is_shared() { POLL_SHARED } else { POLL };
         let mut cursor = Cursor { last: after, finished: false };
+        // Set when this process stopped generating the stream at shutdown: once the
+        // store is read, the reader resumes wherever the stream goes on.
+        let mut handed_on = live.is_none() && hub.is_handed_on(&stream_id);
 
         // Read the store at the start, and again only after a lag, a closed channel or
         // a poll tick: while a reader keeps up, live batches are all it needs.
@@ -78,6 +81,9 @@ pub fn follow(
                     return;
                 }
             }
+            if handed_on {
+                return;
+            }
             let next = match live.as_mut() {
                 Some(rx) => match rx.recv().await {
                     Ok(batch) => Some(batch),
@@ -85,10 +91,11 @@ pub fn follow(
                         metrics.reader_lagged();
                         None
                     }
-                    // The terminal event was published (or the stream was lost); the
-                    // store has the rest.
+                    // The terminal event was published (or the stream was lost, or
+                    // handed on at shutdown); the store has the rest.
                     Err(RecvError::Closed) => {
                         live = None;
+                        handed_on = hub.is_handed_on(&stream_id);
                         None
                     }
                 },

@@ -34,6 +34,9 @@ pub struct StreamHub {
     channels: Mutex<HashMap<Arc<str>, broadcast::Sender<Published>>>,
     /// The readers of streams that are not live here, by stream.
     watchers: Mutex<HashMap<Arc<str>, Watched>>,
+    /// Streams this process stopped generating at shutdown, for another to continue
+    /// (filled only then).
+    handed_on: Mutex<std::collections::HashSet<Arc<str>>>,
 }
 
 /// What a [`Watch`] hears.
@@ -103,6 +106,7 @@ impl StreamHub {
             capacity: capacity.max(1),
             channels: Mutex::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),
+            handed_on: Mutex::new(Default::default()),
         }
     }
 
@@ -238,6 +242,25 @@ impl StreamHub {
     /// Ends the live channel: readers drain what was published, then see it closed.
     pub fn close(&self, stream_id: &str) {
         self.channels().remove(stream_id);
+    }
+
+    /// Ends the live channel of a stream this process stops generating without an end
+    /// (at shutdown, for the next process or another node to continue): its readers
+    /// read what is stored, then end, to resume wherever it goes on.
+    pub fn hand_on(&self, stream_id: &str) {
+        self.handed_on
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(Arc::from(stream_id));
+        self.close(stream_id);
+    }
+
+    /// Whether [`StreamHub::hand_on`] ended `stream_id` here.
+    pub fn is_handed_on(&self, stream_id: &str) -> bool {
+        self.handed_on
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(stream_id)
     }
 
     /// Live readers across all streams (for metrics).

@@ -27,7 +27,14 @@ pub struct ServerConfig {
     #[arg(long = "heartbeat", env = "SPOOL_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration, global = true)]
     pub heartbeat: Duration,
 
-    /// How long a graceful shutdown may take before the process exits anyway.
+    /// Graceful stop (SIGTERM/SIGINT): how long running streams go on, their readers
+    /// served, before what is left is handed on (a backend that can continue) or ended
+    /// `interrupted`. `0s` stops them at once.
+    #[arg(long = "drain-timeout", env = "SPOOL_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub drain_timeout: Duration,
+
+    /// After the drain: how long the final steps (ending streams, flushing, closing
+    /// connections) may take before the process exits anyway.
     #[arg(long = "shutdown-timeout", env = "SPOOL_SHUTDOWN_TIMEOUT", default_value = "8s", value_parser = humantime::parse_duration, global = true)]
     pub shutdown_timeout: Duration,
 

@@ -32,6 +32,9 @@ enum Ending {
     Finished(FinishReason),
     Cancelled,
     Interrupted,
+    /// Stopped at shutdown without an end: the next process (or another node)
+    /// continues it from its stored events.
+    HandedOn,
     Failed(BackendError),
     /// The store refused an event; nothing more can be written reliably.
     StoreGone,
@@ -82,12 +85,16 @@ impl Generation {
         self.ended.cancel();
     }
 
-    /// Why `cancel` fired: the server's shutdown or a client.
+    /// Why `cancel` fired: the server's shutdown or a client. At shutdown a stream
+    /// whose backend can continue it is handed on; so is every stream of a halted
+    /// engine (another node owns them).
     fn stopped(&self) -> Ending {
-        if self.engine.shutdown.is_cancelled() {
-            Ending::Interrupted
-        } else {
+        if !self.engine.shutdown.is_cancelled() {
             Ending::Cancelled
+        } else if self.engine.is_halted() || self.backend.can_continue() {
+            Ending::HandedOn
+        } else {
+            Ending::Interrupted
         }
     }
 
@@ -202,6 +209,14 @@ impl Generation {
             tracing::warn!("stream left to the node that took it over");
             return;
         }
+        if let Ending::HandedOn = ending {
+            tracing::info!(
+                events = progress.seq,
+                "stream left running for the next process to continue"
+            );
+            self.engine.handed_on(&self.id);
+            return;
+        }
         let usage = progress.reported.unwrap_or(Usage {
             prompt_tokens: progress.prompt_tokens,
             completion_tokens: progress.completion_tokens,
@@ -233,6 +248,7 @@ impl Generation {
                 None,
                 Some((e.code, e.message)),
             ),
+            Ending::HandedOn => return,
             Ending::StoreGone => {
                 tracing::error!(
                     "the store refused this stream's events; start-up recovery will end it"

@@ -111,10 +111,18 @@ pub struct Engine {
     admission: Admission,
     rate: RateLimit,
     tasks: TaskTracker,
-    /// Cancelled at shutdown: streams still running end as `interrupted`.
+    /// Cancelled when a graceful stop begins: no new stream starts, running ones go on.
+    draining: CancellationToken,
+    /// Cancelled when the drain is over: streams still running are handed on or end
+    /// as `interrupted`.
     shutdown: CancellationToken,
     /// Set by [`Engine::halt`]: generations stop without writing anything more.
     halted: std::sync::atomic::AtomicBool,
+    /// Streams whose generation stopped at shutdown without an end, for the next
+    /// process (or another node) to continue.
+    handed_on: Mutex<Vec<String>>,
+    /// Notified whenever a stream stops being live here (see [`Engine::drained`]).
+    idle: tokio::sync::Notify,
     live: Mutex<HashMap<String, Live>>,
     /// Sessions whose next turn is being started right now (see `sessions`).
     starting_turns: Mutex<std::collections::HashSet<String>>,
@@ -139,8 +147,11 @@ impl Engine {
             admission,
             rate,
             tasks: TaskTracker::new(),
+            draining: CancellationToken::new(),
             shutdown: CancellationToken::new(),
             halted: std::sync::atomic::AtomicBool::new(false),
+            handed_on: Mutex::new(Vec::new()),
+            idle: tokio::sync::Notify::new(),
             live: Mutex::new(HashMap::new()),
             starting_turns: Mutex::new(Default::default()),
         })
@@ -320,12 +331,46 @@ impl Engine {
         self.log.delete(id.to_owned()).await
     }
 
-    /// Ends every running stream with `interrupted` and waits (at most `grace`) for
-    /// every tracked task.
-    pub async fn shutdown(&self, grace: Duration) {
+    /// Begins a graceful stop: from now on no stream starts (`shutting_down`); running
+    /// streams go on.
+    pub fn begin_drain(&self) {
+        if !self.draining.is_cancelled() {
+            tracing::info!(
+                live = self.live().len(),
+                "draining: no new streams; running ones go on"
+            );
+            self.draining.cancel();
+        }
+    }
+
+    /// Whether a graceful stop has begun (for `/readyz`).
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    /// Resolves once no stream is live in this process.
+    pub async fn drained(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.live().is_empty() {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    /// Ends the drain: stops every running stream — one whose backend can continue it
+    /// is left, without an end, for the next process on the store (or another node)
+    /// to continue; the others end `interrupted` — then waits (at most `grace`) for
+    /// every tracked task, commits what they wrote, and ends the live channels of the
+    /// streams left, so that every reader has read all there is. Returns how many
+    /// streams were left to continue.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.draining.cancel();
         self.shutdown.cancel();
         self.tasks.close();
-        if tokio::time::timeout(grace, self.tasks.wait())
+        let deadline = tokio::time::Instant::now() + grace;
+        if tokio::time::timeout_at(deadline, self.tasks.wait())
             .await
             .is_err()
         {
@@ -334,6 +379,22 @@ impl Engine {
                 "engine tasks still running at the shutdown deadline"
             );
         }
+        let left = std::mem::take(&mut *self.handed_on.lock().unwrap_or_else(|p| p.into_inner()));
+        if self.is_halted() {
+            // Nothing more may be written; readers' responses are cut.
+            return left.len();
+        }
+        // The interrupted ends, and the last events of the streams left, reach their
+        // readers only once committed.
+        match tokio::time::timeout_at(deadline, self.log.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "flushing at shutdown failed"),
+            Err(_) => tracing::warn!("flushing at shutdown did not finish in time"),
+        }
+        for id in &left {
+            self.hub.hand_on(id);
+        }
+        left.len()
     }
 
     /// Stops every generation without writing its end (another node owns these
@@ -348,6 +409,14 @@ impl Engine {
         self.halted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Records a stream whose generation stopped at shutdown without an end.
+    fn handed_on(&self, id: &str) {
+        self.handed_on
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(id.to_owned());
+    }
+
     pub fn gauges(&self) -> Gauges {
         Gauges {
             running: self.admission.running(),
@@ -359,6 +428,7 @@ impl Engine {
 
     fn forget(&self, id: &str) {
         self.live().remove(id);
+        self.idle.notify_waiters();
     }
 
     /// The status a stream ends with, for metrics.

@@ -72,7 +72,7 @@ impl Engine {
         request: NewSessionRequest,
         owner: Option<String>,
     ) -> Result<SessionRow, StartError> {
-        if self.shutdown.is_cancelled() {
+        if self.draining.is_cancelled() {
             return Err(StartError::ShuttingDown);
         }
         let id = new_session_id().map_err(|_| StartError::Random)?;

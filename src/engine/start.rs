@@ -3,7 +3,7 @@
 //! ends in [`Engine::start`] with a validated request, its owner and, for a session's
 //! turn, the session. Every admission rule is applied here, in this order:
 //!
-//! 1. the server is not shutting down;
+//! 1. the server is not shutting down (nor draining);
 //! 2. the model is served;
 //! 3. a start that came without an HTTP request of its own ([`Via::Socket`]) takes a
 //!    token from its key's rate limit (an HTTP request was counted by the key check);
@@ -69,7 +69,7 @@ impl Engine {
             session,
             via,
         } = start;
-        if self.shutdown.is_cancelled() {
+        if self.draining.is_cancelled() {
             return Err(StartError::ShuttingDown);
         }
         let Some(backend) = self.models.get(&request.model).cloned() else {

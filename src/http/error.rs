@@ -282,6 +282,7 @@ impl From<StartError> for ApiError {
             .retry_after(u32::try_from(wait).unwrap_or(u32::MAX)),
             StartError::ShuttingDown => {
                 ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down")
+                    .retry_after(1)
             }
             StartError::Random => ApiError::internal("stream id", &e),
             StartError::Store(e) => e.into(),

@@ -26,6 +26,7 @@ mod streams;
 mod ws;
 
 pub use error::{ApiError, ErrorCode};
+pub use sse::FINAL_WRITE;
 pub use state::{HttpConfig, HttpState};
 
 /// The parsers of what clients send, exported for the fuzz targets in `fuzz/`: each

@@ -39,7 +39,7 @@ struct Readiness {
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     let store = state.engine().store_ready().await;
     let models = state.engine().models().ready();
-    let shutting_down = state.is_shutting_down();
+    let shutting_down = state.is_shutting_down() || state.engine().is_draining();
     let ready = store && models && !shutting_down;
     let status = if ready {
         StatusCode::OK

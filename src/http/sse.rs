@@ -104,16 +104,33 @@ where
         }
         let ping = render.heartbeat();
         let mut feed = std::pin::pin!(feed);
+        // Once the server closes, what the feed has ready is still written, for a short
+        // while: a stream that ended at shutdown reaches its readers with its end.
+        let mut closing: Option<tokio::time::Instant> = None;
         loop {
-            let next = tokio::select! {
-                biased;
-                _ = options.shutdown.cancelled() => break,
-                next = tokio::time::timeout(options.heartbeat, feed.next()) => next,
+            let next = match closing {
+                Some(deadline) => match tokio::time::timeout_at(deadline, feed.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+                None => tokio::select! {
+                    biased;
+                    _ = options.shutdown.cancelled() => {
+                        closing = Some(tokio::time::Instant::now() + FINAL_WRITE);
+                        continue;
+                    }
+                    next = tokio::time::timeout(options.heartbeat, feed.next()) => match next {
+                        Ok(next) => next,
+                        Err(_silence) => {
+                            yield Ok(Bytes::from_static(ping.as_bytes()));
+                            continue;
+                        }
+                    },
+                },
             };
             match next {
-                Err(_silence) => yield Ok(Bytes::from_static(ping.as_bytes())),
-                Ok(None) => break,
-                Ok(Some(Ok(chunk))) => {
+                None => break,
+                Some(Ok(chunk)) => {
                     let events = chunk.events();
                     for event in events {
                         render.render(event, &mut out);
@@ -123,7 +140,7 @@ where
                         yield Ok(Bytes::from(out.take()));
                     }
                 }
-                Ok(Some(Err(e))) => {
+                Some(Err(e)) => {
                     // No event can carry this (it would need an id); ending the response
                     // lets the client resume from its last id.
                     tracing::error!(error = %e, "reading a stream failed; ending the response");
@@ -133,6 +150,10 @@ where
         }
     }
 }
+
+/// How long a response goes on writing what its feed has ready after the server closed.
+/// By then every stream of this process has ended or been handed on, and committed.
+pub const FINAL_WRITE: Duration = Duration::from_millis(500);
 
 /// Counts open readers for `/metrics`, however the response ends.
 struct ReaderGauge(Arc<Metrics>);

@@ -112,6 +112,15 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
+                    // Followers of streams that ended at shutdown send their end first.
+                    let finish = async {
+                        while let Some(done) = self.followers.join_next().await {
+                            if let Ok(id) = done {
+                                self.following.remove(&id);
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(crate::http::sse::FINAL_WRITE, finish).await;
                     self.close(close_code::AWAY, "the server is shutting down").await;
                     return;
                 }
