@@ -91,6 +91,28 @@ impl Cluster {
         node.child.wait().unwrap();
     }
 
+    /// Sends `name` SIGTERM and waits (by `within`) for it to exit; returns its code.
+    async fn terminate(&mut self, name: &str, within: Duration) -> Option<i32> {
+        let node = &mut self.nodes[NAMES.iter().position(|n| *n == name).unwrap()];
+        let pid = node.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let until = Instant::now() + within;
+        loop {
+            if let Some(status) = node.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < until,
+                "{name} still runs {within:?} after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Starts `name` again, under the same node id.
     fn restart(&mut self, name: &str) {
         let i = NAMES.iter().position(|n| *n == name).unwrap();
@@ -748,4 +770,52 @@ async fn a_node_whose_lease_was_taken_stops_with_75_and_writes_nothing_more() {
     assert_eq!(last.json()["code"], "interrupted");
     assert_eq!(events.iter().filter(|e| e.event == "error").count(), 1);
     cluster.wait_status("c", &id, "interrupted").await;
+}
+
+#[tokio::test]
+async fn sigterm_hands_a_continuable_stream_to_another_node_with_no_gap() {
+    let mut cluster = Cluster::start(&[
+        ("SPOOL_MOCK_CONTINUE", "true"),
+        ("SPOOL_DRAIN_TIMEOUT", "1s"),
+    ])
+    .await;
+    let id = cluster.create_id("a", 150).await;
+    // A reader on `a` (the generating node) and one on `b`.
+    let mut on_a = cluster.events("a", &id, None).await;
+    let mut on_b = cluster.events("b", &id, None).await;
+    on_a.until(5).await;
+    on_b.until(5).await;
+    assert_eq!(cluster.terminate("a", DEADLINE).await, Some(0));
+    let (_, status) = cluster.status("b", &id).await;
+    assert_ne!(status["status"], "interrupted", "{status}");
+
+    // The reader on `a` was let go without an end; it resumes on `c`.
+    let left = parse_sse(&on_a.read_to_close().await);
+    assert_ne!(left.last().unwrap().event, "error");
+    let last = left.last().unwrap().id.unwrap();
+    let rest = cluster
+        .events("c", &id, Some(last))
+        .await
+        .read_to_end(Instant::now() + DEADLINE)
+        .await;
+    let resumed: Vec<SseEvent> = left.iter().cloned().chain(parse_sse(&rest)).collect();
+    // The reader on `b` never noticed: one unbroken read to the end.
+    let body = on_b.read_to_end(Instant::now() + DEADLINE).await;
+    let events = parse_sse(&body);
+    assert_contiguous(&events);
+    assert_eq!(events.len(), 152);
+    assert_eq!(text(&events), mock_text(150), "a gap or a duplicate token");
+    assert_eq!(events.last().unwrap().event, "done");
+    assert_eq!(raw(&resumed), raw(&events), "the resumed read differs");
+    let continued: Vec<&str> = ["b", "c"]
+        .into_iter()
+        .filter(|n| {
+            cluster
+                .logged(n, "stream continued")
+                .iter()
+                .any(|l| l.contains(&id))
+        })
+        .collect();
+    assert_eq!(continued.len(), 1, "continued by {continued:?}");
+    cluster.wait_status("b", &id, "completed").await;
 }

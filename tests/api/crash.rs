@@ -76,13 +76,15 @@ async fn kill_9_loses_no_event_a_reader_saw() {
     assert_eq!(status["last_seq"], stored.len());
 }
 
+/// With no drain (`SPOOL_DRAIN_TIMEOUT=0s`), SIGTERM stops at once: the stream ends
+/// `interrupted`, its reader gets that end, and the process exits within 10 s.
 #[tokio::test]
-async fn sigterm_ends_open_responses_flushes_and_exits_within_10s() {
+async fn sigterm_with_no_drain_ends_streams_flushes_and_exits_within_10s() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("term.db");
     let client = reqwest::Client::new();
 
-    let mut server = start(&db);
+    let mut server = start_with(&db, &[("SPOOL_DRAIN_TIMEOUT", "0s")]);
     let r = client
         .post(format!("{}/v1/streams", server.base))
         .header("Accept", "text/event-stream")
@@ -125,7 +127,11 @@ async fn sigterm_ends_open_responses_flushes_and_exits_within_10s() {
         .send_text()
         .await;
     let stored = parse_sse(&stored);
-    assert_eq!(seen[..], stored[..seen.len()]);
+    assert_eq!(
+        seen[..],
+        stored[..],
+        "the reader got every event, its end included"
+    );
     let last = stored.last().unwrap();
     assert_eq!(
         (last.event.as_str(), last.json()["code"].as_str()),

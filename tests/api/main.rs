@@ -19,6 +19,7 @@ mod browser;
 mod cli;
 mod cluster;
 mod crash;
+mod drain;
 mod examples;
 mod hostile;
 mod http2;
