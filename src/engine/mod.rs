@@ -66,6 +66,10 @@ pub enum StartError {
     SessionNotFound,
     #[error("the previous turn of this session is still running")]
     TurnInProgress,
+    /// The idempotency key was used for a different request, or a request with it is
+    /// being started right now.
+    #[error("{0}")]
+    IdempotencyConflict(&'static str),
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("no source of randomness for a stream id")]
@@ -124,8 +128,9 @@ pub struct Engine {
     /// Notified whenever a stream stops being live here (see [`Engine::drained`]).
     idle: tokio::sync::Notify,
     live: Mutex<HashMap<String, Live>>,
-    /// Sessions whose next turn is being started right now (see `sessions`).
-    starting_turns: Mutex<std::collections::HashSet<String>>,
+    /// Sessions' turns and idempotency keys being started right now (see
+    /// `sessions::Starting`).
+    starting: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Engine {
@@ -153,7 +158,7 @@ impl Engine {
             handed_on: Mutex::new(Vec::new()),
             idle: tokio::sync::Notify::new(),
             live: Mutex::new(HashMap::new()),
-            starting_turns: Mutex::new(Default::default()),
+            starting: Mutex::new(Default::default()),
         })
     }
 

@@ -14,7 +14,7 @@
 //!
 //! **Architecture Invariant:** a session runs one turn at a time. A new turn is refused
 //! (`turn_in_progress`) while the last one's stream is queued or running, and two
-//! turns being started at once are serialized by `Engine::starting_turns`. A turn
+//! turns being started at once are serialized by `Engine::starting`. A turn
 //! starts on the one start path (`start`), like every stream.
 
 use super::{Engine, StartError};
@@ -31,37 +31,33 @@ pub struct NewSessionRequest {
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// Removes a session from `starting_turns` when the start is over, however it ended.
+/// Marks something being started — a session's next turn, a request's idempotency
+/// key — in `Engine::starting` until the start is over, however it ended: two starts of
+/// the same thing at once are serialized (the second is refused).
 pub(super) struct Starting<'a> {
     engine: &'a Engine,
-    id: String,
+    name: String,
 }
 
 impl<'a> Starting<'a> {
-    /// Marks session `id`'s next turn as being started; `TurnInProgress` if it already is.
-    pub(super) fn claim(engine: &'a Engine, id: &str) -> Result<Self, StartError> {
+    /// `None` if `name` is being started already.
+    pub(super) fn claim(engine: &'a Engine, name: String) -> Option<Self> {
         let inserted = engine
-            .starting_turns
+            .starting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_owned());
-        if !inserted {
-            return Err(StartError::TurnInProgress);
-        }
-        Ok(Starting {
-            engine,
-            id: id.to_owned(),
-        })
+            .insert(name.clone());
+        inserted.then_some(Starting { engine, name })
     }
 }
 
 impl Drop for Starting<'_> {
     fn drop(&mut self) {
         self.engine
-            .starting_turns
+            .starting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+            .remove(&self.name);
     }
 }
 

@@ -20,12 +20,14 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use sha2::{Digest, Sha256};
+
 use super::sessions::{NewSessionRequest, Starting, history, running};
 use super::{Engine, Live, StartError, Started, generation};
 use crate::event::{Event, now_ms, rfc3339};
 use crate::ids::new_stream_id;
 use crate::llm::{GenerateRequest, Prompt};
-use crate::store::{NewStream, NewTurn, SessionRow, StoreError};
+use crate::store::{IdempotencyKey, KEY_TTL, NewStream, NewTurn, SessionRow, StoreError};
 
 /// What every surface hands the start path.
 #[derive(Debug)]
@@ -37,6 +39,9 @@ pub struct StartRequest {
     /// The session whose next turn this is.
     pub session: Option<TurnOf>,
     pub via: Via,
+    /// The request's `Idempotency-Key`: a retry with the same key (and owner) within
+    /// 24 h gets the stream the first request started.
+    pub idempotency_key: Option<String>,
 }
 
 /// Which session a turn belongs to.
@@ -68,10 +73,35 @@ impl Engine {
             owner,
             session,
             via,
+            idempotency_key,
         } = start;
         if self.draining.is_cancelled() {
             return Err(StartError::ShuttingDown);
         }
+        // A retry: the stream its first request started, before any other rule.
+        let mut _key_claim = None;
+        let idempotency = match idempotency_key {
+            None => None,
+            Some(key) => {
+                let key = IdempotencyKey {
+                    owner: owner.clone().unwrap_or_default(),
+                    request_hash: request_hash(&request, session.as_ref()),
+                    key,
+                    expired_before: now_ms() - KEY_TTL.as_millis() as i64,
+                };
+                if let Some(started) = self.started_under(&key).await? {
+                    return Ok(started);
+                }
+                _key_claim = Some(
+                    Starting::claim(self, format!("key/{}/{}", key.owner, key.key)).ok_or(
+                        StartError::IdempotencyConflict(
+                            "a request with this Idempotency-Key is being started; retry it",
+                        ),
+                    )?,
+                );
+                Some(key)
+            }
+        };
         let Some(backend) = self.models.get(&request.model).cloned() else {
             return Err(StartError::UnknownModel {
                 model: request.model.clone(),
@@ -91,7 +121,10 @@ impl Engine {
         let turn = match &session {
             None => None,
             Some(session) => {
-                _starting = Some(Starting::claim(self, &session.id)?);
+                _starting = Some(
+                    Starting::claim(self, format!("turn/{}", session.id))
+                        .ok_or(StartError::TurnInProgress)?,
+                );
                 let turns = self.store.turns(&session.id).await?;
                 if turns.last().is_some_and(running) {
                     return Err(StartError::TurnInProgress);
@@ -133,11 +166,18 @@ impl Engine {
             params,
             created_at,
             turn,
+            idempotency: idempotency.clone(),
         };
         let start = Event::start(1, &id, &request.model, &rfc3339(created_at));
         if let Err(e) = self.log.create(stream, start).await {
             self.hub.close(&id);
             self.live().remove(&id);
+            if let (StoreError::Conflict, Some(key)) = (&e, &idempotency) {
+                // Another node started this key's request first: that is the answer.
+                if let Some(started) = self.started_under(key).await? {
+                    return Ok(started);
+                }
+            }
             return Err(match e {
                 // Another node started this session's turn first.
                 StoreError::Conflict if session.is_some() => StartError::TurnInProgress,
@@ -163,6 +203,35 @@ impl Engine {
         };
         self.spawn_generation(&id, request, backend, live, 1, ticket, span);
         Ok(started)
+    }
+
+    /// The stream a request with `key` started within the key's lifetime, if any: the
+    /// same request gets it back, a different one is a conflict.
+    async fn started_under(&self, key: &IdempotencyKey) -> Result<Option<Started>, StartError> {
+        let Some(found) = self
+            .store
+            .idempotent(&key.owner, &key.key, key.expired_before)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if found.request_hash != key.request_hash {
+            return Err(StartError::IdempotencyConflict(
+                "this Idempotency-Key was used for a different request",
+            ));
+        }
+        let Some(row) = self.store.stream_unscoped(&found.stream_id).await? else {
+            return Ok(None);
+        };
+        let request = row.request()?;
+        tracing::info!(stream_id = %row.id, "a retried request: the stream its key started");
+        Ok(Some(Started {
+            id: row.id,
+            model: row.model,
+            created_at: row.created_at,
+            session_id: request.session_id,
+            new_session: false,
+        }))
     }
 
     /// Takes one token from `owner`'s rate limit (`SPOOL_RATE_LIMIT`): for every `/v1`
@@ -199,4 +268,15 @@ impl Engine {
         };
         self.tasks.spawn(generation.run(ticket).instrument(span));
     }
+}
+
+/// A digest of what a request asks for: a retry under the same key must ask the same.
+fn request_hash(request: &GenerateRequest, session: Option<&TurnOf>) -> String {
+    let mut hash = Sha256::new();
+    hash.update(serde_json::to_string(request).unwrap_or_default());
+    if let Some(TurnOf::Session(s)) = session {
+        hash.update(b"\0session:");
+        hash.update(s.id.as_bytes());
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }

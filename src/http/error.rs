@@ -38,6 +38,7 @@ pub enum ErrorCode {
     RateLimited,
     Overloaded,
     TurnInProgress,
+    IdempotencyConflict,
     ShuttingDown,
     // The WebSocket.
     WebsocketRequired,
@@ -73,6 +74,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::TurnInProgress => "turn_in_progress",
+            ErrorCode::IdempotencyConflict => "idempotency_conflict",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::WebsocketRequired => "websocket_required",
             ErrorCode::TooManySockets => "too_many_sockets",
@@ -112,7 +114,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::RateLimited | ErrorCode::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::TurnInProgress => StatusCode::CONFLICT,
+            ErrorCode::TurnInProgress | ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
             ErrorCode::ShuttingDown | ErrorCode::TooManySockets => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::GenerationFailed | ErrorCode::InternalError => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -268,6 +270,9 @@ impl From<StartError> for ApiError {
                 ErrorCode::TurnInProgress,
                 "the previous turn of this session is still running; wait for its end or cancel it",
             ),
+            StartError::IdempotencyConflict(message) => {
+                ApiError::new(ErrorCode::IdempotencyConflict, message)
+            }
             StartError::Busy => ApiError::new(
                 ErrorCode::Overloaded,
                 "too many generations are running or queued; retry shortly",

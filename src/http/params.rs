@@ -27,6 +27,29 @@ pub struct StreamParams {
     /// the native API.
     #[serde(skip)]
     pub include_usage: bool,
+    /// The request's `Idempotency-Key` header (or a WebSocket message's
+    /// `idempotency_key`), set by the surface.
+    #[serde(skip)]
+    pub idempotency_key: Option<String>,
+}
+
+/// The longest `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// An `Idempotency-Key` as a client sent it: 1 to 255 visible ASCII characters.
+pub fn idempotency_key(raw: Option<&[u8]>) -> Result<Option<String>, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let ok = !raw.is_empty()
+        && raw.len() <= MAX_IDEMPOTENCY_KEY
+        && raw.iter().all(|b| b.is_ascii_graphic());
+    if !ok {
+        return Err(ApiError::invalid(format!(
+            "`Idempotency-Key` must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        )));
+    }
+    Ok(Some(String::from_utf8_lossy(raw).into_owned()))
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,7 +16,7 @@ use super::error::ApiError;
 use super::extract::{JsonBody, QueryParams, decode_json};
 use super::params::StreamParams;
 use super::state::HttpState;
-use super::streams::{CreateQuery, started_response, wants_sse};
+use super::streams::{CreateQuery, idempotency_header, started_response, wants_sse};
 use crate::engine::{NewSessionRequest, Via};
 use crate::event::rfc3339;
 use crate::llm::Models;
@@ -116,6 +116,7 @@ async fn message(
         ));
     }
     params.session_id = Some(id);
+    params.idempotency_key = idempotency_header(&headers)?;
     let started = state.start(params, owner, Via::Http).await?;
     Ok(started_response(&state, &started, wants_sse))
 }

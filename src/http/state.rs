@@ -148,6 +148,7 @@ impl HttpState {
         new_session: Option<NewSessionRequest>,
     ) -> Result<Started, ApiError> {
         let engine = self.engine();
+        let idempotency_key = params.idempotency_key.clone();
         let (request, session) = match (params.session_id.as_deref(), new_session) {
             (Some(id), _) => {
                 let row = engine
@@ -171,6 +172,7 @@ impl HttpState {
                 owner,
                 session,
                 via,
+                idempotency_key,
             })
             .await?)
     }

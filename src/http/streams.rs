@@ -41,9 +41,10 @@ async fn create(
     Owner(owner): Owner,
     QueryParams(query): QueryParams<CreateQuery>,
     headers: HeaderMap,
-    JsonBody(params): JsonBody<StreamParams>,
+    JsonBody(mut params): JsonBody<StreamParams>,
 ) -> Result<Response, ApiError> {
     let wants_sse = wants_sse(&query, &headers)?;
+    params.idempotency_key = idempotency_header(&headers)?;
     let started = state.start(params, owner, Via::Http).await?;
     Ok(started_response(&state, &started, wants_sse))
 }
@@ -101,6 +102,11 @@ pub(super) fn started_response(state: &HttpState, started: &Started, wants_sse: 
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     set_header(&mut response, header::LOCATION.as_str(), &location);
     response
+}
+
+/// The request's `Idempotency-Key`, checked.
+pub(super) fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    super::params::idempotency_key(headers.get("idempotency-key").map(|v| v.as_bytes()))
 }
 
 fn accepts_event_stream(headers: &HeaderMap) -> bool {

@@ -12,6 +12,7 @@
 pub mod batch;
 pub mod dialect;
 pub mod events;
+pub mod idempotency;
 pub mod postgres;
 pub mod sessions;
 pub mod sqlite;
@@ -28,6 +29,7 @@ use crate::hub::StreamHub;
 use crate::metrics::Metrics;
 
 pub use batch::StreamEnd;
+pub use idempotency::{IdempotencyKey, KEY_TTL};
 pub use postgres::cluster::{Sweep, SweptStream};
 pub use sessions::{NewSession, NewTurn, SessionRow, TurnRow};
 pub use streams::{ListCursor, NewStream, StreamRow};

@@ -2,6 +2,7 @@
 
 use sqlx::FromRow;
 
+use super::idempotency::IdempotencyKey;
 use super::sessions::NewTurn;
 use super::{Store, StoreError, on_db};
 use crate::event::{FinishReason, StreamStatus, Usage};
@@ -18,6 +19,8 @@ pub struct NewStream {
     pub created_at: i64,
     /// Set when the stream answers a turn of a session.
     pub turn: Option<NewTurn>,
+    /// Set when the request carried an `Idempotency-Key`.
+    pub idempotency: Option<IdempotencyKey>,
 }
 
 /// A stream as stored.

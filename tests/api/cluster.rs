@@ -819,3 +819,30 @@ async fn sigterm_hands_a_continuable_stream_to_another_node_with_no_gap() {
     assert_eq!(continued.len(), 1, "continued by {continued:?}");
     cluster.wait_status("b", &id, "completed").await;
 }
+
+#[tokio::test]
+async fn one_idempotency_key_sent_to_two_nodes_at_once_starts_one_stream() {
+    let cluster = Cluster::start(&[]).await;
+    let pool = cluster.db.pool().await;
+    for round in 0..5 {
+        let key = format!("retry-{round}");
+        let body = json!({"prompt": "x", "max_tokens": 3});
+        let send = |node: &'static str| {
+            cluster
+                .post(node, "/v1/streams")
+                .header("Idempotency-Key", key.as_str())
+                .json(&body)
+                .send()
+        };
+        let (on_a, on_b) = tokio::join!(send("a"), send("b"));
+        let (on_a, on_b) = (on_a.unwrap(), on_b.unwrap());
+        assert_eq!((on_a.status().as_u16(), on_b.status().as_u16()), (201, 201));
+        let (a, b): (Value, Value) = (on_a.json().await.unwrap(), on_b.json().await.unwrap());
+        assert_eq!(a["id"], b["id"], "round {round}");
+    }
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM streams")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 5);
+}

@@ -23,6 +23,7 @@ mod drain;
 mod examples;
 mod hostile;
 mod http2;
+mod idempotency;
 mod lifecycle;
 mod logs;
 mod openai;

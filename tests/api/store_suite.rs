@@ -122,6 +122,7 @@ impl Db {
                     params: r#"{"model":"mock","prompt":"x","max_tokens":16}"#.into(),
                     created_at,
                     turn,
+                    idempotency: None,
                 },
                 Event::start(1, &id, "mock", "2026-01-01T00:00:00Z"),
             )
@@ -473,6 +474,7 @@ async fn sessions_keep_their_turns_and_answers(f: Fixture) {
                 params: "{}".into(),
                 created_at: t + 2,
                 turn: Some(turn(2, "again")),
+                idempotency: None,
             },
             start,
         )

@@ -8,6 +8,7 @@ pub mod chunks;
 pub mod request;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -18,7 +19,7 @@ use super::auth::Owner;
 use super::error::{ApiError, ErrorCode};
 use super::extract::JsonBody;
 use super::state::HttpState;
-use super::streams::set_header;
+use super::streams::{idempotency_header, set_header};
 use crate::engine::{Started, Via};
 use crate::event::EventData;
 use chunks::{ChunkFormat, OpenAiUsage};
@@ -31,9 +32,10 @@ pub fn router() -> Router<HttpState> {
 async fn chat_completions(
     State(state): State<HttpState>,
     Owner(owner): Owner,
+    headers: HeaderMap,
     body: Result<JsonBody<ChatRequest>, ApiError>,
 ) -> Response {
-    match complete(state, owner, body).await {
+    match complete(state, owner, &headers, body).await {
         Ok(response) => response,
         Err(e) => e.into_openai(),
     }
@@ -42,11 +44,13 @@ async fn chat_completions(
 async fn complete(
     state: HttpState,
     owner: Option<String>,
+    headers: &HeaderMap,
     body: Result<JsonBody<ChatRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let JsonBody(chat) = body?;
     let streaming = chat.stream.unwrap_or(false);
-    let params = chat.into_params()?;
+    let mut params = chat.into_params()?;
+    params.idempotency_key = idempotency_header(headers)?;
     let include_usage = params.include_usage;
     let started = state.start(params, owner, Via::Http).await?;
     let mut response = if streaming {

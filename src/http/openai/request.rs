@@ -80,6 +80,7 @@ impl ChatRequest {
             session_id: None,
             content: None,
             include_usage,
+            idempotency_key: None,
         };
         Ok(params)
     }

@@ -17,6 +17,8 @@ pub enum Incoming {
     Generate {
         reference: Option<String>,
         cancel_on_disconnect: bool,
+        /// As an HTTP request's `Idempotency-Key`.
+        idempotency_key: Option<String>,
         body: Map<String, Value>,
     },
     Subscribe {
@@ -33,6 +35,7 @@ pub enum Incoming {
     SessionSay {
         reference: Option<String>,
         session_id: Option<String>,
+        idempotency_key: Option<String>,
         body: Map<String, Value>,
     },
     Ping,
@@ -48,6 +51,8 @@ enum Wire {
         reference: Option<String>,
         #[serde(default)]
         cancel_on_disconnect: Option<bool>,
+        #[serde(default)]
+        idempotency_key: Option<String>,
         #[serde(flatten)]
         body: Map<String, Value>,
     },
@@ -68,6 +73,8 @@ enum Wire {
         reference: Option<String>,
         #[serde(default)]
         session_id: Option<String>,
+        #[serde(default)]
+        idempotency_key: Option<String>,
         #[serde(flatten)]
         body: Map<String, Value>,
     },
@@ -162,10 +169,12 @@ pub fn parse(text: &str) -> Result<Incoming, Rejected> {
         Wire::Generate {
             reference,
             cancel_on_disconnect,
+            idempotency_key,
             body,
         } => Incoming::Generate {
             reference,
             cancel_on_disconnect: cancel_on_disconnect.unwrap_or(false),
+            idempotency_key,
             body,
         },
         Wire::Subscribe { stream_id, after } => {
@@ -186,10 +195,12 @@ pub fn parse(text: &str) -> Result<Incoming, Rejected> {
         Wire::SessionSay {
             reference,
             session_id,
+            idempotency_key,
             body,
         } => Incoming::SessionSay {
             reference,
             session_id,
+            idempotency_key,
             body,
         },
         Wire::Ping => Incoming::Ping,
@@ -199,6 +210,17 @@ pub fn parse(text: &str) -> Result<Incoming, Rejected> {
 /// A `generate` or `session.say` message's parameters, as `POST /v1/streams` takes them.
 pub fn stream_params(body: Map<String, Value>) -> Result<StreamParams, ApiError> {
     serde_json::from_value(Value::Object(body)).map_err(|e| ApiError::invalid(e.to_string()))
+}
+
+/// [`stream_params`], with the message's idempotency key (checked as the header is).
+pub fn keyed_params(
+    body: Map<String, Value>,
+    idempotency_key: Option<String>,
+) -> Result<StreamParams, ApiError> {
+    let mut params = stream_params(body)?;
+    params.idempotency_key =
+        crate::http::params::idempotency_key(idempotency_key.as_deref().map(str::as_bytes))?;
+    Ok(params)
 }
 
 /// The message for a stored event: `token`, `done` or `error` with the event's seq
@@ -372,6 +394,7 @@ mod tests {
                 reference,
                 cancel_on_disconnect,
                 body,
+                ..
             }) => {
                 assert_eq!(reference.as_deref(), Some("c1"));
                 assert!(cancel_on_disconnect);

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Map, Value};
+
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
@@ -24,6 +24,7 @@ use tracing::Instrument;
 use super::protocol::{self, Incoming};
 use crate::engine::{Access, Follow, Started, Via};
 use crate::http::error::{ApiError, ErrorCode};
+use crate::http::params::StreamParams;
 use crate::http::sessions::SessionParams;
 use crate::http::state::HttpState;
 
@@ -212,10 +213,12 @@ impl Connection {
             Incoming::Generate {
                 reference,
                 cancel_on_disconnect,
+                idempotency_key,
                 body,
             } => {
+                let params = protocol::keyed_params(body, idempotency_key);
                 if let Err(e) = self
-                    .generate(reference.as_deref(), cancel_on_disconnect, body)
+                    .generate(reference.as_deref(), cancel_on_disconnect, params)
                     .await
                 {
                     self.send_error(&e, reference.as_deref(), None).await;
@@ -224,9 +227,11 @@ impl Connection {
             Incoming::SessionSay {
                 reference,
                 session_id,
+                idempotency_key,
                 body,
             } => {
-                if let Err(e) = self.say(reference.as_deref(), session_id, body).await {
+                let params = protocol::keyed_params(body, idempotency_key);
+                if let Err(e) = self.say(reference.as_deref(), session_id, params).await {
                     self.send_error(&e, reference.as_deref(), None).await;
                 }
             }
@@ -277,10 +282,10 @@ impl Connection {
         &mut self,
         reference: Option<&str>,
         cancel_on_disconnect: bool,
-        body: Map<String, Value>,
+        params: Result<StreamParams, ApiError>,
     ) -> Result<(), ApiError> {
         self.room_for_one_more()?;
-        let params = protocol::stream_params(body)?;
+        let params = params?;
         let started = self
             .state
             .start(params, self.owner.clone(), Via::Socket)
@@ -297,10 +302,10 @@ impl Connection {
         &mut self,
         reference: Option<&str>,
         session_id: Option<String>,
-        body: Map<String, Value>,
+        params: Result<StreamParams, ApiError>,
     ) -> Result<(), ApiError> {
         self.room_for_one_more()?;
-        let mut params = protocol::stream_params(body)?;
+        let mut params = params?;
         let owner = self.owner.clone();
         let started = match session_id {
             Some(id) => {

@@ -45,14 +45,14 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
         .await?;
     }
 
-    // Streams that answer a session's turn are created one by one under a savepoint:
-    // two nodes may start the same turn at once, and the loser's create alone must
-    // fail, not the whole batch.
+    // Streams that answer a session's turn, or carry an idempotency key, are created
+    // one by one under a savepoint: two nodes may start the same turn (or the same
+    // key's request) at once, and the loser's create alone must fail, not the batch.
     let (plain, turns): (Vec<&NewStream>, Vec<&NewStream>) = batch
         .creates
         .iter()
         .map(|(s, _)| s)
-        .partition(|s| s.turn.is_none());
+        .partition(|s| s.turn.is_none() && s.idempotency.is_none());
     if !plain.is_empty() {
         insert_streams(conn, &plain, node).await?;
     }
@@ -60,7 +60,7 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
     for s in turns {
         sqlx::query("SAVEPOINT turn").execute(&mut *conn).await?;
         match insert_turn(conn, s, node).await {
-            Ok(()) => {
+            Ok(true) => {
                 sqlx::query("RELEASE SAVEPOINT turn")
                     .execute(&mut *conn)
                     .await?;
@@ -69,6 +69,12 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
                 if e.as_database_error()
                     .is_some_and(|d| d.is_unique_violation()) =>
             {
+                sqlx::query("ROLLBACK TO SAVEPOINT turn")
+                    .execute(&mut *conn)
+                    .await?;
+                conflicts.push(s.id.clone());
+            }
+            Ok(false) => {
                 sqlx::query("ROLLBACK TO SAVEPOINT turn")
                     .execute(&mut *conn)
                     .await?;
@@ -215,6 +221,12 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
         .fetch_all(&mut *conn)
         .await?;
         purged.push(delete_streams(conn, &ids).await?);
+        sqlx::query(&crate::store::dialect::postgres(
+            crate::store::idempotency::FORGET,
+        ))
+        .bind(crate::event::now_ms() - crate::store::idempotency::KEY_TTL_MS)
+        .execute(&mut *conn)
+        .await?;
     }
 
     for payload in notifications(
@@ -261,13 +273,30 @@ async fn insert_streams(
 }
 
 /// A stream answering a session's turn, and the turn's two rows: the user's message
-/// and the assistant's (the stream).
+/// and the assistant's (the stream); and the stream's idempotency key. `false`: the key
+/// is another stream's (a concurrent request with the same key won).
 async fn insert_turn(
     conn: &mut PgConnection,
     s: &NewStream,
     node: &str,
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     insert_streams(conn, &[s], node).await?;
+    if let Some(k) = &s.idempotency {
+        let recorded = sqlx::query(&crate::store::dialect::postgres(
+            crate::store::idempotency::RECORD,
+        ))
+        .bind(&k.owner)
+        .bind(&k.key)
+        .bind(&k.request_hash)
+        .bind(&s.id)
+        .bind(s.created_at)
+        .bind(k.expired_before)
+        .execute(&mut *conn)
+        .await?;
+        if recorded.rows_affected() == 0 {
+            return Ok(false);
+        }
+    }
     if let Some(t) = &s.turn {
         sqlx::query(
             "INSERT INTO turns (session_id, idx, role, content, stream_id, created_at) \
@@ -281,17 +310,19 @@ async fn insert_turn(
         .execute(&mut *conn)
         .await?;
     }
-    Ok(())
+    Ok(true)
 }
 
 async fn delete_streams(conn: &mut PgConnection, ids: &[String]) -> Result<u64, sqlx::Error> {
     if ids.is_empty() {
         return Ok(0);
     }
-    sqlx::query("DELETE FROM events WHERE stream_id = ANY($1)")
-        .bind(ids)
-        .execute(&mut *conn)
-        .await?;
+    for sql in [
+        "DELETE FROM events WHERE stream_id = ANY($1)",
+        "DELETE FROM idempotency_keys WHERE stream_id = ANY($1)",
+    ] {
+        sqlx::query(sql).bind(ids).execute(&mut *conn).await?;
+    }
     let r = sqlx::query("DELETE FROM streams WHERE id = ANY($1)")
         .bind(ids)
         .execute(&mut *conn)

@@ -67,6 +67,19 @@ async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sq
     })
     .await?;
     for s in &creates {
+        if let Some(k) = &s.idempotency {
+            // One process per file, and the engine starts one request per key at a
+            // time: a live row for this key cannot exist here.
+            sqlx::query(crate::store::idempotency::RECORD)
+                .bind(&k.owner)
+                .bind(&k.key)
+                .bind(&k.request_hash)
+                .bind(&s.id)
+                .bind(s.created_at)
+                .bind(k.expired_before)
+                .execute(&mut *conn)
+                .await?;
+        }
         if let Some(turn) = &s.turn {
             sqlx::query(
                 "INSERT INTO turns (session_id, idx, role, content, stream_id, created_at) \
@@ -166,6 +179,10 @@ async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sq
             delete_stream(conn, id).await?;
         }
         purged.push(ids.len() as u64);
+        sqlx::query(crate::store::idempotency::FORGET)
+            .bind(crate::event::now_ms() - crate::store::idempotency::KEY_TTL_MS)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(Outcome {
         deleted,
@@ -175,10 +192,12 @@ async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sq
 }
 
 async fn delete_stream(conn: &mut SqliteConnection, id: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query("DELETE FROM events WHERE stream_id = ?")
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
+    for sql in [
+        "DELETE FROM events WHERE stream_id = ?",
+        "DELETE FROM idempotency_keys WHERE stream_id = ?",
+    ] {
+        sqlx::query(sql).bind(id).execute(&mut *conn).await?;
+    }
     let r = sqlx::query("DELETE FROM streams WHERE id = ?")
         .bind(id)
         .execute(&mut *conn)
@@ -333,6 +352,7 @@ mod tests {
                 params: "{}".into(),
                 created_at: 1,
                 turn: None,
+                idempotency: None,
             },
             reply,
         ));
