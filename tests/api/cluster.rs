@@ -846,3 +846,179 @@ async fn one_idempotency_key_sent_to_two_nodes_at_once_starts_one_stream() {
         .unwrap();
     assert_eq!(n, 5);
 }
+
+/// What one reader of the rolling restart saw.
+#[derive(Default)]
+struct Followed {
+    events: Vec<SseEvent>,
+    duplicates: usize,
+    gaps: usize,
+    resumes: usize,
+    /// The longest silence between two events, across a resume (the takeover).
+    longest_gap: Duration,
+}
+
+/// Follows `id` to its end through whichever node answers, resuming with
+/// `Last-Event-ID` whenever a response ends without the stream's end.
+async fn follow_anywhere(
+    client: reqwest::Client,
+    bases: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    id: String,
+    start: usize,
+) -> Followed {
+    let mut seen = Followed::default();
+    let mut last: u64 = 0;
+    let mut at = Instant::now();
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut pick = start;
+    loop {
+        assert!(Instant::now() < until, "{id} never ended");
+        let base = {
+            let bases = bases.lock().unwrap();
+            bases[pick % bases.len()].clone()
+        };
+        pick += 1;
+        let mut request = client.get(format!("{base}/v1/streams/{id}/events"));
+        if last > 0 {
+            request = request.header("Last-Event-ID", last.to_string());
+            seen.resumes += 1;
+        }
+        let Ok(response) = request.send().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        if response.status() == 204 {
+            return seen;
+        }
+        if response.status() != 200 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let mut reader = SseReader::new(response, Duration::from_secs(30));
+        while let Some(event) = reader.next_or_gone().await {
+            let n = event.id.unwrap();
+            if n <= last {
+                seen.duplicates += 1;
+                continue;
+            }
+            if n != last + 1 {
+                seen.gaps += 1;
+            }
+            seen.longest_gap = seen.longest_gap.max(at.elapsed());
+            at = Instant::now();
+            last = n;
+            let terminal = event.event == "done" || event.event == "error";
+            seen.events.push(event);
+            if terminal {
+                return seen;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_rolling_restart_under_load_loses_nothing_and_duplicates_nothing() {
+    let mut cluster = Cluster::start(&[
+        ("SPOOL_MOCK_CONTINUE", "true"),
+        ("SPOOL_MOCK_RATE", "50"),
+        ("SPOOL_DRAIN_TIMEOUT", "1s"),
+    ])
+    .await;
+    let tokens = 120u32;
+    let bases = std::sync::Arc::new(std::sync::Mutex::new(
+        NAMES
+            .iter()
+            .map(|n| cluster.node(n).base.clone())
+            .collect::<Vec<_>>(),
+    ));
+    // Steady load: a new stream every 100 ms on a node that takes it, each followed by
+    // a reader through another node, for as long as the restarts take.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load = {
+        let (client, bases, stop) = (cluster.client.clone(), bases.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut readers = Vec::new();
+            let mut n = 0usize;
+            while !stop.is_cancelled() {
+                let base = {
+                    let b = bases.lock().unwrap();
+                    b[n % b.len()].clone()
+                };
+                n += 1;
+                let created = client
+                    .post(format!("{base}/v1/streams"))
+                    .json(&json!({"prompt": "x", "max_tokens": tokens}))
+                    .send()
+                    .await;
+                if let Ok(r) = created
+                    && r.status() == 201
+                {
+                    let v: Value = r.json().await.unwrap();
+                    let id = v["id"].as_str().unwrap().to_owned();
+                    readers.push(tokio::spawn(follow_anywhere(
+                        client.clone(),
+                        bases.clone(),
+                        id.clone(),
+                        n,
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            readers
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    for (i, name) in NAMES.iter().enumerate() {
+        assert_eq!(cluster.terminate(name, DEADLINE).await, Some(0), "{name}");
+        cluster.restart(name);
+        bases.lock().unwrap()[i] = cluster.node(name).base.clone();
+    }
+    let restarts = started.elapsed();
+    stop.cancel();
+    let readers = load.await.unwrap();
+    let streams = readers.len();
+    let mut totals = Followed::default();
+    for reader in readers {
+        let seen = reader.await.unwrap();
+        let events = &seen.events;
+        assert_eq!(
+            events.len() as u32,
+            tokens + 2,
+            "a stream did not end whole"
+        );
+        assert_eq!(events.last().unwrap().event, "done");
+        assert_eq!(
+            text(events),
+            mock_text(tokens),
+            "not an unbroken run's text"
+        );
+        totals.events.extend(seen.events);
+        totals.duplicates += seen.duplicates;
+        totals.gaps += seen.gaps;
+        totals.resumes += seen.resumes;
+        totals.longest_gap = totals.longest_gap.max(seen.longest_gap);
+    }
+    eprintln!(
+        "rolling restart: {streams} streams, {} events read, {} resumes, {} duplicates \
+         skipped by the cursor rule, {} gaps, longest silence across a takeover {:?}, \
+         three restarts in {restarts:?}",
+        totals.events.len(),
+        totals.resumes,
+        totals.duplicates,
+        totals.gaps,
+        totals.longest_gap
+    );
+    assert!(streams >= 20, "only {streams} streams");
+    assert_eq!(totals.duplicates, 0, "an event was sent twice");
+    assert_eq!(totals.gaps, 0, "an event was lost");
+    assert!(
+        totals.resumes > 0,
+        "no reader had to resume: the test restarted nothing"
+    );
+    let handed: usize = NAMES
+        .iter()
+        .map(|n| cluster.logged(n, "stream continued").len())
+        .sum();
+    eprintln!("rolling restart: {handed} streams continued on another node");
+}

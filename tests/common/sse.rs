@@ -281,6 +281,23 @@ impl SseReader {
         Some(self.events()[n - 1].clone())
     }
 
+    /// The next event not returned yet, or `None` once the response has ended or
+    /// failed (a server that went away): for a client that resumes elsewhere.
+    #[allow(dead_code)] // not every test binary resumes across servers
+    pub async fn next_or_gone(&mut self) -> Option<SseEvent> {
+        let n = self.taken + 1;
+        let until = Instant::now() + self.timeout;
+        while self.events().len() < n {
+            match self.read(until).await {
+                Read::More => {}
+                Read::Ended | Read::Failed(_) => return None,
+                Read::TimedOut => panic!("timed out reading events; got {:?}", self.text()),
+            }
+        }
+        self.taken = n;
+        Some(self.events()[n - 1].clone())
+    }
+
     /// Reads until the server ends the response, which must happen before `until`;
     /// returns the whole body.
     pub async fn read_to_end(mut self, until: Instant) -> String {
