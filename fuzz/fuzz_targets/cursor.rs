@@ -3,7 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use spool::http::sse::parse_cursor;
+use spool::http::ApiError;
+use spool::http::inputs::parse_cursor;
 
 fuzz_target!(|data: &[u8]| {
     // As a header value: what `http` accepts, then the handler's `to_str`.
@@ -34,7 +35,8 @@ fn check(raw: &str) {
         }
         Err(e) => {
             assert!(!(digits && fits), "refused {raw:?}");
-            assert_eq!((e.status.as_u16(), e.code), (400, "invalid_cursor"));
+            let e = ApiError::from(e);
+            assert_eq!((e.status.as_u16(), e.code.as_str()), (400, "invalid_cursor"));
         }
     }
 }

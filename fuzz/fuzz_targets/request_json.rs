@@ -4,19 +4,19 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use spool::http::extract::decode_json;
-use spool::http::openai::request::ChatRequest;
-use spool::http::params::StreamParams;
-use spool::http::sessions::SessionParams;
+use spool::http::inputs::{ChatRequest, SessionParams, StreamParams, decode_json};
 use spool_fuzz::{SETUP, check_body, check_refused};
 
 fuzz_target!(|data: &[u8]| {
     let (config, models) = &*SETUP;
+    let config = &config.limits;
     check_body(decode_json::<StreamParams>(data).and_then(|p| p.validate(config, models)));
     check_body(
         decode_json::<StreamParams>(data).and_then(|p| p.validate_turn(config, models, None)),
     );
-    check_body(decode_json::<ChatRequest>(data).and_then(|c| c.into_request(config, models)));
+    check_body(decode_json::<ChatRequest>(data)
+            .and_then(|c| c.into_params())
+            .and_then(|p| p.validate(config, models)));
     if let Err(e) = decode_json::<SessionParams>(data) {
         check_refused(&e);
     }

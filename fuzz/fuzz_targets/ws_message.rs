@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use spool::http::ws::protocol::{Incoming, error, parse, stream_params};
+use spool::http::inputs::{Incoming, error, parse, stream_params};
 use spool_fuzz::{SETUP, check_body};
 
 const CODES: &[&str] = &[
@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (config, models) = &*SETUP;
+    let config = &config.limits;
     match parse(text) {
         Ok(Incoming::Generate { body, .. }) => {
             check_body(stream_params(body).and_then(|p| p.validate(config, models)));
@@ -29,9 +30,9 @@ fuzz_target!(|data: &[u8]| {
         }
         Ok(_) => {}
         Err(rejected) => {
-            assert!(CODES.contains(&rejected.code), "{rejected:?}");
+            assert!(CODES.contains(&rejected.code.as_str()), "{rejected:?}");
             let reply = error(
-                rejected.code,
+                rejected.code.as_str(),
                 &rejected.message,
                 rejected.reference.as_deref(),
                 None,

@@ -5,7 +5,7 @@
 use std::sync::{Arc, LazyLock};
 
 use spool::ServeConfig;
-use spool::http::error::ApiError;
+use spool::http::ApiError;
 use spool::llm::mock::MockBackend;
 use spool::llm::{GenerateRequest, Models, Prompt};
 
@@ -27,7 +27,7 @@ pub fn check_body(result: Result<GenerateRequest, ApiError>) {
 /// A refusal is a `4xx` with a code and a message: never a `5xx`.
 pub fn check_refused(e: &ApiError) {
     assert!(e.status.is_client_error(), "not a 4xx: {e:?}");
-    assert!(!e.code.is_empty() && !e.message.is_empty(), "{e:?}");
+    assert!(!e.code.as_str().is_empty() && !e.message.is_empty(), "{e:?}");
 }
 
 /// An accepted request keeps the limits, and survives being stored and read back.

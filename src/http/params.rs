@@ -1,4 +1,5 @@
-//! The body of `POST /v1/streams` (and, later, of WebSocket `generate`), and its
+//! The native request — the body of `POST /v1/streams`, of a session's turn and of a
+//! WebSocket `generate`, and what every other surface maps its request onto — and its
 //! validation into a [`GenerateRequest`]. Every rule here answers `400` with a message
 //! that names the field; nothing reaches the engine unvalidated.
 
