@@ -10,6 +10,7 @@
 //! writes and recovery have one module per database where the SQL must differ.
 
 pub mod batch;
+pub mod chunk;
 pub mod dialect;
 pub mod events;
 pub mod idempotency;
