@@ -80,7 +80,11 @@ impl Spool {
             store.clone(),
             hub.clone(),
             metrics.clone(),
-            Admission::new(config.limits.max_active, config.limits.max_queued),
+            Admission::new(
+                config.limits.max_active,
+                config.limits.max_queued,
+                config.limits.per_key(config.auth.key_count()),
+            ),
             RateLimit::new(config.auth.rate_limit),
         );
         engine.continue_unfinished(opened.unfinished).await;
@@ -112,6 +116,9 @@ impl Spool {
                 config.store.retention,
                 engine.shutdown_token(),
             ));
+        }
+        if !config.limits.abandon_after.is_zero() {
+            engine.watch_abandoned(config.limits.abandon_after);
         }
         let http = HttpState::new(
             engine.clone(),

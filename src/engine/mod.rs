@@ -14,6 +14,7 @@
 //! answered, names the request too. One `info` line when a stream is accepted, one when
 //! it ends; nothing per token.
 
+mod abandon;
 mod admission;
 mod cursor;
 mod generation;
@@ -60,6 +61,9 @@ pub enum StartError {
     Unsupported(String),
     #[error("too many generations are running or queued")]
     Busy,
+    /// The key holds every place its per-key caps allow (`limit` in all).
+    #[error("this key has its limit of generations running or queued")]
+    KeyBusy { limit: usize },
     #[error("the key is over its rate limit")]
     RateLimited { per_minute: u32, wait: u64 },
     #[error("no such session")]
@@ -104,6 +108,29 @@ struct Live {
     cancel: CancellationToken,
     /// Cancelled once the stream's terminal event has been handed to the writer.
     ended: CancellationToken,
+    /// A client asked for it to run whoever reads it: never abandoned.
+    unattended: bool,
+}
+
+impl Live {
+    fn new(cancel: CancellationToken, unattended: bool) -> Self {
+        Live {
+            cancel,
+            ended: CancellationToken::new(),
+            unattended,
+        }
+    }
+}
+
+/// Whether a stream generated here has ended (see [`Engine::end_of`]).
+#[derive(Clone)]
+pub struct StreamEnding(CancellationToken);
+
+impl StreamEnding {
+    /// True once the stream's terminal event is written (or it stopped here).
+    pub fn is_over(&self) -> bool {
+        self.0.is_cancelled()
+    }
 }
 
 pub struct Engine {
@@ -233,14 +260,12 @@ impl Engine {
             .await
             .map_err(|e| format!("its events are unreadable: {e}"))?;
         request.continuation = Some(continuation);
+        // Its owner is not stored with it here: it queues among the unowned, uncapped.
         let ticket = self
             .admission
-            .try_admit()
-            .ok_or("no generation slot is free")?;
-        let live = Live {
-            cancel: self.shutdown.child_token(),
-            ended: CancellationToken::new(),
-        };
+            .try_admit(None)
+            .map_err(|_| "no generation slot is free")?;
+        let live = Live::new(self.shutdown.child_token(), request.unattended);
         self.hub.open(&stream.id);
         self.live().insert(stream.id.clone(), live.clone());
         // No request started this one: its span stands alone.
@@ -262,6 +287,13 @@ impl Engine {
             span,
         );
         Ok(())
+    }
+
+    /// The end of a stream this process generates; `None` if it does not (any more).
+    pub fn end_of(&self, id: &str) -> Option<StreamEnding> {
+        self.live()
+            .get(id)
+            .map(|live| StreamEnding(live.ended.clone()))
     }
 
     /// Cancels a stream if it is still running; idempotent. `None`: no such stream.

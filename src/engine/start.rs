@@ -10,18 +10,19 @@
 //! 4. a session runs one turn at a time (a new session is created here, for its first
 //!    turn); the prompt becomes the session's history;
 //! 5. the backend can take the request (context length, parameters);
-//! 6. a place in the queue ([`super::Admission`]), else `Busy`.
+//! 6. a place in the queue ([`super::Admission`]): within the key's own caps, else
+//!    `KeyBusy`, and within the global limits, else `Busy`.
 //!
 //! Only then is anything stored: the stream row and its `start` event, committed before
 //! this returns, and the generation task is spawned.
 
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use sha2::{Digest, Sha256};
 
+use super::admission::Refused;
 use super::sessions::{NewSessionRequest, Starting, history, running};
 use super::{Engine, Live, StartError, Started, generation};
 use crate::event::{Event, now_ms, rfc3339};
@@ -142,19 +143,23 @@ impl Engine {
         backend
             .check(&request)
             .map_err(|e| StartError::Unsupported(e.0))?;
-        let Some(ticket) = self.admission.try_admit() else {
-            self.metrics.rejected_busy();
-            return Err(StartError::Busy);
+        let ticket = match self.admission.try_admit(owner.as_deref()) {
+            Ok(ticket) => ticket,
+            Err(Refused::Full) => {
+                self.metrics.rejected_busy();
+                return Err(StartError::Busy);
+            }
+            Err(Refused::KeyFull { limit }) => {
+                self.metrics.rejected_key_limit();
+                return Err(StartError::KeyBusy { limit });
+            }
         };
         let id = new_stream_id().map_err(|_| StartError::Random)?;
         // At `error` level, like the request span, so it exists under any filter.
         let span = tracing::error_span!("stream", stream_id = %id);
         let created_at = now_ms();
         let params = serde_json::to_string(&request).unwrap_or_else(|_| "{}".to_owned());
-        let live = Live {
-            cancel: self.shutdown.child_token(),
-            ended: CancellationToken::new(),
-        };
+        let live = Live::new(self.shutdown.child_token(), request.unattended);
 
         // Live before the first event exists, so no reader can miss it.
         self.hub.open(&id);

@@ -205,6 +205,7 @@ impl StreamParams {
             metadata: self.metadata,
             session_id: None,
             include_usage: self.include_usage,
+            unattended: false,
             continuation: None,
         })
     }

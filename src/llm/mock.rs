@@ -102,6 +102,7 @@ mod tests {
             metadata: None,
             session_id: None,
             include_usage: false,
+            unattended: false,
             continuation: None,
         }
     }

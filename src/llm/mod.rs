@@ -83,6 +83,11 @@ pub struct GenerateRequest {
     /// that format ends the same way. Backends ignore it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub include_usage: bool,
+    /// The client asked for the stream to run to its end whether or not anyone reads it
+    /// (a background response): abandonment (`SPOOL_ABANDON_AFTER`) never cancels it.
+    /// Set by a surface, never from a native request's body. Backends ignore it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unattended: bool,
     /// Set when a stream a dead process was generating is continued: what it had
     /// already emitted. Never stored.
     #[serde(skip)]
