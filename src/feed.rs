@@ -10,6 +10,11 @@
 //! once per node by the cluster listener, or a wake-up to read the store; and, as a
 //! safety net, by polling the store (which also ends a reader of a stream another node
 //! deleted before it saw the end).
+//!
+//! A stream the writer took from its generation because the store refused its events
+//! for longer than the retry window (see [`StreamHub::abort`]) ends the feed without a
+//! terminal event: the reader's response closes, and it resumes once the store has the
+//! stream's end.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,6 +97,7 @@ pub fn follow(
                         None
                     }
                 },
+                None if hub.is_aborted(&stream_id) => return,
                 None => {
                     let w = watch.get_or_insert_with(|| hub.watch(&stream_id));
                     match tokio::time::timeout(poll, w.recv()).await {

@@ -22,6 +22,9 @@ pub struct Metrics {
     resumes: AtomicU64,
     rejected_busy: AtomicU64,
     commit_failures: AtomicU64,
+    commit_errors: AtomicU64,
+    /// Set while commits fail (the gauge shows its opposite, so the default is right).
+    store_unavailable: std::sync::atomic::AtomicBool,
     ws_sockets: AtomicU64,
     connections: AtomicU64,
     ws_timeouts: AtomicU64,
@@ -161,8 +164,16 @@ impl Metrics {
     pub fn cluster_took_over(&self, n: usize) {
         self.cluster_takeovers.fetch_add(n as u64, Relaxed);
     }
+    /// A batch given up on (it breaks a constraint, or the retry window passed).
     pub fn commit_failed(&self) {
         self.commit_failures.fetch_add(1, Relaxed);
+    }
+    /// One attempt at a commit failed (it may be retried).
+    pub fn commit_error(&self) {
+        self.commit_errors.fetch_add(1, Relaxed);
+    }
+    pub fn store_available(&self, available: bool) {
+        self.store_unavailable.store(!available, Relaxed);
     }
     pub fn observe_commit(&self, events: usize, took: Duration) {
         self.batch_size.observe(&BATCH_BOUNDS, events as f64);
@@ -318,6 +329,18 @@ impl Metrics {
             "spool_store_commit_failures_total",
             "Batches the store refused after retries.",
             self.commit_failures.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "spool_store_commit_errors_total",
+            "Commit attempts that failed (each retry counts).",
+            self.commit_errors.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "spool_store_available",
+            "1 while commits succeed; 0 while they fail and are retried, or this node is fenced.",
+            u64::from(!self.store_unavailable.load(Relaxed)),
         );
         self.batch_size.render(
             &mut out,

@@ -39,6 +39,7 @@ pub enum ErrorCode {
     Overloaded,
     TurnInProgress,
     ShuttingDown,
+    StoreUnavailable,
     // The WebSocket.
     WebsocketRequired,
     TooManySockets,
@@ -74,6 +75,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::TurnInProgress => "turn_in_progress",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::WebsocketRequired => "websocket_required",
             ErrorCode::TooManySockets => "too_many_sockets",
             ErrorCode::TooManyStreams => "too_many_streams",
@@ -113,7 +115,9 @@ impl ErrorCode {
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::RateLimited | ErrorCode::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::TurnInProgress => StatusCode::CONFLICT,
-            ErrorCode::ShuttingDown | ErrorCode::TooManySockets => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ShuttingDown | ErrorCode::TooManySockets | ErrorCode::StoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorCode::GenerationFailed | ErrorCode::InternalError => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -200,6 +204,15 @@ impl ApiError {
         .with("models", Value::from(available))
     }
 
+    /// `503 store_unavailable`: commits are failing; retry shortly.
+    pub fn store_unavailable() -> Self {
+        ApiError::new(
+            ErrorCode::StoreUnavailable,
+            "the store does not accept writes right now; retry shortly",
+        )
+        .retry_after(STORE_RETRY_AFTER)
+    }
+
     pub fn internal(context: &str, error: &dyn std::fmt::Display) -> Self {
         tracing::error!(%error, "{context}");
         Self::new(ErrorCode::InternalError, "internal error")
@@ -250,9 +263,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Seconds a client is asked to wait before retrying while the store fails.
+const STORE_RETRY_AFTER: u32 = 5;
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::internal("store error", &e)
+        match e {
+            StoreError::Unavailable | StoreError::Fenced => ApiError::store_unavailable(),
+            e => ApiError::internal("store error", &e),
+        }
     }
 }
 
@@ -283,6 +302,7 @@ impl From<StartError> for ApiError {
             StartError::ShuttingDown => {
                 ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down")
             }
+            StartError::StoreUnavailable => ApiError::store_unavailable(),
             StartError::Random => ApiError::internal("stream id", &e),
             StartError::Store(e) => e.into(),
         }

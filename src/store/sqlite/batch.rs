@@ -15,31 +15,59 @@ use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqliteConnection};
 use sqlx::{Connection, Sqlite};
 
-use crate::event::{Event, FinishReason};
+use crate::event::{Event, FinishReason, StreamStatus};
 use crate::store::NewStream;
-use crate::store::batch::{Batch, Outcome};
+use crate::store::batch::{Batch, Outcome, Position};
 
 /// Runs the batch in one `BEGIN IMMEDIATE` transaction; rolls back on any error.
 pub(in crate::store) async fn commit(
     conn: &mut SqliteConnection,
     batch: &Batch,
 ) -> Result<Outcome, sqlx::Error> {
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-    match write(conn, batch).await {
-        Ok(outcome) => {
-            sqlx::query("COMMIT").execute(&mut *conn).await?;
-            Ok(outcome)
-        }
-        Err(e) => {
-            // An `OR ROLLBACK` conflict has already ended the transaction, and then
-            // this ROLLBACK fails harmlessly.
-            if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
-                tracing::debug!(error = %rollback, "rollback after a failed batch");
-                let _ = conn.ping().await;
-            }
-            Err(e)
+    let result = transaction(conn, batch).await;
+    if let Err(e) = &result {
+        // Whatever failed — a statement, or COMMIT itself (a full disk, a lock held too
+        // long) — the connection must not stay inside the transaction, or every later
+        // BEGIN would fail. When SQLite has already ended it (an `OR ROLLBACK`
+        // conflict, an I/O error), this ROLLBACK fails harmlessly.
+        if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+            tracing::debug!(error = %e, %rollback, "rollback after a failed batch");
+            let _ = conn.ping().await;
         }
     }
+    result
+}
+
+async fn transaction(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sqlx::Error> {
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    let outcome = write(conn, batch).await?;
+    sqlx::query("COMMIT").execute(&mut *conn).await?;
+    Ok(outcome)
+}
+
+/// Where each stream of `ids` stands (read on the writer's connection).
+pub(in crate::store) async fn positions(
+    conn: &mut SqliteConnection,
+    ids: &[Arc<str>],
+) -> Result<Vec<Position>, sqlx::Error> {
+    let mut found = Vec::with_capacity(ids.len());
+    for id in ids {
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT last_seq, status FROM streams WHERE id = ?")
+                .bind(&**id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        found.push(Position {
+            id: id.clone(),
+            at: row.map(|(seq, status)| (seq.max(0) as u64, ended(&status))),
+        });
+    }
+    Ok(found)
+}
+
+/// Whether a stored status is terminal.
+pub(in crate::store) fn ended(status: &str) -> bool {
+    StreamStatus::parse(status).is_none_or(StreamStatus::is_terminal)
 }
 
 async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sqlx::Error> {
