@@ -390,7 +390,10 @@ mod tests {
         let mut rx = hub.subscribe("s").unwrap();
         hub.abort("s");
         assert!(hub.is_aborted("s"));
-        assert!(matches!(rx.recv().await, Err(broadcast::error::RecvError::Closed)));
+        assert!(matches!(
+            rx.recv().await,
+            Err(broadcast::error::RecvError::Closed)
+        ));
         hub.clear_abort("s");
         assert!(!hub.is_aborted("s"));
     }

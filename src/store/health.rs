@@ -35,9 +35,9 @@ impl Fault {
                 // SQLite: the extended result code, whose low byte is the primary one.
                 if let Ok(n) = code.parse::<i32>() {
                     return Some(match n & 0xff {
-                        13 => Fault::DiskFull,         // SQLITE_FULL
-                        5 | 6 => Fault::Busy,          // SQLITE_BUSY, SQLITE_LOCKED
-                        10 | 14 | 11 => Fault::Io,     // IOERR, CANTOPEN, CORRUPT
+                        13 => Fault::DiskFull,     // SQLITE_FULL
+                        5 | 6 => Fault::Busy,      // SQLITE_BUSY, SQLITE_LOCKED
+                        10 | 14 | 11 => Fault::Io, // IOERR, CANTOPEN, CORRUPT
                         _ => Fault::Database,
                     });
                 }

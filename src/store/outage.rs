@@ -47,9 +47,13 @@ pub(super) struct Outage {
 enum State {
     Available,
     /// Commits fail since `since`; the batch is retried.
-    Retrying { since: Instant },
+    Retrying {
+        since: Instant,
+    },
     /// They have failed for longer than the window.
-    Down { since: Instant },
+    Down {
+        since: Instant,
+    },
 }
 
 /// A stream the writer ends itself.
@@ -122,10 +126,9 @@ impl Outage {
         if self.doomed.values().all(|d| d.end_written) {
             return None;
         }
-        Some(
-            self.next_probe
-                .map_or(Duration::ZERO, |at| at.saturating_duration_since(Instant::now())),
-        )
+        Some(self.next_probe.map_or(Duration::ZERO, |at| {
+            at.saturating_duration_since(Instant::now())
+        }))
     }
 
     /// Past the window: when the next attempt may be made.

@@ -84,7 +84,9 @@ enum WriteOp {
     },
     /// The generation of a stream the writer ends itself (see [`Outage`]) has stopped:
     /// nothing more of it follows on the channel.
-    Abandon { stream_id: Arc<str> },
+    Abandon {
+        stream_id: Arc<str>,
+    },
 }
 
 impl WriteOp {
@@ -498,7 +500,9 @@ impl Writer {
             let started = Instant::now();
             match self.commit(&mut batch, &ends, &mut next).await {
                 Attempted::Committed(outcome, ended) => {
-                    self.book.metrics.observe_commit(batch.events, started.elapsed());
+                    self.book
+                        .metrics
+                        .observe_commit(batch.events, started.elapsed());
                     self.book.outage.recovered();
                     self.book.publish(batch, outcome);
                     self.book.outage.ended(&ended, &self.book.hub);
@@ -554,14 +558,19 @@ impl Writer {
             if let Some(at) = self.book.outage.next_probe().filter(|_| !stop) {
                 // Past the window: one attempt per pause, not a busy loop.
                 let pause = tokio::time::sleep_until(at.into());
-                collect_while(pause, &mut self.inbox, &mut self.book, next, self.batch_max)
-                    .await;
+                collect_while(pause, &mut self.inbox, &mut self.book, next, self.batch_max).await;
             }
             let result = match self.position(batch, ends, &mut positioned, next).await {
                 Ok(()) => {
                     let commit = self.conn.commit(batch);
-                    collect_while(commit, &mut self.inbox, &mut self.book, next, self.batch_max)
-                        .await
+                    collect_while(
+                        commit,
+                        &mut self.inbox,
+                        &mut self.book,
+                        next,
+                        self.batch_max,
+                    )
+                    .await
                 }
                 Err(e) => Err(e),
             };
@@ -605,8 +614,8 @@ impl Writer {
             return Ok(());
         }
         let find = self.conn.positions(ends);
-        let found = collect_while(find, &mut self.inbox, &mut self.book, next, self.batch_max)
-            .await?;
+        let found =
+            collect_while(find, &mut self.inbox, &mut self.book, next, self.batch_max).await?;
         for p in found {
             if let Some((last_seq, false)) = p.at {
                 let (event, end) = super::outage::end_event(last_seq + 1);

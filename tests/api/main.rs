@@ -19,6 +19,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod examples;
+mod faults;
 mod hostile;
 mod http2;
 mod lifecycle;

@@ -84,8 +84,7 @@ impl WriteConn {
         }
         let conn = connect(&mut self.conn, &self.options, &mut self.lost).await?;
         let mut tx = conn.begin().await?;
-        let held =
-            cluster::hold_lease(&mut tx, &self.node, &self.incarnation, batch.renew).await?;
+        let held = cluster::hold_lease(&mut tx, &self.node, &self.incarnation, batch.renew).await?;
         let Some(xid) = held else {
             let _ = tx.rollback().await;
             return Err(CommitError::Fenced);
@@ -120,12 +119,15 @@ impl WriteConn {
             .iter()
             .map(|id| Position {
                 id: id.clone(),
-                at: rows.iter().find(|(r, _, _)| **r == **id).map(|(_, seq, status)| {
-                    (
-                        (*seq).max(0) as u64,
-                        crate::store::sqlite::batch::ended(status),
-                    )
-                }),
+                at: rows
+                    .iter()
+                    .find(|(r, _, _)| **r == **id)
+                    .map(|(_, seq, status)| {
+                        (
+                            (*seq).max(0) as u64,
+                            crate::store::sqlite::batch::ended(status),
+                        )
+                    }),
             })
             .collect())
     }
