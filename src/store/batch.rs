@@ -71,6 +71,11 @@ pub(super) struct Position {
     pub at: Option<(u64, bool)>,
 }
 
+/// Whether a stored status is terminal (or not one spool knows).
+pub(super) fn has_ended(status: &str) -> bool {
+    StreamStatus::parse(status).is_none_or(StreamStatus::is_terminal)
+}
+
 /// Why a batch was not committed.
 #[derive(Debug)]
 pub(super) enum CommitError {

@@ -246,7 +246,7 @@ impl Outage {
         }
     }
 
-    /// `id` was deleted (after its generation ended).
+    /// `id` was deleted (after its generation ended), or is left to start-up recovery.
     pub fn deleted(&mut self, id: &str) {
         if self.doomed.remove(id).is_some() {
             self.health.undoom(id);

@@ -731,6 +731,7 @@ impl Book {
         for ((id, reply), existed) in batch.deletes.drain(..).zip(outcome.deleted) {
             self.lost.remove(id.as_str());
             self.outage.deleted(&id);
+            self.hub.clear_abort(&id);
             let _ = reply.send(Ok(existed));
         }
         for ((_, _, reply), n) in batch.purges.drain(..).zip(outcome.purged) {
@@ -751,8 +752,9 @@ impl Book {
         self.metrics.commit_failed();
         for stream in batch.streams.drain(..) {
             // Readers fall back to the store; the stream stays open there until
-            // start-up recovery ends it as interrupted.
+            // start-up recovery ends it as interrupted (also one the writer was to end).
             self.hub.close(&stream.id);
+            self.outage.deleted(&stream.id);
             self.lost.insert(stream.id);
         }
         batch.take_new_work().refuse(|| StoreError::Closed);

@@ -16,7 +16,7 @@ use sqlx::{ConnectOptions, Connection};
 use super::{EVENTS_CHANNEL, cluster};
 use crate::event::FinishReason;
 use crate::store::NewStream;
-use crate::store::batch::{Batch, CommitError, Outcome, Position};
+use crate::store::batch::{Batch, CommitError, Outcome, Position, has_ended};
 use crate::store::health::Fault;
 
 /// The writer's connection: re-established after it is lost, its every transaction
@@ -122,12 +122,7 @@ impl WriteConn {
                 at: rows
                     .iter()
                     .find(|(r, _, _)| **r == **id)
-                    .map(|(_, seq, status)| {
-                        (
-                            (*seq).max(0) as u64,
-                            crate::store::sqlite::batch::ended(status),
-                        )
-                    }),
+                    .map(|(_, seq, status)| ((*seq).max(0) as u64, has_ended(status))),
             })
             .collect())
     }

@@ -15,9 +15,9 @@ use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqliteConnection};
 use sqlx::{Connection, Sqlite};
 
-use crate::event::{Event, FinishReason, StreamStatus};
+use crate::event::{Event, FinishReason};
 use crate::store::NewStream;
-use crate::store::batch::{Batch, Outcome, Position};
+use crate::store::batch::{Batch, Outcome, Position, has_ended};
 
 /// Runs the batch in one `BEGIN IMMEDIATE` transaction; rolls back on any error.
 pub(in crate::store) async fn commit(
@@ -59,15 +59,10 @@ pub(in crate::store) async fn positions(
                 .await?;
         found.push(Position {
             id: id.clone(),
-            at: row.map(|(seq, status)| (seq.max(0) as u64, ended(&status))),
+            at: row.map(|(seq, status)| (seq.max(0) as u64, has_ended(&status))),
         });
     }
     Ok(found)
-}
-
-/// Whether a stored status is terminal.
-pub(in crate::store) fn ended(status: &str) -> bool {
-    StreamStatus::parse(status).is_none_or(StreamStatus::is_terminal)
 }
 
 async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sqlx::Error> {
