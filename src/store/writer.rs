@@ -129,26 +129,21 @@ pub type WriterTask = JoinHandle<()>;
 impl EventLog {
     /// Inserts a stream and its `start` event; returns once they are committed.
     pub async fn create(&self, stream: NewStream, start: Event) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.creates
-            .send(WriteOp::Create {
-                stream,
-                start,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        ask(&self.creates, |reply| WriteOp::Create {
+            stream,
+            start,
+            reply,
+        })
+        .await
     }
 
     /// Inserts a session; returns once it is committed.
     pub async fn create_session(&self, session: NewSession) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.creates
-            .send(WriteOp::CreateSession { session, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        ask(&self.creates, |reply| WriteOp::CreateSession {
+            session,
+            reply,
+        })
+        .await
     }
 
     /// Marks a queued stream as running.
@@ -194,21 +189,17 @@ impl EventLog {
     /// Deletes a stream and its events (the caller has made sure nothing writes to it).
     /// `Ok(false)` if it did not exist.
     pub async fn delete(&self, stream_id: String) -> Result<bool, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(WriteOp::Delete { stream_id, reply }).await?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        ask(&self.tx, |reply| WriteOp::Delete { stream_id, reply }).await
     }
 
     /// Deletes up to `max` finished streams created before `created_before` (ms).
     pub async fn purge(&self, created_before: i64, max: u32) -> Result<u64, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(WriteOp::Purge {
+        ask(&self.tx, |reply| WriteOp::Purge {
             created_before,
             max,
             reply,
         })
-        .await?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        .await
     }
 
     /// Returns once everything sent before it is committed (or given up on).
@@ -234,12 +225,7 @@ impl EventLog {
     /// transaction; returns once that has committed. [`StoreError::Fenced`]: the lease
     /// is not this process's any more.
     pub async fn renew_lease(&self, lease: Duration) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.creates
-            .send(WriteOp::Renew { lease, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        ask(&self.creates, |reply| WriteOp::Renew { lease, reply }).await
     }
 
     /// Tells the writer that the generation of a stream it took over (see
@@ -281,6 +267,19 @@ impl EventLog {
     async fn send(&self, op: WriteOp) -> Result<(), StoreError> {
         self.tx.send(op).await.map_err(|_| StoreError::Closed)
     }
+}
+
+/// Sends the operation `op` makes on `channel` and waits for the writer's answer.
+async fn ask<T>(
+    channel: &mpsc::Sender<WriteOp>,
+    op: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp,
+) -> Result<T, StoreError> {
+    let (reply, rx) = oneshot::channel();
+    channel
+        .send(op(reply))
+        .await
+        .map_err(|_| StoreError::Closed)?;
+    rx.await.map_err(|_| StoreError::Closed)?
 }
 
 /// The writer's connection, to one database or the other.

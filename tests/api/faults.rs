@@ -15,7 +15,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::helpers::{DEADLINE, SseEvent, SseReader, parse_sse};
+use crate::helpers::{
+    DEADLINE, SendJson, SseEvent, SseReader, assert_contiguous, mock_text, parse_sse,
+};
 use crate::pg::TestDb;
 use crate::process::{self, Server};
 use crate::sse::{raw, text};
@@ -23,33 +25,6 @@ use crate::sse::{raw, text};
 /// One test at a time: they time faults on two shared cores, and the PostgreSQL ones
 /// start several processes.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The mock backend's first `n` tokens.
-fn mock_text(n: u32) -> String {
-    (1..=n).map(|i| format!(" tok{i}")).collect()
-}
-
-/// Asserts seqs 1, 2, 3 … with no gap or duplicate, a `start` first and exactly one
-/// terminal event, last.
-fn assert_contiguous(events: &[SseEvent]) {
-    let ids: Vec<u64> = events.iter().map(|e| e.id.unwrap()).collect();
-    assert_eq!(
-        ids,
-        (1..=events.len() as u64).collect::<Vec<_>>(),
-        "a gap or a duplicate"
-    );
-    assert_eq!(events[0].event, "start");
-    let terminal: Vec<u64> = events
-        .iter()
-        .filter(|e| e.event == "done" || e.event == "error")
-        .map(|e| e.id.unwrap())
-        .collect();
-    assert_eq!(
-        terminal,
-        [events.len() as u64],
-        "not exactly one terminal event, last"
-    );
-}
 
 /// Waits (with a deadline) until `check` gives a value.
 async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
@@ -99,23 +74,8 @@ impl Client {
         .await
     }
 
-    /// The value of the metric line that starts with `name` (labels included).
     async fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-            .unwrap_or_else(|| panic!("no metric {name}"))
-            .trim()
-            .parse()
-            .unwrap()
+        crate::helpers::metric(&self.http, &self.base, name).await
     }
 
     /// `POST /v1/streams` with `max_tokens`: the response.
@@ -136,14 +96,8 @@ impl Client {
     }
 
     async fn status(&self, id: &str) -> Value {
-        let r = self
-            .http
-            .get(self.url(&format!("/v1/streams/{id}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        r.json().await.unwrap()
+        let url = self.url(&format!("/v1/streams/{id}"));
+        self.http.get(url).send_json().await
     }
 
     async fn wait_status(&self, id: &str, want: &str) -> Value {
@@ -185,15 +139,11 @@ impl Client {
 
     /// Asserts that none of the server's streams is queued or running.
     async fn assert_none_running(&self) {
-        let list: Value = self
+        let list = self
             .http
             .get(self.url("/v1/streams?limit=100"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .send_json()
+            .await;
         for s in list["data"].as_array().unwrap() {
             assert!(
                 !matches!(s["status"].as_str(), Some("queued" | "running")),
@@ -251,17 +201,28 @@ impl Drop for SmallDisk {
     }
 }
 
-/// Starts `n` streams of `max_tokens` with an SSE reader each, every reader past its
-/// fifth event.
-async fn streams_with_readers(c: &Client, n: usize, max_tokens: u32) -> Vec<(String, SseReader)> {
+/// Starts `n` streams of `max_tokens` on `on`, each with an SSE reader on `read_on`
+/// that has read its first `past` events.
+async fn streams_read(
+    on: &Client,
+    read_on: &Client,
+    n: usize,
+    max_tokens: u32,
+    past: usize,
+) -> Vec<(String, SseReader)> {
     let mut out = Vec::new();
     for _ in 0..n {
-        let id = c.create(max_tokens).await;
-        let mut reader = c.events(&id, None).await;
-        reader.until(5).await;
+        let id = on.create(max_tokens).await;
+        let mut reader = read_on.events(&id, None).await;
+        reader.until(past).await;
         out.push((id, reader));
     }
     out
+}
+
+/// `n` streams of `max_tokens` with a reader each on the same server, past event 5.
+async fn streams_with_readers(c: &Client, n: usize, max_tokens: u32) -> Vec<(String, SseReader)> {
+    streams_read(c, c, n, max_tokens, 5).await
 }
 
 async fn assert_refused_with_retry_after(c: &Client) {
@@ -346,15 +307,7 @@ async fn a_disk_full_past_the_window_ends_each_stream_store_unavailable() {
     );
     let c = Client::of(&server);
     // A session's turn among the streams: its next turn must be accepted afterwards.
-    let session: Value = c
-        .http
-        .post(c.url("/v1/sessions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let session = c.http.post(c.url("/v1/sessions")).send_json().await;
     let sid = session["id"].as_str().unwrap().to_owned();
     let say = |content: &'static str| {
         c.http
@@ -712,14 +665,7 @@ async fn streams_read_elsewhere(
     on_b: &Client,
     n: usize,
 ) -> Vec<(String, SseReader)> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let id = on_a.create(TAKEN_OVER).await;
-        let mut reader = on_b.events(&id, None).await;
-        reader.until(10).await;
-        out.push((id, reader));
-    }
-    out
+    streams_read(on_a, on_b, n, TAKEN_OVER, 10).await
 }
 
 /// The streams a survivor took over end as an unbroken run would have.
