@@ -349,6 +349,19 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_store_answers_503_store_unavailable_with_retry_after() {
+        for e in [
+            ApiError::from(StoreError::Unavailable),
+            ApiError::from(StoreError::Fenced),
+            ApiError::from(StartError::StoreUnavailable),
+        ] {
+            assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(e.code, "store_unavailable");
+            assert!(e.retry_after.is_some());
+        }
+    }
+
+    #[test]
     fn model_not_found_always_lists_the_models() {
         let e = ApiError::model_not_found("x", vec!["a".into(), "b".into()]);
         assert_eq!(e.status, StatusCode::NOT_FOUND);

@@ -413,6 +413,21 @@ mod tests {
         assert_eq!(decode_ids(&ids), vec![699]);
     }
 
+    #[tokio::test]
+    async fn a_connection_left_inside_a_transaction_is_rolled_back_and_commits_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open(&dir).await;
+        // As a COMMIT that failed (a full disk, a lock) would leave it.
+        sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+        let mut batch = Batch::default();
+        create(&mut batch, "a");
+        batch.push_event(Arc::from("a"), Event::token(1, "x"), Vec::new(), None);
+        assert!(commit(&mut conn, &batch).await.is_err());
+        // The failed attempt ended the transaction: the retry commits.
+        commit(&mut conn, &batch).await.unwrap();
+        assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM events").await, 1);
+    }
+
     #[test]
     fn statements_have_one_placeholder_group_per_row() {
         for shape in Shape::ALL {
