@@ -1,11 +1,15 @@
 //! Several nodes on one PostgreSQL database: the background work that makes them one
 //! service. Nothing here runs on SQLite.
 //!
-//! - **Lease**: every `lease / 3` the node renews its row in `nodes`. A node that finds
-//!   its row gone was taken for dead (it stalled longer than its lease) and its streams
-//!   were taken over: it reports [`Fatal::LeaseLost`], and the process stops through
-//!   `app`'s shutdown path without writing to those streams (fail-stop, exit status 75)
-//!   rather than write beside the survivor.
+//! - **Lease**: every `lease / 3` the node renews its row in `nodes`, through its
+//!   writer (in a batch's transaction, see [`EventLog::renew_lease`]): a node whose
+//!   writer cannot write does not keep its lease. Every batch also checks the lease in
+//!   its own transaction (fencing, see `store::postgres::cluster::hold_lease`). A node
+//!   that finds its row gone or expired was taken for dead (it stalled longer than its
+//!   lease) and its streams were taken over; one that could not renew within its lease
+//!   (the database unreachable) must assume so. Either reports [`Fatal::LeaseLost`], and
+//!   the process stops through `app`'s shutdown path without writing to those streams
+//!   (fail-stop, exit status 75) rather than write beside the survivor.
 //! - **Sweep**: as often, it looks for nodes whose lease expired; exactly one survivor
 //!   takes each (`FOR UPDATE SKIP LOCKED`) and ends its open streams `interrupted`, or
 //!   continues them here when the backend can (see [`crate::store::Store::sweep`]).
@@ -28,8 +32,8 @@ use crate::config::ClusterConfig;
 use crate::engine::Engine;
 use crate::fatal::{Fatal, FatalSender};
 use crate::hub::StreamHub;
-use crate::store::Store;
 use crate::store::postgres::cluster::Notice;
+use crate::store::{EventLog, Store, StoreError};
 
 /// Starts the lease, sweep and listen loops as tracked tasks of the engine; they end
 /// when the engine shuts down. A lost lease is reported to `fatal`.
@@ -43,7 +47,18 @@ pub fn start(
     let lease = config.node_lease;
     let every = (lease / 3).max(Duration::from_millis(100));
     let shutdown = engine.shutdown_token();
-    engine.spawn(renew(store.clone(), lease, every, shutdown.clone(), fatal));
+    let held_since = tokio::time::Instant::from_std(store.leased_at());
+    engine.spawn(renew(
+        engine.log().clone(),
+        Lease {
+            node: store.node().to_owned(),
+            lease,
+            every,
+            held_since,
+        },
+        shutdown.clone(),
+        fatal,
+    ));
     engine.spawn(sweep(
         engine.clone(),
         store.clone(),
@@ -68,29 +83,54 @@ async fn next_tick(tick: &mut tokio::time::Interval, shutdown: &CancellationToke
     }
 }
 
-async fn renew(
-    store: Store,
+/// The timing of this node's lease.
+struct Lease {
+    node: String,
     lease: Duration,
     every: Duration,
-    shutdown: CancellationToken,
-    fatal: FatalSender,
-) {
-    let mut tick = ticker(every);
-    while next_tick(&mut tick, &shutdown).await {
-        match store.renew_lease(lease).await {
-            Ok(true) => {}
-            Ok(false) => {
-                // Fail-stop: this node was silent longer than its lease and a survivor
-                // has ended or taken over every stream it was generating (or another
-                // process took its id). Writing on would collide with what they wrote;
-                // a supervisor restarts it.
-                tracing::error!(node = store.node(), "{}", Fatal::LeaseLost);
-                fatal.report(Fatal::LeaseLost);
-                return;
+    /// When the last renewal that committed was sent: the lease lasts at least until
+    /// then plus `lease` (the database starts counting later than this clock).
+    held_since: tokio::time::Instant,
+}
+
+async fn renew(log: EventLog, mut lease: Lease, shutdown: CancellationToken, fatal: FatalSender) {
+    let mut tick = ticker(lease.every);
+    let fenced = log.fenced();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = fenced.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let sent = tokio::time::Instant::now();
+        let until = lease.held_since + lease.lease;
+        let renewed = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = tokio::time::timeout_at(until, log.renew_lease(lease.lease)) => r,
+        };
+        match renewed {
+            Ok(Ok(())) => lease.held_since = sent,
+            Ok(Err(StoreError::Fenced)) => break,
+            Ok(Err(e)) if tokio::time::Instant::now() < until => {
+                tracing::warn!(error = %e, "renewing the node lease failed; retrying");
             }
-            Err(e) => tracing::warn!(error = %e, "renewing the node lease failed; retrying"),
+            Ok(Err(_)) | Err(_) => {
+                // The database has not taken a renewal for a whole lease: a survivor
+                // may be taking this node's streams right now.
+                tracing::error!(
+                    lease = ?lease.lease,
+                    "could not renew this node's lease within it (the database is \
+                     unreachable or refuses writes)"
+                );
+                break;
+            }
         }
     }
+    // Fail-stop: this node was silent longer than its lease and a survivor has ended
+    // or taken over every stream it was generating (or another process took its id).
+    // Writing on would collide with what they wrote; a supervisor restarts it.
+    tracing::error!(node = %lease.node, "{}", Fatal::LeaseLost);
+    fatal.report(Fatal::LeaseLost);
 }
 
 async fn sweep(engine: Arc<Engine>, store: Store, every: Duration, shutdown: CancellationToken) {

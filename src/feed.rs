@@ -10,6 +10,12 @@
 //! once per node by the cluster listener, or a wake-up to read the store; and, as a
 //! safety net, by polling the store (which also ends a reader of a stream another node
 //! deleted before it saw the end).
+//!
+//! A stream this process let go of without an end (see [`StreamHub::abort`]) — the
+//! writer took it from its generation because the store refused its events for longer
+//! than the retry window, or it was left at shutdown for the next process (or another
+//! node) to continue — ends the feed without a terminal event once the store is read:
+//! the reader's response closes, and it resumes where the stream goes on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,9 +67,6 @@ pub fn follow(
         let mut watch = live.is_none().then(|| hub.watch(&stream_id));
         let poll = if store.is_shared() { POLL_SHARED } else { POLL };
         let mut cursor = Cursor { last: after, finished: false };
-        // Set when this process stopped generating the stream at shutdown: once the
-        // store is read, the reader resumes wherever the stream goes on.
-        let mut handed_on = live.is_none() && hub.is_handed_on(&stream_id);
 
         // Read the store at the start, and again only after a lag, a closed channel or
         // a poll tick: while a reader keeps up, live batches are all it needs.
@@ -81,9 +84,6 @@ pub fn follow(
                     return;
                 }
             }
-            if handed_on {
-                return;
-            }
             let next = match live.as_mut() {
                 Some(rx) => match rx.recv().await {
                     Ok(batch) => Some(batch),
@@ -92,13 +92,13 @@ pub fn follow(
                         None
                     }
                     // The terminal event was published (or the stream was lost, or
-                    // handed on at shutdown); the store has the rest.
+                    // let go: see `StreamHub::abort`); the store has the rest.
                     Err(RecvError::Closed) => {
                         live = None;
-                        handed_on = hub.is_handed_on(&stream_id);
                         None
                     }
                 },
+                None if hub.is_aborted(&stream_id) => return,
                 None => {
                     let w = watch.get_or_insert_with(|| hub.watch(&stream_id));
                     match tokio::time::timeout(poll, w.recv()).await {

@@ -35,9 +35,10 @@ pub struct StreamHub {
     channels: Mutex<HashMap<Arc<str>, Channel>>,
     /// The readers of streams that are not live here, by stream.
     watchers: Mutex<HashMap<Arc<str>, Watched>>,
-    /// Streams this process stopped generating at shutdown, for another to continue
-    /// (filled only then).
-    handed_on: Mutex<std::collections::HashSet<Arc<str>>>,
+    /// Streams the writer has taken from their generations (the store refused their
+    /// events past the retry window) and not ended yet: their readers end their
+    /// responses, to resume once the end is stored.
+    aborted: Mutex<std::collections::HashSet<Arc<str>>>,
 }
 
 /// The live channel of a stream generated here.
@@ -124,7 +125,7 @@ impl StreamHub {
             capacity: capacity.max(1),
             channels: Mutex::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),
-            handed_on: Mutex::new(Default::default()),
+            aborted: Mutex::new(Default::default()),
         }
     }
 
@@ -274,23 +275,30 @@ impl StreamHub {
         self.channels().remove(stream_id);
     }
 
-    /// Ends the live channel of a stream this process stops generating without an end
-    /// (at shutdown, for the next process or another node to continue): its readers
-    /// read what is stored, then end, to resume wherever it goes on.
-    pub fn hand_on(&self, stream_id: &str) {
-        self.handed_on
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(Arc::from(stream_id));
+    /// Ends the live channel of a stream whose end this process will not write now —
+    /// the writer writes it later (a store outage), or the next process or another
+    /// node continues the stream (shutdown) — and tells its readers (those reading now
+    /// and those who come before that end is stored) to end their responses rather than
+    /// wait.
+    pub fn abort(&self, stream_id: &str) {
+        self.aborted().insert(Arc::from(stream_id));
         self.close(stream_id);
     }
 
-    /// Whether [`StreamHub::hand_on`] ended `stream_id` here.
-    pub fn is_handed_on(&self, stream_id: &str) -> bool {
-        self.handed_on
+    /// Whether [`StreamHub::abort`] holds for `stream_id`.
+    pub fn is_aborted(&self, stream_id: &str) -> bool {
+        self.aborted().contains(stream_id)
+    }
+
+    /// The end of an aborted stream is stored: its readers read it like any other.
+    pub fn clear_abort(&self, stream_id: &str) {
+        self.aborted().remove(stream_id);
+    }
+
+    fn aborted(&self) -> MutexGuard<'_, std::collections::HashSet<Arc<str>>> {
+        self.aborted
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(stream_id)
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Live readers across all streams (for metrics).
@@ -430,6 +438,21 @@ mod tests {
         );
         hub.close("s");
         assert_eq!(hub.readers("s"), None);
+    }
+
+    #[tokio::test]
+    async fn abort_ends_the_channel_until_cleared() {
+        let hub = StreamHub::new(4);
+        hub.open("s");
+        let mut rx = hub.subscribe("s").unwrap();
+        hub.abort("s");
+        assert!(hub.is_aborted("s"));
+        assert!(matches!(
+            rx.recv().await,
+            Err(broadcast::error::RecvError::Closed)
+        ));
+        hub.clear_abort("s");
+        assert!(!hub.is_aborted("s"));
     }
 
     #[tokio::test]

@@ -52,6 +52,8 @@ pub struct Metrics {
     rejected_key_limit: Counter,
     streams_abandoned: Counter,
     commit_failures: Counter,
+    commit_errors: Counter,
+    store_available: Gauge,
     ws_sockets: Gauge,
     connections: Gauge,
     ws_timeouts: Counter,
@@ -231,6 +233,18 @@ impl Metrics {
                 "spool_store_commit_failures_total",
                 "Batches the store refused after retries.",
             ),
+            commit_errors: r.counter(
+                "spool_store_commit_errors_total",
+                "Commit attempts that failed (each retry counts).",
+            ),
+            store_available: {
+                let g = r.gauge(
+                    "spool_store_available",
+                    "1 while commits succeed; 0 while they fail and are retried, or this node is fenced.",
+                );
+                g.set(1.0);
+                g
+            },
             batch_size: r.histogram(BATCH_EVENTS, "Events per group commit."),
             commit_seconds: r.histogram(COMMIT_SECONDS, "Group commit latency."),
             ttft_seconds: r.histogram(TTFT_SECONDS, "From acceptance to the first token."),
@@ -312,8 +326,16 @@ impl Metrics {
     pub fn cluster_took_over(&self, n: usize) {
         self.cluster_takeovers.increment(n as u64);
     }
+    /// A batch given up on (it breaks a constraint, or the retry window passed).
     pub fn commit_failed(&self) {
         self.commit_failures.increment(1);
+    }
+    /// One attempt at a commit failed (it may be retried).
+    pub fn commit_error(&self) {
+        self.commit_errors.increment(1);
+    }
+    pub fn store_available(&self, available: bool) {
+        self.store_available.set(if available { 1.0 } else { 0.0 });
     }
     pub fn observe_commit(&self, events: usize, took: Duration) {
         self.batch_size.record(events as f64);
@@ -401,6 +423,8 @@ mod tests {
             ("spool_store_commit_failures_total", "counter"),
             ("spool_rejected_key_limit_total", "counter"),
             ("spool_streams_abandoned_total", "counter"),
+            ("spool_store_commit_errors_total", "counter"),
+            ("spool_store_available", "gauge"),
             ("spool_time_to_first_token_seconds", "histogram"),
         ] {
             assert!(

@@ -110,6 +110,11 @@ pub struct StoreConfig {
     )]
     pub batch_max: usize,
 
+    /// How long a failing commit (disk full, database locked or unreachable) is retried,
+    /// generations waiting, before the streams it holds end with `store_unavailable`.
+    #[arg(long = "store-retry-window", env = "SPOOL_STORE_RETRY_WINDOW", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub retry_window: Duration,
+
     /// Streams older than this are deleted (`0s` keeps them forever).
     #[arg(long = "retention", env = "SPOOL_RETENTION", default_value = "7days", value_parser = humantime::parse_duration, global = true)]
     pub retention: Duration,

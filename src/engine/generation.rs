@@ -36,7 +36,8 @@ enum Ending {
     /// continues it from its stored events.
     HandedOn,
     Failed(BackendError),
-    /// The store refused an event; nothing more can be written reliably.
+    /// The store refused an event (it has shut down, or the writer took the stream
+    /// over after the retry window and ends it itself): nothing more is written.
     StoreGone,
 }
 
@@ -81,6 +82,11 @@ impl Generation {
         };
         let ending = self.drive(ticket, &mut progress).await;
         self.end(ending, &progress).await;
+        if self.engine.log.is_doomed(&self.id) {
+            // The writer ends this stream (store_unavailable); it waits for this word
+            // before it stops dropping the stream's events.
+            self.engine.log.abandon(self.id.clone()).await;
+        }
         self.engine.forget(&self.id);
         self.ended.cancel();
     }
@@ -126,10 +132,18 @@ impl Generation {
             .backend
             .generate(self.request.clone(), self.cancel.clone());
         let mut first = true;
+        // A backend that is slow to yield must not keep a stream the writer took over.
+        let mut doomed = self.engine.log.doom_changes();
         loop {
             let item = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => return self.stopped(),
+                Ok(()) = doomed.changed() => {
+                    if self.engine.log.is_doomed(&self.id) {
+                        return Ending::StoreGone;
+                    }
+                    continue;
+                }
                 item = tokens.next() => item,
             };
             let text = match item {
@@ -207,6 +221,13 @@ impl Generation {
     async fn end(&self, ending: Ending, progress: &Progress) {
         if self.engine.is_halted() {
             tracing::warn!("stream left to the node that took it over");
+            return;
+        }
+        if self.engine.log.is_doomed(&self.id) {
+            tracing::warn!(
+                "the store refused this stream's events for longer than the retry window; \
+                 it ends with store_unavailable once the store accepts writes"
+            );
             return;
         }
         if let Ending::HandedOn = ending {

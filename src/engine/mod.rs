@@ -76,6 +76,9 @@ pub enum StartError {
     IdempotencyConflict(&'static str),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// Commits are failing (and being retried): nothing new is accepted meanwhile.
+    #[error("the store does not accept writes right now")]
+    StoreUnavailable,
     #[error("no source of randomness for a stream id")]
     Random,
     #[error(transparent)]
@@ -210,9 +213,19 @@ impl Engine {
         &self.metrics
     }
 
-    /// Whether the store answers (for `/readyz`).
+    /// Whether the store answers and accepts writes (for `/readyz`).
     pub async fn store_ready(&self) -> bool {
-        self.store.ping().await
+        self.log.available() && self.store.ping().await
+    }
+
+    /// Why the store does not accept writes, while it does not (for `/readyz`).
+    pub fn store_unavailable_reason(&self) -> Option<String> {
+        self.log.unavailable_reason()
+    }
+
+    /// The writer's handle (the cluster loops renew the lease through it).
+    pub(crate) fn log(&self) -> &EventLog {
+        &self.log
     }
 
     fn live(&self) -> MutexGuard<'_, HashMap<String, Live>> {
@@ -429,7 +442,7 @@ impl Engine {
             Err(_) => tracing::warn!("flushing at shutdown did not finish in time"),
         }
         for id in &left {
-            self.hub.hand_on(id);
+            self.hub.abort(id);
         }
         left.len()
     }

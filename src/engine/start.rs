@@ -3,7 +3,7 @@
 //! ends in [`Engine::start`] with a validated request, its owner and, for a session's
 //! turn, the session. Every admission rule is applied here, in this order:
 //!
-//! 1. the server is not shutting down (nor draining);
+//! 1. the server is not shutting down (nor draining), and the store accepts writes;
 //! 2. the model is served;
 //! 3. a start that came without an HTTP request of its own ([`Via::Socket`]) takes a
 //!    token from its key's rate limit (an HTTP request was counted by the key check);
@@ -78,6 +78,9 @@ impl Engine {
         } = start;
         if self.draining.is_cancelled() {
             return Err(StartError::ShuttingDown);
+        }
+        if !self.log.available() {
+            return Err(StartError::StoreUnavailable);
         }
         // A retry: the stream its first request started, before any other rule.
         let mut _key_claim = None;
@@ -186,6 +189,7 @@ impl Engine {
             return Err(match e {
                 // Another node started this session's turn first.
                 StoreError::Conflict if session.is_some() => StartError::TurnInProgress,
+                StoreError::Unavailable | StoreError::Fenced => StartError::StoreUnavailable,
                 e => e.into(),
             });
         }

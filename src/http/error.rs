@@ -40,6 +40,7 @@ pub enum ErrorCode {
     TurnInProgress,
     IdempotencyConflict,
     ShuttingDown,
+    StoreUnavailable,
     // The WebSocket.
     WebsocketRequired,
     TooManySockets,
@@ -76,6 +77,7 @@ impl ErrorCode {
             ErrorCode::TurnInProgress => "turn_in_progress",
             ErrorCode::IdempotencyConflict => "idempotency_conflict",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::WebsocketRequired => "websocket_required",
             ErrorCode::TooManySockets => "too_many_sockets",
             ErrorCode::TooManyStreams => "too_many_streams",
@@ -115,7 +117,9 @@ impl ErrorCode {
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::RateLimited | ErrorCode::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::TurnInProgress | ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
-            ErrorCode::ShuttingDown | ErrorCode::TooManySockets => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ShuttingDown | ErrorCode::TooManySockets | ErrorCode::StoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorCode::GenerationFailed | ErrorCode::InternalError => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -202,6 +206,15 @@ impl ApiError {
         .with("models", Value::from(available))
     }
 
+    /// `503 store_unavailable`: commits are failing; retry shortly.
+    pub fn store_unavailable() -> Self {
+        ApiError::new(
+            ErrorCode::StoreUnavailable,
+            "the store does not accept writes right now; retry shortly",
+        )
+        .retry_after(STORE_RETRY_AFTER)
+    }
+
     pub fn internal(context: &str, error: &dyn std::fmt::Display) -> Self {
         tracing::error!(%error, "{context}");
         Self::new(ErrorCode::InternalError, "internal error")
@@ -252,9 +265,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Seconds a client is asked to wait before retrying while the store fails.
+const STORE_RETRY_AFTER: u32 = 5;
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::internal("store error", &e)
+        match e {
+            StoreError::Unavailable | StoreError::Fenced => ApiError::store_unavailable(),
+            e => ApiError::internal("store error", &e),
+        }
     }
 }
 
@@ -296,6 +315,7 @@ impl From<StartError> for ApiError {
                 ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down")
                     .retry_after(1)
             }
+            StartError::StoreUnavailable => ApiError::store_unavailable(),
             StartError::Random => ApiError::internal("stream id", &e),
             StartError::Store(e) => e.into(),
         }
@@ -338,6 +358,19 @@ mod tests {
                 serde_json::to_value(code).unwrap(),
                 Value::from(code.as_str())
             );
+        }
+    }
+
+    #[test]
+    fn a_failing_store_answers_503_store_unavailable_with_retry_after() {
+        for e in [
+            ApiError::from(StoreError::Unavailable),
+            ApiError::from(StoreError::Fenced),
+            ApiError::from(StartError::StoreUnavailable),
+        ] {
+            assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(e.code, "store_unavailable");
+            assert!(e.retry_after.is_some());
         }
     }
 

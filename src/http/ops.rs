@@ -33,11 +33,21 @@ struct Readiness {
     store: bool,
     models: bool,
     shutting_down: bool,
+    /// Why the store is not ready (only then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
 }
 
-/// The store answers, the models are loaded, and the server is not shutting down.
+/// The store answers and accepts writes, the models are loaded, and the server is not
+/// shutting down.
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     let store = state.engine().store_ready().await;
+    let reason = (!store).then(|| {
+        state
+            .engine()
+            .store_unavailable_reason()
+            .unwrap_or_else(|| "the store does not answer".to_owned())
+    });
     let models = state.engine().models().ready();
     let shutting_down = state.is_shutting_down() || state.engine().is_draining();
     let ready = store && models && !shutting_down;
@@ -51,6 +61,7 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
         store,
         models,
         shutting_down,
+        reason,
     };
     (status, Json(body))
 }

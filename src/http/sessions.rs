@@ -2,7 +2,6 @@
 //! an ordinary stream started on the one start path (same response forms as
 //! `POST /v1/streams`).
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +12,7 @@ use serde_json::{Map, Value};
 
 use super::auth::Owner;
 use super::error::ApiError;
-use super::extract::{JsonBody, QueryParams, decode_json};
+use super::extract::{JsonBody, QueryParams, RawBody, decode_json};
 use super::params::StreamParams;
 use super::state::HttpState;
 use super::streams::{CreateQuery, idempotency_header, started_response, wants_sse};
@@ -69,7 +68,7 @@ impl SessionParams {
 async fn create(
     State(state): State<HttpState>,
     Owner(owner): Owner,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let params: SessionParams = if body.iter().all(u8::is_ascii_whitespace) {
         SessionParams::default()

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -44,6 +45,9 @@ pub(super) struct Batch {
     pub deletes: Vec<(String, Reply<bool>)>,
     pub purges: Vec<(i64, u32, Reply<u64>)>,
     pub flushes: Vec<oneshot::Sender<()>>,
+    /// PostgreSQL: renew this node's lease for this long in the batch's transaction.
+    pub renew: Option<Duration>,
+    pub renewed: Vec<Reply<()>>,
     /// Stop the writer after this batch.
     pub close: bool,
     /// Events in the batch (its size bound).
@@ -51,13 +55,44 @@ pub(super) struct Batch {
 }
 
 /// What a committed batch reports back to its waiters.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub(super) struct Outcome {
     pub deleted: Vec<bool>,
     pub purged: Vec<u64>,
     /// New streams that were not created, and their events not written, because their
     /// session turn already existed (several nodes only).
     pub conflicts: Vec<String>,
+}
+
+/// Where a stream stands in the store: its last seq and whether it has ended; `None`
+/// if it does not exist.
+pub(super) struct Position {
+    pub id: Arc<str>,
+    pub at: Option<(u64, bool)>,
+}
+
+/// Whether a stored status is terminal (or not one spool knows).
+pub(super) fn has_ended(status: &str) -> bool {
+    StreamStatus::parse(status).is_none_or(StreamStatus::is_terminal)
+}
+
+/// Why a batch was not committed.
+#[derive(Debug)]
+pub(super) enum CommitError {
+    /// The database refused the batch or could not be reached: nothing was written.
+    Db(sqlx::Error),
+    /// The connection was lost while `COMMIT` was under way: the batch may or may not
+    /// be stored; the next attempt finds out before it writes anything.
+    Unknown(sqlx::Error),
+    /// This node does not hold its lease (PostgreSQL): nothing was written, and
+    /// nothing may be.
+    Fenced,
+}
+
+impl From<sqlx::Error> for CommitError {
+    fn from(e: sqlx::Error) -> Self {
+        CommitError::Db(e)
+    }
 }
 
 impl Batch {
@@ -91,7 +126,7 @@ impl Batch {
         }
     }
 
-    /// Drops the events of `lost` streams (see the writer).
+    /// Drops the events of the streams `keep` refuses (see the writer).
     pub fn retain_streams(&mut self, keep: impl Fn(&str) -> bool) {
         let before = self.streams.len();
         self.streams.retain(|s| keep(&s.id));
@@ -112,6 +147,48 @@ impl Batch {
             && self.deletes.is_empty()
             && self.purges.is_empty()
             && self.flushes.is_empty()
+            && self.renewed.is_empty()
+    }
+
+    /// Takes out what starts something new (sessions, streams and their `start`
+    /// events, deletes, purges), for the writer to refuse while the store fails.
+    pub fn take_new_work(&mut self) -> NewWork {
+        let creates = std::mem::take(&mut self.creates);
+        if !creates.is_empty() {
+            self.retain_streams(|id| !creates.iter().any(|(s, _)| s.id == id));
+        }
+        NewWork {
+            sessions: std::mem::take(&mut self.sessions),
+            creates,
+            deletes: std::mem::take(&mut self.deletes),
+            purges: std::mem::take(&mut self.purges),
+        }
+    }
+}
+
+/// What [`Batch::take_new_work`] took out, to be answered.
+pub(super) struct NewWork {
+    pub sessions: Vec<(NewSession, Reply<()>)>,
+    pub creates: Vec<(NewStream, Reply<()>)>,
+    pub deletes: Vec<(String, Reply<bool>)>,
+    pub purges: Vec<(i64, u32, Reply<u64>)>,
+}
+
+impl NewWork {
+    /// Answers every waiter with the error `e()` makes.
+    pub fn refuse(self, e: impl Fn() -> StoreError) {
+        for (_, reply) in self.sessions {
+            let _ = reply.send(Err(e()));
+        }
+        for (_, reply) in self.creates {
+            let _ = reply.send(Err(e()));
+        }
+        for (_, reply) in self.deletes {
+            let _ = reply.send(Err(e()));
+        }
+        for (_, _, reply) in self.purges {
+            let _ = reply.send(Err(e()));
+        }
     }
 }
 

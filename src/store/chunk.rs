@@ -140,10 +140,13 @@ pub fn read(bytes: &[u8], first_seq: u64) -> Result<Vec<Stored<'_>>, BadChunk> {
         })?;
         at += 1;
         let len = varint(bytes, &mut at)? as usize;
-        let end = at.checked_add(len).filter(|end| *end <= bytes.len()).ok_or(BadChunk {
-            at,
-            why: "an event's data runs past the end",
-        })?;
+        let end = at
+            .checked_add(len)
+            .filter(|end| *end <= bytes.len())
+            .ok_or(BadChunk {
+                at,
+                why: "an event's data runs past the end",
+            })?;
         let data = std::str::from_utf8(&bytes[at..end]).map_err(|_| BadChunk {
             at,
             why: "an event's data is not UTF-8",

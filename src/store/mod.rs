@@ -13,7 +13,9 @@ pub mod batch;
 pub mod chunk;
 pub mod dialect;
 pub mod events;
+pub mod health;
 pub mod idempotency;
+mod outage;
 pub mod postgres;
 pub mod sessions;
 pub mod sqlite;
@@ -49,6 +51,14 @@ pub enum StoreError {
     /// at once); nothing of this write was kept.
     #[error("another node wrote this first")]
     Conflict,
+    /// Commits are failing (a full disk, a lock, a lost connection): nothing new is
+    /// accepted until one succeeds again.
+    #[error("the store does not accept writes right now")]
+    Unavailable,
+    /// This node's lease is gone (PostgreSQL): another node owns its streams, and this
+    /// one writes nothing more.
+    #[error("this node's writes are fenced: its lease is gone")]
+    Fenced,
 }
 
 /// The read connections, of one database or the other.
@@ -86,6 +96,8 @@ pub struct Store {
     /// This process's lease token: another process under the same node name takes the
     /// lease from it (see `postgres::cluster::take_lease`).
     incarnation: Arc<str>,
+    /// When this process's lease was taken (PostgreSQL), by this process's clock.
+    leased_at: std::time::Instant,
 }
 
 /// Opens the database, migrates it, recovers what a dead process left, and starts the
@@ -104,6 +116,7 @@ pub async fn open(
                 writer::Conn::Sqlite {
                     conn: opened.write,
                     checkpointer: Some(opened.checkpointer),
+                    lock: Some(opened.lock),
                 },
                 config,
                 hub,
@@ -114,6 +127,7 @@ pub async fn open(
                     db: Db::Sqlite(opened.read),
                     node: Arc::from("local"),
                     incarnation: Arc::from(""),
+                    leased_at: std::time::Instant::now(),
                 },
                 log,
                 writer,
@@ -127,10 +141,12 @@ pub async fn open(
             let opened =
                 postgres::open(&url, &node, &incarnation, cluster.node_lease, continuable).await?;
             let (log, writer) = writer::start(
-                writer::Conn::Postgres {
-                    conn: opened.write,
-                    node: node.clone(),
-                },
+                writer::Conn::Postgres(Box::new(postgres::batch::WriteConn::new(
+                    opened.write,
+                    opened.write_options,
+                    node.clone(),
+                    incarnation.clone(),
+                ))),
                 config,
                 hub,
                 metrics,
@@ -140,6 +156,7 @@ pub async fn open(
                     db: Db::Postgres(opened.pool),
                     node,
                     incarnation,
+                    leased_at: opened.leased_at,
                 },
                 log,
                 writer,
@@ -184,6 +201,12 @@ pub struct Unfinished {
     pub last_seq: u64,
 }
 
+/// The error code of a stream whose events the store refused for longer than the
+/// retry window (see [`writer`]).
+pub const STORE_UNAVAILABLE: &str = "store_unavailable";
+pub const STORE_UNAVAILABLE_MESSAGE: &str =
+    "the store did not accept this stream's events within the retry window";
+
 /// The error code of a stream whose process stopped before it finished.
 pub const INTERRUPTED: &str = "interrupted";
 pub const INTERRUPTED_MESSAGE: &str = "the server stopped before this stream finished";
@@ -200,6 +223,12 @@ impl Store {
     /// This process's node name (`local` on SQLite).
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// When this process took its lease (PostgreSQL), by its own clock: the lease
+    /// lasts at least until then plus its length.
+    pub fn leased_at(&self) -> std::time::Instant {
+        self.leased_at
     }
 
     /// Whether several processes may share this store (PostgreSQL).

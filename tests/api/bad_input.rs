@@ -271,3 +271,43 @@ async fn every_bad_input_is_a_clear_4xx_and_changes_nothing() {
         .await;
     assert_eq!(app.wait_terminal(&id).await["status"], "completed");
 }
+
+/// A body a little over the limit, as a proxy in front would pass on whole (nginx
+/// buffers it, then writes all of it): the answer is spool's JSON `413`, after the body
+/// was read, and the connection goes on serving (no broken pipe for the proxy).
+#[tokio::test]
+async fn a_body_over_the_limit_is_read_then_refused_in_json_on_a_live_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let body = format!("{{\"prompt\":\"{}\"}}", "a".repeat(1536 * 1024));
+    let request = format!(
+        "POST /v1/streams HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    // All of it is taken: a server that stopped reading would block this write.
+    tokio::time::timeout(DEADLINE, tcp.write_all(body.as_bytes()))
+        .await
+        .expect("the server stopped reading the body")
+        .unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let until = tokio::time::Instant::now() + DEADLINE;
+    while !String::from_utf8_lossy(&seen).contains("{\"status\":\"ok\"}") {
+        match tokio::time::timeout_at(until, tcp.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            other => panic!(
+                "the connection ended: {other:?}; got {}",
+                String::from_utf8_lossy(&seen)
+            ),
+        }
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("\"code\":\"payload_too_large\""), "{text}");
+    assert!(text.contains("HTTP/1.1 200"), "{text}");
+}

@@ -13,7 +13,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::helpers::{DEADLINE, SendJson, SseEvent, SseReader, parse_sse};
+use crate::helpers::{
+    DEADLINE, SendJson, SseEvent, SseReader, assert_contiguous, mock_text, parse_sse,
+};
 use crate::pg::TestDb;
 use crate::process::{self, Server};
 use crate::sse::{raw, text};
@@ -232,33 +234,6 @@ impl Cluster {
         );
         pids.first().copied()
     }
-}
-
-/// Asserts the ids are 1, 2, 3 … with no gap or duplicate, and that only the last
-/// event is terminal.
-fn assert_contiguous(events: &[SseEvent]) {
-    let ids: Vec<u64> = events.iter().map(|e| e.id.unwrap()).collect();
-    assert_eq!(
-        ids,
-        (1..=events.len() as u64).collect::<Vec<_>>(),
-        "a gap or a duplicate"
-    );
-    assert_eq!(events[0].event, "start");
-    let terminal: Vec<u64> = events
-        .iter()
-        .filter(|e| e.event == "done" || e.event == "error")
-        .map(|e| e.id.unwrap())
-        .collect();
-    assert_eq!(
-        terminal,
-        [events.len() as u64],
-        "not exactly one terminal event, last"
-    );
-}
-
-/// The mock backend's first `n` tokens.
-fn mock_text(n: u32) -> String {
-    (1..=n).map(|i| format!(" tok{i}")).collect()
 }
 
 #[tokio::test]

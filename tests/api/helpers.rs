@@ -166,21 +166,7 @@ impl TestApp {
     }
 
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-            .unwrap_or_else(|| panic!("no metric {name}"))
-            .trim()
-            .parse()
-            .unwrap()
+        metric(&self.client, &self.base, name).await
     }
 }
 
@@ -190,6 +176,45 @@ impl Drop for TestApp {
             let _ = stop.send(());
         }
     }
+}
+
+/// The value of the first line of `{base}/metrics` that starts with `name` (labels
+/// included, e.g. `spool_streams{state="running"}`).
+pub async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
+    let text = client.get(format!("{base}/metrics")).send_text().await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no metric {name}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Asserts that the events' ids are 1, 2, 3 … with no gap or duplicate, that the first
+/// is `start`, and that only the last is terminal.
+pub fn assert_contiguous(events: &[SseEvent]) {
+    let ids: Vec<u64> = events.iter().map(|e| e.id.unwrap()).collect();
+    assert_eq!(
+        ids,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "a gap or a duplicate"
+    );
+    assert_eq!(events[0].event, "start");
+    let terminal: Vec<u64> = events
+        .iter()
+        .filter(|e| e.event == "done" || e.event == "error")
+        .map(|e| e.id.unwrap())
+        .collect();
+    assert_eq!(
+        terminal,
+        [events.len() as u64],
+        "not exactly one terminal event, last"
+    );
+}
+
+/// The mock backend's first `n` tokens.
+pub fn mock_text(n: u32) -> String {
+    (1..=n).map(|i| format!(" tok{i}")).collect()
 }
 
 /// Opens the events URL and reads until `n` complete events arrived, then drops the

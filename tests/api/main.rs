@@ -21,6 +21,7 @@ mod cluster;
 mod crash;
 mod drain;
 mod examples;
+mod faults;
 mod hostile;
 mod http2;
 mod idempotency;

@@ -7,24 +7,160 @@
 //! notification only when its transaction commits, so no node is woken for events it
 //! cannot read yet.
 
-use sqlx::Connection;
-use sqlx::postgres::PgConnection;
+use std::sync::Arc;
+use std::time::Duration;
 
-use super::EVENTS_CHANNEL;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection};
+
+use super::{EVENTS_CHANNEL, cluster};
 use crate::event::FinishReason;
 use crate::store::NewStream;
-use crate::store::batch::{Batch, Outcome};
+use crate::store::batch::{Batch, CommitError, Outcome, Position, has_ended};
+use crate::store::health::Fault;
 
-/// Runs the batch in one transaction; rolls back on any error.
-pub(in crate::store) async fn commit(
-    conn: &mut PgConnection,
-    batch: &Batch,
-    node: &str,
-) -> Result<Outcome, sqlx::Error> {
-    let mut tx = conn.begin().await?;
-    let outcome = write(&mut tx, batch, node).await?;
-    tx.commit().await?;
-    Ok(outcome)
+/// The writer's connection: re-established after it is lost, its every transaction
+/// fenced by this node's lease, and a `COMMIT` whose answer was lost looked up before
+/// anything is written again.
+pub(in crate::store) struct WriteConn {
+    conn: Option<PgConnection>,
+    options: PgConnectOptions,
+    node: Arc<str>,
+    incarnation: Arc<str>,
+    /// A batch whose `COMMIT` was cut off: its transaction id, and what it would report
+    /// if it did commit.
+    unresolved: Option<(i64, Outcome)>,
+    /// The connection was dropped after a failure: say so once it is back.
+    lost: bool,
+}
+
+/// The longest wait for a new connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl WriteConn {
+    pub fn new(
+        conn: PgConnection,
+        options: PgConnectOptions,
+        node: Arc<str>,
+        incarnation: Arc<str>,
+    ) -> Self {
+        WriteConn {
+            conn: Some(conn),
+            options,
+            node,
+            incarnation,
+            unresolved: None,
+            lost: false,
+        }
+    }
+
+    /// Runs the batch in one transaction that first makes sure this node still holds
+    /// its lease (renewing it when the batch asks); rolls back on any error.
+    pub async fn commit(&mut self, batch: &Batch) -> Result<Outcome, CommitError> {
+        let result = self.try_commit(batch).await;
+        self.after(&result);
+        result
+    }
+
+    async fn try_commit(&mut self, batch: &Batch) -> Result<Outcome, CommitError> {
+        if let Some((xid, _)) = &self.unresolved {
+            let xid = *xid;
+            let conn = connect(&mut self.conn, &self.options, &mut self.lost).await?;
+            let status: Option<String> = sqlx::query_scalar("SELECT txid_status($1)")
+                .bind(xid)
+                .fetch_one(conn)
+                .await?;
+            match status.as_deref() {
+                Some("committed") => {
+                    return Ok(self.unresolved.take().map(|(_, o)| o).unwrap_or_default());
+                }
+                Some("in progress") => {
+                    return Err(CommitError::Unknown(sqlx::Error::Protocol(
+                        "an interrupted COMMIT is still in progress".into(),
+                    )));
+                }
+                _ => self.unresolved = None,
+            }
+        }
+        let conn = connect(&mut self.conn, &self.options, &mut self.lost).await?;
+        let mut tx = conn.begin().await?;
+        let held = cluster::hold_lease(&mut tx, &self.node, &self.incarnation, batch.renew).await?;
+        let Some(xid) = held else {
+            let _ = tx.rollback().await;
+            return Err(CommitError::Fenced);
+        };
+        let outcome = write(&mut tx, batch, &self.node).await?;
+        match tx.commit().await {
+            Ok(()) => Ok(outcome),
+            // The server answered: it did not commit.
+            Err(e @ sqlx::Error::Database(_)) => Err(CommitError::Db(e)),
+            Err(e) => {
+                self.unresolved = Some((xid, outcome));
+                Err(CommitError::Unknown(e))
+            }
+        }
+    }
+
+    /// Where each stream of `ids` stands.
+    pub async fn positions(&mut self, ids: &[Arc<str>]) -> Result<Vec<Position>, CommitError> {
+        let result = self.try_positions(ids).await;
+        self.after(&result);
+        result
+    }
+
+    async fn try_positions(&mut self, ids: &[Arc<str>]) -> Result<Vec<Position>, CommitError> {
+        let conn = connect(&mut self.conn, &self.options, &mut self.lost).await?;
+        let rows: Vec<(String, i64, String)> =
+            sqlx::query_as("SELECT id, last_seq, status FROM streams WHERE id = ANY($1)")
+                .bind(ids.iter().map(|id| &**id).collect::<Vec<_>>())
+                .fetch_all(conn)
+                .await?;
+        Ok(ids
+            .iter()
+            .map(|id| Position {
+                id: id.clone(),
+                at: rows
+                    .iter()
+                    .find(|(r, _, _)| **r == **id)
+                    .map(|(_, seq, status)| ((*seq).max(0) as u64, has_ended(status))),
+            })
+            .collect())
+    }
+
+    /// A batch given up on is not looked for again.
+    pub fn forget(&mut self) {
+        self.unresolved = None;
+    }
+
+    /// After a failure that may have broken the connection, the next attempt makes a
+    /// new one.
+    fn after<T>(&mut self, result: &Result<T, CommitError>) {
+        if let Err(CommitError::Db(e) | CommitError::Unknown(e)) = result
+            && Fault::of(e).is_some()
+            && self.conn.take().is_some()
+        {
+            self.lost = true;
+        }
+    }
+}
+
+/// The open connection, made anew if there is none.
+async fn connect<'c>(
+    conn: &'c mut Option<PgConnection>,
+    options: &PgConnectOptions,
+    lost: &mut bool,
+) -> Result<&'c mut PgConnection, sqlx::Error> {
+    if conn.is_none() {
+        let fresh = tokio::time::timeout(CONNECT_TIMEOUT, options.connect())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        if *lost {
+            *lost = false;
+            tracing::info!("the writer's connection to PostgreSQL is re-established");
+        }
+        *conn = Some(fresh);
+    }
+    conn.as_mut().ok_or(sqlx::Error::PoolClosed)
 }
 
 async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Outcome, sqlx::Error> {

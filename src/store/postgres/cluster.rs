@@ -13,26 +13,42 @@ use crate::hub::{DELIVER_MAX, ToDeliver};
 use crate::store::events::stored_event;
 use crate::store::{Db, INTERRUPTED, INTERRUPTED_MESSAGE, Store, StoreError, Unfinished};
 
-/// Renews this process's lease on `node` until `lease` from now (the database's
-/// clock). False if the lease is no longer this process's: a survivor swept it after
-/// it expired, or another process took the node id (see [`take_lease`]).
-pub async fn renew(
-    conn: impl sqlx::PgExecutor<'_>,
+/// In a batch's transaction, before it writes: whether this process still holds its
+/// lease on `node` — its incarnation's, not expired — renewed for `renew` when given.
+/// The row stays locked until the transaction ends, so no sweeper can take the node's
+/// streams while its batch commits, and a batch can never commit once a sweeper has
+/// (the row is gone). Returns the transaction's id (to find out later whether a
+/// `COMMIT` whose answer was lost went through), or `None`: fenced.
+pub(in crate::store) async fn hold_lease(
+    tx: &mut PgConnection,
     node: &str,
     incarnation: &str,
-    lease: Duration,
-) -> Result<bool, sqlx::Error> {
-    let renewed = sqlx::query(
-        "UPDATE nodes SET expires_at = now() + make_interval(secs => $3) \
-         WHERE id = $1 AND incarnation = $2",
-    )
-    .bind(node)
-    .bind(incarnation)
-    .bind(lease.as_secs_f64())
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(renewed == 1)
+    renew: Option<Duration>,
+) -> Result<Option<i64>, sqlx::Error> {
+    match renew {
+        Some(lease) => {
+            sqlx::query_scalar(
+                "UPDATE nodes SET expires_at = now() + make_interval(secs => $3) \
+                 WHERE id = $1 AND incarnation = $2 AND expires_at > now() \
+                 RETURNING txid_current()",
+            )
+            .bind(node)
+            .bind(incarnation)
+            .bind(lease.as_secs_f64())
+            .fetch_optional(&mut *tx)
+            .await
+        }
+        None => {
+            sqlx::query_scalar(
+                "SELECT txid_current() FROM nodes \
+                 WHERE id = $1 AND incarnation = $2 AND expires_at > now() FOR SHARE",
+            )
+            .bind(node)
+            .bind(incarnation)
+            .fetch_optional(&mut *tx)
+            .await
+        }
+    }
 }
 
 /// Takes `node`'s lease at start-up for this process (`incarnation`), whoever held it:
@@ -189,15 +205,6 @@ pub struct SweptStream {
 }
 
 impl Store {
-    /// Renews this node's lease (see [`renew`]); false once it is not ours any more.
-    /// Only on PostgreSQL.
-    pub async fn renew_lease(&self, lease: Duration) -> Result<bool, StoreError> {
-        match &self.db {
-            Db::Postgres(pool) => Ok(renew(pool, self.node(), &self.incarnation, lease).await?),
-            Db::Sqlite(_) => Ok(true),
-        }
-    }
-
     /// Gives up this node's lease at a graceful stop, once its streams have ended.
     pub async fn release_lease(&self) -> Result<(), StoreError> {
         if let Db::Postgres(pool) = &self.db {

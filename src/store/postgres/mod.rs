@@ -27,6 +27,10 @@ pub const CANCEL_CHANNEL: &str = "spool_cancel";
 
 pub(super) struct Opened {
     pub write: PgConnection,
+    /// How the writer reconnects.
+    pub write_options: PgConnectOptions,
+    /// Just before the lease was taken.
+    pub leased_at: std::time::Instant,
     pub pool: PgPool,
     pub read_token_secret: Vec<u8>,
     /// Streams this node's id left open that its backend can continue.
@@ -49,9 +53,19 @@ pub(super) async fn open(
 ) -> anyhow::Result<Opened> {
     let base = options(url)?;
     let shown = redact(url);
-    let mut write = base
+    // A node stopped in the middle of a transaction (SIGSTOP, a frozen VM) would hold
+    // its lease's row lock, and no survivor could take its streams: the server ends
+    // such a session itself. The writer never pauses inside a transaction.
+    let idle = (lease / 2).clamp(Duration::from_millis(500), Duration::from_secs(5));
+    let write_options = base
         .clone()
         .application_name(&format!("spool-writer-{node}"))
+        .options([(
+            "idle_in_transaction_session_timeout",
+            idle.as_millis().to_string(),
+        )]);
+    let mut write = write_options
+        .clone()
         .connect()
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
@@ -64,6 +78,7 @@ pub(super) async fn open(
         .context("the read-token secret")?;
     // The lease first: a stream this node creates must never belong to a node that
     // has no row, or a sweeper would take it for an orphan.
+    let leased_at = std::time::Instant::now();
     cluster::take_lease(&mut write, node, incarnation, lease)
         .await
         .context("taking this node's lease")?;
@@ -85,6 +100,8 @@ pub(super) async fn open(
         .with_context(|| format!("cannot open connections to PostgreSQL at {shown}"))?;
     Ok(Opened {
         write,
+        write_options,
+        leased_at,
         pool,
         read_token_secret,
         unfinished: recovered.claimed,

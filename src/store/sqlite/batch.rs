@@ -17,29 +17,52 @@ use sqlx::{Connection, Sqlite};
 
 use crate::event::{Event, FinishReason};
 use crate::store::NewStream;
-use crate::store::batch::{Batch, Outcome};
+use crate::store::batch::{Batch, Outcome, Position, has_ended};
 
 /// Runs the batch in one `BEGIN IMMEDIATE` transaction; rolls back on any error.
 pub(in crate::store) async fn commit(
     conn: &mut SqliteConnection,
     batch: &Batch,
 ) -> Result<Outcome, sqlx::Error> {
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-    match write(conn, batch).await {
-        Ok(outcome) => {
-            sqlx::query("COMMIT").execute(&mut *conn).await?;
-            Ok(outcome)
-        }
-        Err(e) => {
-            // An `OR ROLLBACK` conflict has already ended the transaction, and then
-            // this ROLLBACK fails harmlessly.
-            if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
-                tracing::debug!(error = %rollback, "rollback after a failed batch");
-                let _ = conn.ping().await;
-            }
-            Err(e)
+    let result = transaction(conn, batch).await;
+    if let Err(e) = &result {
+        // Whatever failed — a statement, or COMMIT itself (a full disk, a lock held too
+        // long) — the connection must not stay inside the transaction, or every later
+        // BEGIN would fail. When SQLite has already ended it (an `OR ROLLBACK`
+        // conflict, an I/O error), this ROLLBACK fails harmlessly.
+        if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+            tracing::debug!(error = %e, %rollback, "rollback after a failed batch");
+            let _ = conn.ping().await;
         }
     }
+    result
+}
+
+async fn transaction(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sqlx::Error> {
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+    let outcome = write(conn, batch).await?;
+    sqlx::query("COMMIT").execute(&mut *conn).await?;
+    Ok(outcome)
+}
+
+/// Where each stream of `ids` stands (read on the writer's connection).
+pub(in crate::store) async fn positions(
+    conn: &mut SqliteConnection,
+    ids: &[Arc<str>],
+) -> Result<Vec<Position>, sqlx::Error> {
+    let mut found = Vec::with_capacity(ids.len());
+    for id in ids {
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT last_seq, status FROM streams WHERE id = ?")
+                .bind(&**id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        found.push(Position {
+            id: id.clone(),
+            at: row.map(|(seq, status)| (seq.max(0) as u64, has_ended(&status))),
+        });
+    }
+    Ok(found)
 }
 
 async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sqlx::Error> {
@@ -408,6 +431,21 @@ mod tests {
                 .await
                 .unwrap();
         assert_eq!(decode_ids(&ids), vec![699]);
+    }
+
+    #[tokio::test]
+    async fn a_connection_left_inside_a_transaction_is_rolled_back_and_commits_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = open(&dir).await;
+        // As a COMMIT that failed (a full disk, a lock) would leave it.
+        sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+        let mut batch = Batch::default();
+        create(&mut batch, "a");
+        batch.push_event(Arc::from("a"), Event::token(1, "x"), Vec::new(), None);
+        assert!(commit(&mut conn, &batch).await.is_err());
+        // The failed attempt ended the transaction: the retry commits.
+        commit(&mut conn, &batch).await.unwrap();
+        assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM events").await, 1);
     }
 
     #[test]

@@ -29,16 +29,27 @@ impl Checkpointer {
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Logged when checkpoints start failing and when they work again, not at
+            // every try (a full disk fails them twice a second).
+            let mut failing = false;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
                     .execute(&mut conn)
                     .await
                 {
-                    tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+                    }
+                    Ok(_) if failing => {
+                        failing = false;
+                        tracing::info!("WAL checkpoints work again");
+                    }
+                    _ => {}
                 }
             }
         });

@@ -1,12 +1,15 @@
 //! The SQLite store: one file in WAL mode, the default.
 //!
-//! Opening it migrates the file (`migrations/sqlite`), ends or hands back the streams a
-//! dead process left open (only one process uses a SQLite file, so every open stream at
-//! start-up is an orphan), and starts the WAL [`checkpoint`]er beside the writer.
+//! Opening it locks the file for this process ([`FileLock`]), migrates it
+//! (`migrations/sqlite`), ends or hands back the streams a dead process left open (only
+//! one process uses a SQLite file, so every open stream at start-up is an orphan), and
+//! starts the WAL [`checkpoint`]er beside the writer.
 
 pub mod batch;
 pub mod checkpoint;
 
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Write};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -26,6 +29,7 @@ pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 /// An open SQLite database: the writer's connection, the read pool, and what start-up
 /// found.
 pub(super) struct Opened {
+    pub lock: FileLock,
     pub write: SqliteConnection,
     pub read: SqlitePool,
     pub checkpointer: checkpoint::Checkpointer,
@@ -38,6 +42,9 @@ pub(super) async fn open(
     synchronous: Synchronous,
     continuable: &dyn Fn(&str) -> bool,
 ) -> anyhow::Result<Opened> {
+    // Before anything reads or writes the file: recovery must never run beside a live
+    // process.
+    let lock = FileLock::take(path)?;
     let synchronous = match synchronous {
         Synchronous::Normal => SqliteSynchronous::Normal,
         Synchronous::Full => SqliteSynchronous::Full,
@@ -53,8 +60,11 @@ pub(super) async fn open(
     // The writer's own tuning: statement journals in memory, a page cache that holds
     // the pages live streams append to, and no automatic checkpoints: the
     // checkpointer does them on its own connection (see `checkpoint`).
+    // A lock held by another connection (a `sqlite3` shell, a backup) fails a commit
+    // after a second rather than five: the writer retries it, and says so.
     let mut write = base
         .clone()
+        .busy_timeout(WRITER_BUSY_TIMEOUT)
         .pragma("temp_store", "MEMORY")
         .pragma("cache_size", "-32768")
         .pragma("wal_autocheckpoint", "0")
@@ -91,12 +101,61 @@ pub(super) async fn open(
         .await
         .with_context(|| format!("cannot open the checkpoint connection to {path}"))?;
     Ok(Opened {
+        lock,
         write,
         read,
         checkpointer: checkpoint::Checkpointer::start(checkpoint_conn),
         unfinished,
         read_token_secret,
     })
+}
+
+/// How long the writer waits for a lock another connection holds before its commit
+/// fails (and is retried).
+const WRITER_BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One process per SQLite file: an exclusive `flock` on `PATH.lock` next to the
+/// database, held by the writer until it closes (the kernel drops it when a process
+/// dies, so a killed process leaves nothing to clean up). The file holds the pid of the
+/// process that has it, for the message another one gives. SQLite's own locks are left
+/// alone: a `sqlite3` shell may still open the database.
+pub struct FileLock {
+    _file: File,
+}
+
+impl FileLock {
+    fn take(path: &str) -> anyhow::Result<FileLock> {
+        let lock_path = format!("{path}.lock");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open the lock file {lock_path}"))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let holder = match pid.trim().parse::<u32>() {
+                    Ok(pid) => format!(" (pid {pid})"),
+                    Err(_) => String::new(),
+                };
+                anyhow::bail!(
+                    "the SQLite database {path} is in use by another spool process{holder};                      one process per SQLite file: stop that one first (or share a                      PostgreSQL database between several nodes)"
+                );
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {lock_path}"));
+            }
+        }
+        // Best effort: the pid only makes another process's message more helpful.
+        if file.set_len(0).is_ok() {
+            let _ = writeln!(file, "{}", std::process::id());
+        }
+        Ok(FileLock { _file: file })
+    }
 }
 
 /// The read-token secret stored in `settings`, made (32 random bytes) on first use.
