@@ -21,6 +21,7 @@ mod cluster;
 mod crash;
 mod drain;
 mod examples;
+mod fairness;
 mod faults;
 mod hostile;
 mod http2;
