@@ -35,6 +35,7 @@ fn request(prompt: &str, max_tokens: u32, seed: u64) -> GenerateRequest {
         metadata: None,
         session_id: None,
         include_usage: false,
+        unattended: false,
         continuation: None,
     }
 }
