@@ -12,6 +12,7 @@ mod ready;
 #[path = "../common/sse.rs"]
 mod sse;
 
+mod abandon;
 mod architecture;
 mod auth;
 mod bad_input;
