@@ -170,6 +170,8 @@ impl Spool {
                 tls: self.tls.take(),
                 max_connections: self.config.server.max_connections,
                 header_read_timeout: self.config.server.header_read_timeout,
+                idle_timeout: self.config.server.http2_idle_timeout,
+                ping_interval: self.config.server.http2_ping_interval,
                 drain: grace / 4,
                 metrics: self.metrics.clone(),
             },
