@@ -95,6 +95,9 @@ pub struct Started {
     pub session_id: Option<String>,
     /// Whether that session was created for this turn.
     pub new_session: bool,
+    /// The key's owner that started it (`None` without keys): read tokens are bound
+    /// to it.
+    pub owner: Option<String>,
 }
 
 /// What a cancel request found.

@@ -169,7 +169,7 @@ impl Engine {
         self.live().insert(id.clone(), live.clone());
         let stream = NewStream {
             id: id.clone(),
-            owner,
+            owner: owner.clone(),
             model: request.model.clone(),
             params,
             created_at,
@@ -209,6 +209,7 @@ impl Engine {
             created_at,
             session_id: request.session_id.clone(),
             new_session,
+            owner,
         };
         self.spawn_generation(&id, request, backend, live, 1, ticket, span);
         Ok(started)
@@ -240,6 +241,7 @@ impl Engine {
             created_at: row.created_at,
             session_id: request.session_id,
             new_session: false,
+            owner: Some(key.owner.clone()).filter(|o| !o.is_empty()),
         }))
     }
 

@@ -97,7 +97,9 @@ pub(super) fn started_response(state: &HttpState, started: &Started, wants_sse: 
         created_at: rfc3339(started.created_at),
         events_url: format!("/v1/streams/{}/events", started.id),
         session_id: started.session_id.as_deref(),
-        read_token: state.keys().read_token(&started.id),
+        read_token: state
+            .keys()
+            .read_token(&started.id, started.owner.as_deref()),
     };
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     set_header(&mut response, header::LOCATION.as_str(), &location);
