@@ -43,7 +43,9 @@ const PER_STREAM: usize = 256;
 #[derive(Clone)]
 pub enum LoadState {
     Loading,
-    Ready(Arc<ChatTokenizer>),
+    /// Loaded: its tokenizer, and the context it serves (the file's own context
+    /// length, at most [`model::MAX_CONTEXT`]), which prompts are checked against.
+    Ready(Arc<ChatTokenizer>, usize),
     Failed(String),
 }
 
@@ -51,7 +53,6 @@ pub enum LoadState {
 pub struct LocalBackend {
     state: watch::Receiver<LoadState>,
     jobs: mpsc::Sender<Msg>,
-    context: usize,
 }
 
 /// Owns the model thread: stop it with [`LocalHandle::shutdown`].
@@ -80,7 +81,6 @@ impl LocalBackend {
         let backend = LocalBackend {
             state: state.clone(),
             jobs: jobs.clone(),
-            context: model::MAX_CONTEXT,
         };
         let handle = LocalHandle {
             thread: Some(thread),
@@ -91,21 +91,22 @@ impl LocalBackend {
         Ok((backend, handle))
     }
 
-    fn tokenizer(&self) -> Option<Arc<ChatTokenizer>> {
+    /// The tokenizer and context of the loaded model.
+    fn tokenizer(&self) -> Option<(Arc<ChatTokenizer>, usize)> {
         match &*self.state.borrow() {
-            LoadState::Ready(t) => Some(t.clone()),
+            LoadState::Ready(t, context) => Some((t.clone(), *context)),
             _ => None,
         }
     }
+}
 
-    fn too_long(&self, prompt_tokens: usize, max_tokens: u32) -> Option<String> {
-        (prompt_tokens + max_tokens as usize > self.context).then(|| {
-            format!(
-                "the prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}: together more than the model's context of {} tokens",
-                self.context
-            )
-        })
-    }
+/// Why a prompt of `prompt_tokens` and `max_tokens` more do not fit in `context`.
+fn too_long(context: usize, prompt_tokens: usize, max_tokens: u32) -> Option<String> {
+    (prompt_tokens + max_tokens as usize > context).then(|| {
+        format!(
+            "the prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}: together more than the model's context of {context} tokens"
+        )
+    })
 }
 
 impl LocalHandle {
@@ -168,7 +169,7 @@ impl Backend for LocalBackend {
     }
 
     fn ready(&self) -> bool {
-        matches!(&*self.state.borrow(), LoadState::Ready(_))
+        matches!(&*self.state.borrow(), LoadState::Ready(..))
     }
 
     fn can_continue(&self) -> bool {
@@ -177,13 +178,13 @@ impl Backend for LocalBackend {
 
     fn check(&self, request: &GenerateRequest) -> Result<(), Unsupported> {
         // Before the model is loaded its tokenizer is unknown: generate checks then.
-        let Some(tokenizer) = self.tokenizer() else {
+        let Some((tokenizer, context)) = self.tokenizer() else {
             return Ok(());
         };
         let prompt = tokenizer
             .chat_prompt(&request.prompt)
             .map_err(|e| Unsupported(format!("the prompt cannot be tokenized: {e}")))?;
-        match self.too_long(prompt.ids.len(), request.max_tokens) {
+        match too_long(context, prompt.ids.len(), request.max_tokens) {
             Some(message) => Err(Unsupported(message)),
             None => Ok(()),
         }
@@ -195,13 +196,13 @@ impl Backend for LocalBackend {
             let mut state = this.state.clone();
             let tokenizer = match state.wait_for(|s| !matches!(s, LoadState::Loading)).await {
                 Ok(s) => match &*s {
-                    LoadState::Ready(t) => Ok(t.clone()),
+                    LoadState::Ready(t, context) => Ok((t.clone(), *context)),
                     LoadState::Failed(e) => Err(format!("the local model could not be loaded: {e}")),
                     LoadState::Loading => Err("the local model is loading".to_owned()),
                 },
                 Err(_) => Err("the local model has stopped".to_owned()),
             };
-            let tokenizer = match tokenizer {
+            let (tokenizer, context) = match tokenizer {
                 Ok(t) => t,
                 Err(message) => {
                     yield Err(unavailable(message));
@@ -225,7 +226,7 @@ impl Backend for LocalBackend {
                 });
                 return;
             }
-            if let Some(message) = this.too_long(prompt.ids.len(), request.max_tokens) {
+            if let Some(message) = too_long(context, prompt.ids.len(), request.max_tokens) {
                 yield Err(BackendError { code: "context_length_exceeded".into(), message });
                 return;
             }
@@ -263,5 +264,19 @@ impl Backend for LocalBackend {
             }
             yield Err(unavailable("the local model stopped before finishing the stream".to_owned()));
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_are_checked_against_the_loaded_models_context() {
+        // A model whose file declares 2048 refuses what one of 4096 takes.
+        assert!(too_long(4096, 2000, 100).is_none());
+        let refused = too_long(2048, 2000, 100).unwrap();
+        assert!(refused.contains("context of 2048 tokens"), "{refused}");
+        assert!(too_long(2048, 1948, 100).is_none());
     }
 }
