@@ -24,6 +24,7 @@ mod drain;
 mod examples;
 mod fairness;
 mod faults;
+mod holes;
 mod hostile;
 mod http2;
 mod idempotency;
