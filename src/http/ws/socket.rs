@@ -240,19 +240,20 @@ impl Connection {
     }
 
     /// Queues a reply. It waits for room at most the pong timeout (a peer that reads
-    /// nothing fills the queue): past it, or at shutdown, the reply is dropped and the
-    /// socket marked stalled, for the read loop to close.
+    /// nothing fills the queue): past it the reply is dropped and the socket marked
+    /// stalled, for the read loop to close. At shutdown the reply is dropped (the read
+    /// loop closes the socket next); with the writer gone, so is the peer.
     async fn send(&self, text: String) {
         if self.stalled.load(Ordering::Relaxed) {
             return;
         }
         let shutdown = self.state.shutdown_token();
-        let sent = tokio::select! {
-            sent = self.out.send(Out::Text(text)) => sent.is_ok(),
-            _ = tokio::time::sleep(self.state.ws().pong_timeout) => false,
+        let timed_out = tokio::select! {
+            _ = self.out.send(Out::Text(text)) => false,
+            _ = tokio::time::sleep(self.state.ws().pong_timeout) => true,
             _ = shutdown.cancelled() => false,
         };
-        if !sent {
+        if timed_out {
             self.stalled.store(true, Ordering::Relaxed);
         }
     }
