@@ -196,9 +196,9 @@ async fn the_queue_serves_keys_in_turn() {
     })
     .await;
     let mut a_streams = Vec::new();
-    // Half a second each: all twenty are queued before the first ends.
+    // A second each: all twenty are queued before the first ends.
     for _ in 0..20 {
-        let r = post(&app, A, json!({"prompt": "x", "max_tokens": 50}))
+        let r = post(&app, A, json!({"prompt": "x", "max_tokens": 100}))
             .send_json()
             .await;
         a_streams.push(r["id"].as_str().unwrap().to_owned());
