@@ -34,6 +34,7 @@ fn request(prompt: &str, max_tokens: u32, seed: u64) -> GenerateRequest {
         stop: vec![],
         metadata: None,
         session_id: None,
+        session_turn: None,
         include_usage: false,
         continuation: None,
     }

@@ -82,6 +82,7 @@ impl Spool {
             metrics.clone(),
             Admission::new(config.limits.max_active, config.limits.max_queued),
             RateLimit::new(config.auth.rate_limit),
+            config.limits.session_max_prompt_tokens,
         );
         engine.continue_unfinished(opened.unfinished).await;
         let (fatal_tx, fatal) = FatalSender::channel();

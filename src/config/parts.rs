@@ -181,6 +181,18 @@ pub struct LimitsConfig {
         global = true
     )]
     pub reader_buffer: usize,
+
+    /// A bound on the prompt of a session's turn, in tokens, besides the model's
+    /// context: the oldest turns drop out of the history first. Counted by the local
+    /// model's tokenizer on the local backend, else estimated (a quarter token per
+    /// byte). Unset: the model's context alone (none for an `openai` upstream).
+    #[arg(
+        long = "session-max-prompt-tokens",
+        env = "SPOOL_SESSION_MAX_PROMPT_TOKENS",
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true
+    )]
+    pub session_max_prompt_tokens: Option<u32>,
 }
 
 /// The WebSocket endpoint.

@@ -26,7 +26,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Backend, BackendError, GenerateRequest, Output, TokenStream, Unsupported};
+use super::{
+    Backend, BackendError, GenerateRequest, Message, Output, PromptCost, TokenStream, Unsupported,
+};
 use sampler::SamplerConfig;
 use tokenizer::{ChatTokenizer, Detokenizer};
 use worker::{Job, Msg, WorkerSetup};
@@ -175,6 +177,20 @@ impl Backend for LocalBackend {
         true
     }
 
+    fn context_length(&self) -> Option<usize> {
+        Some(self.context)
+    }
+
+    /// Counted by the model's tokenizer; before it is loaded, one token per byte (a
+    /// byte-level BPE never makes more), so a fitted history still fits once it is.
+    fn prompt_cost(&self, messages: &[Message]) -> Option<PromptCost> {
+        let counted = self.tokenizer().and_then(|t| t.prompt_cost(messages).ok());
+        Some(counted.unwrap_or_else(|| PromptCost {
+            fixed: 64 + tokenizer::DEFAULT_SYSTEM.len(),
+            messages: messages.iter().map(|m| m.content.len() + 8).collect(),
+        }))
+    }
+
     fn check(&self, request: &GenerateRequest) -> Result<(), Unsupported> {
         // Before the model is loaded its tokenizer is unknown: generate checks then.
         let Some(tokenizer) = self.tokenizer() else {
@@ -221,7 +237,7 @@ impl Backend for LocalBackend {
                 // Everything was generated before the crash; only the end was missing.
                 yield Ok(Output::Done {
                     reason: crate::event::FinishReason::Length,
-                    usage: Some(crate::event::Usage { prompt_tokens, completion_tokens: generated.len() as u32 }),
+                    usage: Some(crate::event::Usage { prompt_tokens, completion_tokens: generated.len() as u32, session_turns: None }),
                 });
                 return;
             }
@@ -233,7 +249,7 @@ impl Backend for LocalBackend {
             if request.max_tokens == 0 {
                 yield Ok(Output::Done {
                     reason: crate::event::FinishReason::Length,
-                    usage: Some(crate::event::Usage { prompt_tokens, completion_tokens: 0 }),
+                    usage: Some(crate::event::Usage { prompt_tokens, completion_tokens: 0, session_turns: None }),
                 });
                 return;
             }
