@@ -31,6 +31,7 @@ mod openai;
 mod ops;
 mod resume;
 mod sdk;
+mod session_admin;
 mod session_history;
 mod sessions;
 mod shutdown;
