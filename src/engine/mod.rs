@@ -35,7 +35,7 @@ use crate::event::Usage;
 use crate::event::{Event, StreamStatus, now_ms};
 use crate::hub::StreamHub;
 use crate::ids::looks_like_stream_id;
-use crate::llm::{GenerateRequest, Models};
+use crate::llm::{GenerateRequest, Models, Prompt};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::{
     EventLog, INTERRUPTED, INTERRUPTED_MESSAGE, Store, StoreError, StreamEnd, StreamRow, Unfinished,
@@ -45,7 +45,7 @@ pub use admission::Admission;
 pub use cursor::{FollowError, InvalidCursor, parse as parse_cursor};
 pub use rate::RateLimit;
 pub use reads::{Access, Follow};
-pub use sessions::NewSessionRequest;
+pub use sessions::{NewSessionRequest, SessionUpdate};
 pub use start::{StartRequest, TurnOf, Via};
 pub use stop::StopFilter;
 
@@ -164,9 +164,13 @@ pub struct Engine {
     /// Sessions' turns and idempotency keys being started right now (see
     /// `sessions::Starting`).
     starting: Mutex<std::collections::HashSet<String>>,
+    /// `SPOOL_SESSION_MAX_PROMPT_TOKENS`: a bound on a session turn's prompt besides
+    /// the model's context (see `sessions::fit`).
+    session_max_prompt_tokens: Option<u32>,
 }
 
 impl Engine {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         models: Models,
         log: EventLog,
@@ -175,6 +179,7 @@ impl Engine {
         metrics: Arc<Metrics>,
         admission: Admission,
         rate: RateLimit,
+        session_max_prompt_tokens: Option<u32>,
     ) -> Arc<Self> {
         Arc::new(Engine {
             models,
@@ -192,6 +197,7 @@ impl Engine {
             idle: tokio::sync::Notify::new(),
             live: Mutex::new(HashMap::new()),
             starting: Mutex::new(Default::default()),
+            session_max_prompt_tokens,
         })
     }
 
@@ -270,6 +276,22 @@ impl Engine {
             .ok_or("its model is not served")?;
         let mut request: GenerateRequest = serde_json::from_str(&stream.params)
             .map_err(|e| format!("its stored request is unreadable: {e}"))?;
+        if let (Some(turn), Some(session_id)) = (request.session_turn, &request.session_id) {
+            // A session's turn stored its message alone: rebuild the prompt it had.
+            let session = self
+                .store
+                .session_unscoped(session_id)
+                .await
+                .map_err(|e| format!("its session is unreadable: {e}"))?
+                .ok_or("its session is gone")?;
+            let turns = self
+                .store
+                .turns(session_id)
+                .await
+                .map_err(|e| format!("its session's turns are unreadable: {e}"))?;
+            let content = request.prompt.flat_text();
+            request.prompt = Prompt::Messages(sessions::prompt(&session, &turns, &content, &turn));
+        }
         let continuation = self
             .store
             .continuation(&stream.id)

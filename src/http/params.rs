@@ -210,6 +210,7 @@ impl StreamParams {
             seed: self.seed,
             stop,
             metadata: self.metadata,
+            session_turn: None,
             session_id: None,
             include_usage: self.include_usage,
             unattended: false,

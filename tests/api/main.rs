@@ -34,6 +34,8 @@ mod openai;
 mod ops;
 mod resume;
 mod sdk;
+mod session_admin;
+mod session_history;
 mod sessions;
 mod shutdown;
 mod slow_reader;

@@ -252,6 +252,7 @@ mod tests {
                 Usage {
                     prompt_tokens: 2,
                     completion_tokens: 1,
+                    session_turns: None,
                 },
             ),
         );
@@ -290,6 +291,7 @@ mod tests {
                 Usage {
                     prompt_tokens: 2,
                     completion_tokens: 1,
+                    session_turns: None,
                 },
             ),
         );

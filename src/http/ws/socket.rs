@@ -413,6 +413,7 @@ impl Connection {
                     model: params.model.clone(),
                     system: None,
                     metadata: None,
+                    title: None,
                 }
                 .validate(self.state.engine().models())?;
                 self.state

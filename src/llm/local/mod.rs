@@ -26,7 +26,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Backend, BackendError, GenerateRequest, Output, TokenStream, Unsupported};
+use super::{
+    Backend, BackendError, GenerateRequest, Message, Output, PromptCost, TokenStream, Unsupported,
+};
 use sampler::SamplerConfig;
 use tokenizer::{ChatTokenizer, Detokenizer};
 use worker::{Job, Msg, WorkerSetup};
@@ -53,6 +55,9 @@ pub enum LoadState {
 pub struct LocalBackend {
     state: watch::Receiver<LoadState>,
     jobs: mpsc::Sender<Msg>,
+    /// The most context a stream may use (`SPOOL_MODEL_CONTEXT`, at most
+    /// [`model::MAX_CONTEXT`]); the loaded model's own context may be smaller.
+    cap: usize,
 }
 
 /// Owns the model thread: stop it with [`LocalHandle::shutdown`].
@@ -64,8 +69,12 @@ pub struct LocalHandle {
 }
 
 impl LocalBackend {
-    /// Starts the model thread; loading happens there, in the background.
-    pub fn start(model_path: Option<PathBuf>) -> anyhow::Result<(LocalBackend, LocalHandle)> {
+    /// Starts the model thread; loading happens there, in the background. `context`
+    /// (`SPOOL_MODEL_CONTEXT`) caps the context a stream may use.
+    pub fn start(
+        model_path: Option<PathBuf>,
+        context: Option<usize>,
+    ) -> anyhow::Result<(LocalBackend, LocalHandle)> {
         let (jobs, rx) = mpsc::channel(QUEUE);
         let (state_tx, state) = watch::channel(LoadState::Loading);
         let stop = Arc::new(AtomicBool::new(false));
@@ -81,6 +90,7 @@ impl LocalBackend {
         let backend = LocalBackend {
             state: state.clone(),
             jobs: jobs.clone(),
+            cap: context.map_or(model::MAX_CONTEXT, |c| c.min(model::MAX_CONTEXT)),
         };
         let handle = LocalHandle {
             thread: Some(thread),
@@ -91,10 +101,11 @@ impl LocalBackend {
         Ok((backend, handle))
     }
 
-    /// The tokenizer and context of the loaded model.
+    /// The tokenizer of the loaded model, and the context a stream may use: the
+    /// model's own, within the cap.
     fn tokenizer(&self) -> Option<(Arc<ChatTokenizer>, usize)> {
         match &*self.state.borrow() {
-            LoadState::Ready(t, context) => Some((t.clone(), *context)),
+            LoadState::Ready(t, context) => Some((t.clone(), (*context).min(self.cap))),
             _ => None,
         }
     }
@@ -176,6 +187,22 @@ impl Backend for LocalBackend {
         true
     }
 
+    fn context_length(&self) -> Option<usize> {
+        Some(self.tokenizer().map_or(self.cap, |(_, context)| context))
+    }
+
+    /// Counted by the model's tokenizer; before it is loaded, one token per byte (a
+    /// byte-level BPE never makes more), so a fitted history still fits once it is.
+    fn prompt_cost(&self, messages: &[Message]) -> Option<PromptCost> {
+        let counted = self
+            .tokenizer()
+            .and_then(|(t, _)| t.prompt_cost(messages).ok());
+        Some(counted.unwrap_or_else(|| PromptCost {
+            fixed: 64 + tokenizer::DEFAULT_SYSTEM.len(),
+            messages: messages.iter().map(|m| m.content.len() + 8).collect(),
+        }))
+    }
+
     fn check(&self, request: &GenerateRequest) -> Result<(), Unsupported> {
         // Before the model is loaded its tokenizer is unknown: generate checks then.
         let Some((tokenizer, context)) = self.tokenizer() else {
@@ -196,7 +223,7 @@ impl Backend for LocalBackend {
             let mut state = this.state.clone();
             let tokenizer = match state.wait_for(|s| !matches!(s, LoadState::Loading)).await {
                 Ok(s) => match &*s {
-                    LoadState::Ready(t, context) => Ok((t.clone(), *context)),
+                    LoadState::Ready(t, context) => Ok((t.clone(), (*context).min(this.cap))),
                     LoadState::Failed(e) => Err(format!("the local model could not be loaded: {e}")),
                     LoadState::Loading => Err("the local model is loading".to_owned()),
                 },
@@ -222,7 +249,7 @@ impl Backend for LocalBackend {
                 // Everything was generated before the crash; only the end was missing.
                 yield Ok(Output::Done {
                     reason: crate::event::FinishReason::Length,
-                    usage: Some(crate::event::Usage { prompt_tokens, completion_tokens: generated.len() as u32 }),
+                    usage: Some(crate::event::Usage { prompt_tokens, completion_tokens: generated.len() as u32, session_turns: None }),
                 });
                 return;
             }
@@ -234,7 +261,7 @@ impl Backend for LocalBackend {
             if request.max_tokens == 0 {
                 yield Ok(Output::Done {
                     reason: crate::event::FinishReason::Length,
-                    usage: Some(crate::event::Usage { prompt_tokens, completion_tokens: 0 }),
+                    usage: Some(crate::event::Usage { prompt_tokens, completion_tokens: 0, session_turns: None }),
                 });
                 return;
             }

@@ -104,6 +104,7 @@ impl Seq {
         Usage {
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.generated,
+            session_turns: None,
         }
     }
 
