@@ -69,16 +69,20 @@ pub(super) async fn open(
         .connect()
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
-    refuse_mixed_upgrade(&mut write, node)
+    // Nodes starting together migrate (and convert) one at a time: the first does
+    // it, the others find it done. The check for nodes of an older release runs
+    // under the same lock, so it never sees a node that just upgraded as an old one.
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(UPGRADE_LOCK)
+        .execute(&mut write)
         .await
-        .with_context(|| format!("cannot upgrade the PostgreSQL database at {shown}"))?;
-    MIGRATOR
-        .run(&mut write)
-        .await
-        .with_context(|| format!("cannot migrate the PostgreSQL database at {shown}"))?;
-    convert_events(&mut write)
-        .await
-        .with_context(|| format!("cannot convert the events at {shown} to chunks"))?;
+        .with_context(|| format!("cannot lock the PostgreSQL database at {shown}"))?;
+    let migrated = migrate(&mut write, node).await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(UPGRADE_LOCK)
+        .execute(&mut write)
+        .await;
+    migrated.with_context(|| format!("cannot migrate the PostgreSQL database at {shown}"))?;
     let read_token_secret = read_token_secret(&mut write)
         .await
         .context("the read-token secret")?;
@@ -112,6 +116,17 @@ pub(super) async fn open(
         read_token_secret,
         unfinished: recovered.claimed,
     })
+}
+
+/// Refuses an upgrade beside nodes of an older release, migrates, converts the old
+/// `events` table.
+async fn migrate(conn: &mut PgConnection, node: &str) -> anyhow::Result<()> {
+    refuse_mixed_upgrade(conn, node).await?;
+    MIGRATOR.run(&mut *conn).await?;
+    convert_events(conn)
+        .await
+        .context("converting the events table to chunks")?;
+    Ok(())
 }
 
 /// The migration that moves events to chunks (see docs/cluster.md, "Upgrading across
@@ -160,37 +175,17 @@ async fn refuse_mixed_upgrade(conn: &mut PgConnection, node: &str) -> anyhow::Re
     Ok(())
 }
 
-/// Converts the `events` table of a database written before the event log v2 into
-/// chunks (see [`crate::store::upgrade`]), some streams per transaction, then drops
-/// it. Nodes starting together convert once: the first holds an advisory lock, the
-/// others wait for it and find nothing left.
-async fn convert_events(conn: &mut PgConnection) -> Result<(), StoreError> {
-    let legacy: bool = sqlx::query_scalar(LEGACY_EXISTS)
-        .fetch_one(&mut *conn)
-        .await?;
-    if !legacy {
-        return Ok(());
-    }
-    sqlx::query("SELECT pg_advisory_lock($1)")
-        .bind(CONVERT_LOCK)
-        .execute(&mut *conn)
-        .await?;
-    let result = convert_locked(conn).await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(CONVERT_LOCK)
-        .execute(&mut *conn)
-        .await;
-    result
-}
-
 /// Whether the old `events` table is still there.
 const LEGACY_EXISTS: &str = "SELECT to_regclass('events') IS NOT NULL";
 
-/// The advisory lock of the conversion (any number no other client of the database
-/// uses).
-const CONVERT_LOCK: i64 = 0x7370_6f6f_6c5f_7632; // "spool_v2"
+/// The advisory lock under which a node migrates (any number no other client of the
+/// database uses).
+const UPGRADE_LOCK: i64 = 0x7370_6f6f_6c5f_7632; // "spool_v2"
 
-async fn convert_locked(conn: &mut PgConnection) -> Result<(), StoreError> {
+/// Converts the `events` table of a database written before the event log v2 into
+/// chunks (see [`crate::store::upgrade`]), some streams per transaction, then drops
+/// it. Run under [`UPGRADE_LOCK`].
+async fn convert_events(conn: &mut PgConnection) -> Result<(), StoreError> {
     let mut converted = upgrade::Converted::default();
     loop {
         let mut tx = conn.begin().await?;
@@ -198,7 +193,7 @@ async fn convert_locked(conn: &mut PgConnection) -> Result<(), StoreError> {
             .fetch_one(&mut *tx)
             .await?
         {
-            return Ok(()); // another node converted it
+            return Ok(()); // nothing to convert
         }
         let ids: Vec<String> = sqlx::query_scalar("SELECT DISTINCT stream_id FROM events LIMIT $1")
             .bind(upgrade::STREAMS_PER_TRANSACTION)
