@@ -289,15 +289,9 @@ impl Store {
             while let Some((_, first, data)) = rows.next_if(|(next, _, _)| *next == i) {
                 of_stream.push((first, data));
             }
-            let at = usize::try_from(i - 1).ok().filter(|&at| at < streams.len());
-            if let (Some(at), Some(d)) = (at, at.and_then(|at| streams.get(at))) {
-                events_of(
-                    &d.stream_id,
-                    &of_stream,
-                    d.after,
-                    DELIVER_MAX as usize,
-                    &mut out[at],
-                )?;
+            let at = usize::try_from(i - 1).ok();
+            if let Some((d, out)) = at.and_then(|at| streams.get(at).zip(out.get_mut(at))) {
+                events_of(&d.stream_id, &of_stream, d.after, DELIVER_MAX as usize, out)?;
             }
         }
         Ok(out)
