@@ -199,7 +199,7 @@ async fn phase(cli: &Cli, target: &Target, tokens: u32, rate: f64) -> anyhow::Re
     // group commit), multi-row inserts as the previous writer made them.
     let mut events = 0u64;
     for commit in chunks.chunks(cli.streams.max(1)) {
-        let mut rows: Vec<(&str, i64, &'static str, String, Option<Vec<u8>>)> = Vec::new();
+        let mut rows: Vec<OldEvent> = Vec::new();
         for (id, first, data) in commit {
             for e in spool::store::chunk::read(data, *first as u64)
                 .map_err(|e| anyhow::anyhow!("{e}"))?
@@ -371,6 +371,9 @@ async fn postgres(cli: &Cli, target: &Target, tokens: u32) -> anyhow::Result<(u6
         load.tokens,
     ))
 }
+
+/// An old `events` row: stream id, seq, kind, data, token ids (little-endian u32s).
+type OldEvent<'a> = (&'a str, i64, &'static str, String, Option<Vec<u8>>);
 
 type StreamCols = (
     String,
