@@ -1,5 +1,7 @@
 //! One group commit: the operations the writer collected, grouped by stream, and who
-//! waits for them. Each database writes a batch in one transaction of its own dialect
+//! waits for them. Each stream's events are encoded into their stored form (a
+//! [`chunk`](super::chunk)) as they arrive; [`super::plan`] turns the batch into rows,
+//! and each database writes them in one transaction of its own dialect
 //! ([`super::sqlite::batch`], [`super::postgres::batch`]).
 
 use std::collections::HashMap;
@@ -30,9 +32,29 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 pub(super) struct StreamWrites {
     pub id: Arc<str>,
     pub events: Vec<Event>,
-    /// The token ids of each event (empty for most), as little-endian bytes.
-    pub ids: Vec<Option<Vec<u8>>>,
+    /// `events` (and the token ids behind each) in their stored form: the stream's
+    /// chunk for this commit.
+    pub chunk: Vec<u8>,
     pub end: Option<StreamEnd>,
+    /// The end was written for a process that died: its usage is not known (NULL).
+    pub usage_unknown: bool,
+}
+
+impl StreamWrites {
+    pub fn new(id: Arc<str>) -> Self {
+        StreamWrites {
+            id,
+            events: Vec::new(),
+            chunk: Vec::new(),
+            end: None,
+            usage_unknown: false,
+        }
+    }
+
+    pub fn push(&mut self, event: Event, ids: &[u32]) {
+        super::chunk::push(&mut self.chunk, &event, ids);
+        self.events.push(event);
+    }
 }
 
 /// Everything one transaction writes, and who waits for it.
@@ -113,18 +135,12 @@ impl Batch {
             Some(&i) => i,
             None => {
                 self.index.insert(id.clone(), self.streams.len());
-                self.streams.push(StreamWrites {
-                    id,
-                    events: Vec::new(),
-                    ids: Vec::new(),
-                    end: None,
-                });
+                self.streams.push(StreamWrites::new(id));
                 self.streams.len() - 1
             }
         };
         if let Some(s) = self.streams.get_mut(slot) {
-            s.events.push(event);
-            s.ids.push((!ids.is_empty()).then(|| encode_ids(&ids)));
+            s.push(event, &ids);
             if end.is_some() {
                 s.end = end;
             }
@@ -200,29 +216,5 @@ impl NewWork {
         for (_, _, reply) in self.purges {
             let _ = reply.send(Err(e()));
         }
-    }
-}
-
-/// Token ids as stored: little-endian u32s.
-pub fn encode_ids(ids: &[u32]) -> Vec<u8> {
-    ids.iter().flat_map(|id| id.to_le_bytes()).collect()
-}
-
-/// The inverse of [`encode_ids`] (a trailing partial id is ignored).
-pub fn decode_ids(bytes: &[u8]) -> Vec<u32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_round_trip() {
-        let ids = [0, 1, 49151, u32::MAX];
-        assert_eq!(decode_ids(&encode_ids(&ids)), ids);
     }
 }

@@ -16,10 +16,12 @@ pub mod events;
 pub mod health;
 pub mod idempotency;
 mod outage;
+mod plan;
 pub mod postgres;
 pub mod sessions;
 pub mod sqlite;
 pub mod streams;
+mod upgrade;
 pub mod writer;
 
 use std::sync::Arc;
