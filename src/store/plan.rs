@@ -154,6 +154,7 @@ mod tests {
             usage: Usage {
                 prompt_tokens: 3,
                 completion_tokens: 1,
+                session_turns: None,
             },
             finished_at: 5,
             turn_text: Some("y".into()),
