@@ -35,6 +35,7 @@ fn request(prompt: &str, max_tokens: u32, seed: u64) -> GenerateRequest {
         metadata: None,
         session_id: None,
         include_usage: false,
+        options: Default::default(),
         continuation: None,
     }
 }
@@ -58,6 +59,8 @@ async fn one(backend: &LocalBackend, prompt: &str, max_tokens: u32, seed: u64) -
             }
             Ok(Output::Done { .. }) => break,
             Ok(Output::Prompt { .. }) => {}
+            // The local model writes text only.
+            Ok(Output::Reasoning { .. } | Output::ToolCall { .. } | Output::Refusal { .. }) => {}
             Err(e) => {
                 eprintln!("error: {e}");
                 break;

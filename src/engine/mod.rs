@@ -57,7 +57,7 @@ pub enum StartError {
         available: Vec<String>,
     },
     #[error("{0}")]
-    Unsupported(String),
+    Unsupported(crate::llm::Unsupported),
     #[error("too many generations are running or queued")]
     Busy,
     #[error("the key is over its rate limit")]

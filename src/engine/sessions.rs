@@ -107,10 +107,7 @@ pub(super) fn running(turn: &TurnRow) -> bool {
 pub(super) fn history(session: &SessionRow, turns: &[TurnRow], content: &str) -> Vec<Message> {
     let mut messages = Vec::with_capacity(turns.len() + 2);
     if let Some(system) = &session.system {
-        messages.push(Message {
-            role: Role::System,
-            content: system.clone(),
-        });
+        messages.push(Message::text(Role::System, system.clone()));
     }
     for turn in turns {
         let role = match turn.role.as_str() {
@@ -118,17 +115,11 @@ pub(super) fn history(session: &SessionRow, turns: &[TurnRow], content: &str) ->
             _ => Role::Assistant,
         };
         match &turn.content {
-            Some(text) if !text.is_empty() => messages.push(Message {
-                role,
-                content: text.clone(),
-            }),
+            Some(text) if !text.is_empty() => messages.push(Message::text(role, text.clone())),
             _ => {}
         }
     }
-    messages.push(Message {
-        role: Role::User,
-        content: content.to_owned(),
-    });
+    messages.push(Message::text(Role::User, content.to_owned()));
     messages
 }
 

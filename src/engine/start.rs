@@ -142,9 +142,7 @@ impl Engine {
                 })
             }
         };
-        backend
-            .check(&request)
-            .map_err(|e| StartError::Unsupported(e.0))?;
+        backend.check(&request).map_err(StartError::Unsupported)?;
         let Some(ticket) = self.admission.try_admit() else {
             self.metrics.rejected_busy();
             return Err(StartError::Busy);
