@@ -36,6 +36,7 @@ mod shutdown;
 mod slow_reader;
 mod store_suite;
 mod tls;
+mod tools;
 mod upstream;
 mod wire;
 mod ws;
