@@ -67,13 +67,12 @@ fn script(body: &Value) -> Vec<String> {
         .unwrap_or_default()
         .to_owned();
     let mut out = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
-    let finish;
-    match model {
+    let finish = match model {
         "agent" if last_role == "tool" => {
             for piece in ["It is 21°C", " and sunny", " in Oslo."] {
                 out.push(chunk(json!({"content": piece}), None));
             }
-            finish = "stop";
+            "stop"
         }
         "agent" => {
             out.push(chunk(json!({"reasoning_content": "The user wants"}), None));
@@ -84,28 +83,28 @@ fn script(body: &Value) -> Vec<String> {
             out.push(chunk(json!({"content": "Let me check."}), None));
             out.extend(call_chunks(0, "call_w", "get_weather", WEATHER_ARGS));
             out.extend(call_chunks(1, "call_t", "get_time", TIME_ARGS));
-            finish = "tool_calls";
+            "tool_calls"
         }
         "thinker" => {
             out.push(chunk(json!({"reasoning": "Hmm, "}), None));
             out.push(chunk(json!({"reasoning": "two plus two."}), None));
             out.push(chunk(json!({"content": "4"}), None));
-            finish = "stop";
+            "stop"
         }
         "refuser" => {
             out.push(chunk(json!({"refusal": "I can't help"}), None));
             out.push(chunk(json!({"refusal": " with that."}), None));
-            finish = "stop";
+            "stop"
         }
         "filtered" => {
             out.push(chunk(json!({"content": "Once upon"}), None));
-            finish = "content_filter";
+            "content_filter"
         }
         _ => {
             out.push(chunk(json!({"content": "plain"}), None));
-            finish = "stop";
+            "stop"
         }
-    }
+    };
     out.push(chunk(json!({}), Some(finish)));
     let usage = json!({"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1,
                        "model": model, "choices": [],
