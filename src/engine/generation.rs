@@ -289,10 +289,12 @@ impl Generation {
             self.engine.handed_on(&self.id);
             return;
         }
-        let usage = progress.reported.unwrap_or(Usage {
+        let mut usage = progress.reported.unwrap_or(Usage {
             prompt_tokens: progress.prompt_tokens,
             completion_tokens: progress.completion_tokens,
+            session_turns: None,
         });
+        usage.session_turns = self.request.session_turn.map(|t| t.used);
         let seq = progress.seq + 1;
         let finished_at = now_ms();
         let (event, status, reason, error) = match ending {

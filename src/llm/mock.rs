@@ -82,7 +82,7 @@ impl Backend for MockBackend {
             }
             yield Ok(Output::Done {
                 reason: FinishReason::Length,
-                usage: Some(Usage { prompt_tokens, completion_tokens: request.max_tokens }),
+                usage: Some(Usage { prompt_tokens, completion_tokens: request.max_tokens, session_turns: None }),
             });
         })
     }
@@ -105,8 +105,10 @@ mod tests {
             stop: vec![],
             metadata: None,
             session_id: None,
+            session_turn: None,
             include_usage: false,
             options: Default::default(),
+            unattended: false,
             continuation: None,
         }
     }

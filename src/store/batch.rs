@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::sessions::SessionEdit;
 use super::{NewSession, NewStream, StoreError};
 use crate::event::{Event, FinishReason, StreamStatus, Usage};
 
@@ -38,6 +39,8 @@ pub(super) struct StreamWrites {
 #[derive(Default)]
 pub(super) struct Batch {
     pub sessions: Vec<(NewSession, Reply<()>)>,
+    /// Renames, metadata and deletes of sessions, after everything else of the batch.
+    pub session_edits: Vec<(SessionEdit, Reply<bool>)>,
     pub creates: Vec<(NewStream, Reply<()>)>,
     pub running: Vec<(Arc<str>, i64)>,
     pub streams: Vec<StreamWrites>,
@@ -59,6 +62,8 @@ pub(super) struct Batch {
 pub(super) struct Outcome {
     pub deleted: Vec<bool>,
     pub purged: Vec<u64>,
+    /// Whether each session edit found its session.
+    pub edited: Vec<bool>,
     /// New streams that were not created, and their events not written, because their
     /// session turn already existed (several nodes only).
     pub conflicts: Vec<String>,
@@ -141,6 +146,7 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
+            && self.session_edits.is_empty()
             && self.creates.is_empty()
             && self.running.is_empty()
             && self.streams.is_empty()
@@ -159,6 +165,7 @@ impl Batch {
         }
         NewWork {
             sessions: std::mem::take(&mut self.sessions),
+            session_edits: std::mem::take(&mut self.session_edits),
             creates,
             deletes: std::mem::take(&mut self.deletes),
             purges: std::mem::take(&mut self.purges),
@@ -169,6 +176,7 @@ impl Batch {
 /// What [`Batch::take_new_work`] took out, to be answered.
 pub(super) struct NewWork {
     pub sessions: Vec<(NewSession, Reply<()>)>,
+    pub session_edits: Vec<(SessionEdit, Reply<bool>)>,
     pub creates: Vec<(NewStream, Reply<()>)>,
     pub deletes: Vec<(String, Reply<bool>)>,
     pub purges: Vec<(i64, u32, Reply<u64>)>,
@@ -178,6 +186,9 @@ impl NewWork {
     /// Answers every waiter with the error `e()` makes.
     pub fn refuse(self, e: impl Fn() -> StoreError) {
         for (_, reply) in self.sessions {
+            let _ = reply.send(Err(e()));
+        }
+        for (_, reply) in self.session_edits {
             let _ = reply.send(Err(e()));
         }
         for (_, reply) in self.creates {

@@ -34,7 +34,9 @@ use crate::metrics::Metrics;
 pub use batch::StreamEnd;
 pub use idempotency::{IdempotencyKey, KEY_TTL};
 pub use postgres::cluster::{Sweep, SweptStream};
-pub use sessions::{NewSession, NewTurn, SessionRow, TurnRow};
+pub use sessions::{
+    NewSession, NewTurn, SessionCursor, SessionEdit, SessionRow, SessionSummary, TurnRow,
+};
 pub use streams::{ListCursor, NewStream, StreamRow};
 pub use writer::{EventLog, WriterTask};
 

@@ -12,6 +12,7 @@ mod ready;
 #[path = "../common/sse.rs"]
 mod sse;
 
+mod abandon;
 mod architecture;
 mod auth;
 mod bad_input;
@@ -21,7 +22,9 @@ mod cluster;
 mod crash;
 mod drain;
 mod examples;
+mod fairness;
 mod faults;
+mod holes;
 mod hostile;
 mod http2;
 mod idempotency;
@@ -31,6 +34,8 @@ mod openai;
 mod ops;
 mod resume;
 mod sdk;
+mod session_admin;
+mod session_history;
 mod sessions;
 mod shutdown;
 mod slow_reader;

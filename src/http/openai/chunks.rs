@@ -319,6 +319,7 @@ mod tests {
                 Usage {
                     prompt_tokens: 2,
                     completion_tokens: 1,
+                    session_turns: None,
                 },
             ),
         );
@@ -357,6 +358,7 @@ mod tests {
                 Usage {
                     prompt_tokens: 2,
                     completion_tokens: 1,
+                    session_turns: None,
                 },
             ),
         );

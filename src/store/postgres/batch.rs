@@ -167,9 +167,9 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
     if !batch.sessions.is_empty() {
         let s: Vec<_> = batch.sessions.iter().map(|(s, _)| s).collect();
         sqlx::query(
-            "INSERT INTO sessions (id, owner, model, system, metadata, created_at) \
+            "INSERT INTO sessions (id, owner, model, system, metadata, created_at, title) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::bigint[])",
+             $6::bigint[], $7::text[])",
         )
         .bind(s.iter().map(|s| s.id.as_str()).collect::<Vec<_>>())
         .bind(s.iter().map(|s| s.owner.as_deref()).collect::<Vec<_>>())
@@ -177,6 +177,7 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
         .bind(s.iter().map(|s| s.system.as_deref()).collect::<Vec<_>>())
         .bind(s.iter().map(|s| s.metadata.as_deref()).collect::<Vec<_>>())
         .bind(s.iter().map(|s| s.created_at).collect::<Vec<_>>())
+        .bind(s.iter().map(|s| s.title.as_deref()).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
@@ -365,6 +366,9 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
         .await?;
     }
 
+    let edits: Vec<_> = batch.session_edits.iter().map(|(e, _)| e).collect();
+    let edited = crate::store::sessions::edit_postgres(conn, &edits).await?;
+
     for payload in notifications(
         node,
         batch
@@ -382,6 +386,7 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
     Ok(Outcome {
         deleted,
         purged,
+        edited,
         conflicts,
     })
 }

@@ -68,8 +68,8 @@ pub(in crate::store) async fn positions(
 async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sqlx::Error> {
     for (s, _) in &batch.sessions {
         sqlx::query(
-            "INSERT INTO sessions (id, owner, model, system, metadata, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO sessions (id, owner, model, system, metadata, created_at, title) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&s.id)
         .bind(&s.owner)
@@ -77,6 +77,7 @@ async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sq
         .bind(&s.system)
         .bind(&s.metadata)
         .bind(s.created_at)
+        .bind(&s.title)
         .execute(&mut *conn)
         .await?;
     }
@@ -207,9 +208,12 @@ async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sq
             .execute(&mut *conn)
             .await?;
     }
+    let edits: Vec<_> = batch.session_edits.iter().map(|(e, _)| e).collect();
+    let edited = crate::store::sessions::edit_sqlite(conn, &edits).await?;
     Ok(Outcome {
         deleted,
         purged,
+        edited,
         conflicts: Vec::new(),
     })
 }
