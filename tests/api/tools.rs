@@ -609,3 +609,45 @@ async fn the_node_sdks_run_tools_completes_a_tool_loop() {
     std::fs::copy(repo().join("tests/clients/tools_sdk.mjs"), &script).unwrap();
     run_client(PathBuf::from("node"), script).await;
 }
+
+#[tokio::test]
+async fn spool_generate_shows_each_part_and_exits_6_for_tool_calls() {
+    let (_, base) = upstream().await;
+    let app = spool_in_front(&base).await;
+    let run = |model: &'static str| {
+        let base = app.base.clone();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_spool"))
+                .args(["generate", "--base", &base, "--model", model, "hi"])
+                .env_remove("SPOOL_BASE")
+                .stdin(std::process::Stdio::null())
+                .output();
+            let out = tokio::time::timeout(DEADLINE, out).await.unwrap().unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8(out.stdout).unwrap(),
+                String::from_utf8(out.stderr).unwrap(),
+            )
+        }
+    };
+    let (code, out, err) = run("agent").await;
+    assert_eq!(code, 6, "{out}\n{err}");
+    assert_eq!(
+        out,
+        format!(
+            "Let me check.\n[tool call 0: get_weather] {WEATHER_ARGS}\n[tool call 1: get_time] {TIME_ARGS}\n"
+        )
+    );
+    assert!(
+        err.contains("[reasoning] The user wants weather and time.\n"),
+        "{err}"
+    );
+    let (code, out, err) = run("thinker").await;
+    assert_eq!((code, out.as_str()), (0, "4\n"), "{err}");
+    assert!(err.contains("[reasoning] Hmm, two plus two.\n"), "{err}");
+    let (code, out, _) = run("refuser").await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "[refusal] I can't help with that.\n")
+    );
+}
