@@ -36,6 +36,7 @@ fn request(prompt: &str, max_tokens: u32, seed: u64) -> GenerateRequest {
         session_id: None,
         session_turn: None,
         include_usage: false,
+        options: Default::default(),
         unattended: false,
         continuation: None,
     }
@@ -60,6 +61,8 @@ async fn one(backend: &LocalBackend, prompt: &str, max_tokens: u32, seed: u64) -
             }
             Ok(Output::Done { .. }) => break,
             Ok(Output::Prompt { .. }) => {}
+            // The local model writes text only.
+            Ok(Output::Reasoning { .. } | Output::ToolCall { .. } | Output::Refusal { .. }) => {}
             Err(e) => {
                 eprintln!("error: {e}");
                 break;

@@ -8,10 +8,15 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 /// What an event is. `Done` and `Error` are terminal: exactly one ends every stream.
+/// `Token`, `Reasoning`, `ToolCall` and `Refusal` are the parts of an answer, in the
+/// order the backend produced them, numbered in the one seq.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
     Start,
     Token,
+    Reasoning,
+    ToolCall,
+    Refusal,
     Done,
     Error,
 }
@@ -21,6 +26,9 @@ impl EventKind {
         match self {
             EventKind::Start => "start",
             EventKind::Token => "token",
+            EventKind::Reasoning => "reasoning",
+            EventKind::ToolCall => "tool_call",
+            EventKind::Refusal => "refusal",
             EventKind::Done => "done",
             EventKind::Error => "error",
         }
@@ -30,6 +38,9 @@ impl EventKind {
         Some(match s {
             "start" => EventKind::Start,
             "token" => EventKind::Token,
+            "reasoning" => EventKind::Reasoning,
+            "tool_call" => EventKind::ToolCall,
+            "refusal" => EventKind::Refusal,
             "done" => EventKind::Done,
             "error" => EventKind::Error,
             _ => return None,
@@ -65,6 +76,28 @@ impl Event {
 
     pub fn token(seq: u64, text: &str) -> Self {
         Event::of(seq, EventKind::Token, &TokenData { text: text.into() })
+    }
+
+    /// A piece of the model's reasoning, under the name its upstream gave it.
+    pub fn reasoning(seq: u64, text: &str, field: ReasoningField) -> Self {
+        Event::of(
+            seq,
+            EventKind::Reasoning,
+            &ReasoningData {
+                text: text.into(),
+                field,
+            },
+        )
+    }
+
+    /// A fragment of a tool call (the first of each call carries its id and name).
+    pub fn tool_call(seq: u64, call: &ToolCallData<'_>) -> Self {
+        Event::of(seq, EventKind::ToolCall, call)
+    }
+
+    /// A piece of a refusal.
+    pub fn refusal(seq: u64, text: &str) -> Self {
+        Event::of(seq, EventKind::Refusal, &TokenData { text: text.into() })
     }
 
     pub fn done(seq: u64, reason: FinishReason, usage: Usage) -> Self {
@@ -112,6 +145,9 @@ impl Event {
         Some(match self.kind {
             EventKind::Start => EventData::Start(serde_json::from_str(&self.data).ok()?),
             EventKind::Token => EventData::Token(serde_json::from_str(&self.data).ok()?),
+            EventKind::Reasoning => EventData::Reasoning(serde_json::from_str(&self.data).ok()?),
+            EventKind::ToolCall => EventData::ToolCall(serde_json::from_str(&self.data).ok()?),
+            EventKind::Refusal => EventData::Refusal(serde_json::from_str(&self.data).ok()?),
             EventKind::Done => EventData::Done(serde_json::from_str(&self.data).ok()?),
             EventKind::Error => EventData::Error(serde_json::from_str(&self.data).ok()?),
         })
@@ -123,6 +159,10 @@ impl Event {
 pub enum EventData<'a> {
     Start(StartData<'a>),
     Token(TokenData<'a>),
+    Reasoning(ReasoningData<'a>),
+    ToolCall(ToolCallData<'a>),
+    /// `refusal`: `{"text"}`, the shape of a token.
+    Refusal(TokenData<'a>),
     Done(DoneData),
     Error(ErrorData<'a>),
 }
@@ -143,6 +183,49 @@ pub struct StartData<'a> {
 pub struct TokenData<'a> {
     #[serde(borrow)]
     pub text: Cow<'a, str>,
+}
+
+/// `reasoning`: `{"text","field"}` — `field` is the member the upstream sent it in
+/// (`reasoning_content`, as DeepSeek and vLLM name it, or `reasoning`, as Ollama and
+/// OpenRouter do), so that the OpenAI format gives it back under the same name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReasoningData<'a> {
+    #[serde(borrow)]
+    pub text: Cow<'a, str>,
+    pub field: ReasoningField,
+}
+
+/// The upstream's name for reasoning text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasoningField {
+    #[default]
+    ReasoningContent,
+    Reasoning,
+}
+
+impl ReasoningField {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasoningField::ReasoningContent => "reasoning_content",
+            ReasoningField::Reasoning => "reasoning",
+        }
+    }
+}
+
+/// `tool_call`: `{"index","id","name","arguments"}` — one fragment of the tool call
+/// numbered `index` in this answer. The call's first fragment has its `id` and
+/// function `name`; the `arguments` of its fragments, joined in order, are the call's
+/// arguments (a JSON text, streamed as the upstream split it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCallData<'a> {
+    pub index: u32,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub arguments: Cow<'a, str>,
 }
 
 /// `done`: `{"finish_reason","usage"}`.
@@ -218,6 +301,12 @@ pub enum FinishReason {
     Stop,
     Length,
     Cancelled,
+    /// The answer ends with tool calls for the client to run.
+    #[serde(rename = "tool_calls")]
+    ToolCalls,
+    /// The upstream's content filter stopped it.
+    #[serde(rename = "content_filter")]
+    ContentFilter,
 }
 
 impl FinishReason {
@@ -226,6 +315,8 @@ impl FinishReason {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
             FinishReason::Cancelled => "cancelled",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::ContentFilter => "content_filter",
         }
     }
 
@@ -234,6 +325,8 @@ impl FinishReason {
             "stop" => FinishReason::Stop,
             "length" => FinishReason::Length,
             "cancelled" => FinishReason::Cancelled,
+            "tool_calls" => FinishReason::ToolCalls,
+            "content_filter" => FinishReason::ContentFilter,
             _ => return None,
         })
     }

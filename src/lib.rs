@@ -17,13 +17,15 @@
 //! - [`app`] — assembles the parts, serves, and shuts them down in order; [`fatal`] —
 //!   the conditions that stop the process, and their exit statuses.
 //! - [`cli`] — the client commands `spool generate` / `spool tail`.
-//! - [`event`], [`ids`], [`metrics`] — the vocabulary, stream ids, and `/metrics`.
+//! - [`event`], [`ids`], [`metrics`] — the vocabulary, stream ids, and `/metrics`;
+//!   `answer` — an answer (text, reasoning, tool calls) assembled from its events.
 //!
 //! What is public is public on purpose: what `main` runs, what the tests and the load
 //! tool build a server or a store from ([`Spool`], [`config`], [`store`], [`hub`],
 //! [`metrics`], [`llm`], [`event`], [`ids`]), and the parsers of client input the fuzz
 //! targets drive ([`http::inputs`]). Everything else is crate-private.
 
+mod answer;
 pub mod app;
 pub mod cli;
 mod cluster;

@@ -1,5 +1,10 @@
 //! Following one stream to its end over SSE, resuming with `Last-Event-ID` whenever the
 //! connection drops, printing each event once.
+//!
+//! The answer's text goes to stdout as it comes. Its other parts are told apart: each
+//! tool call on a line of its own on stdout (`[tool call 0: get_weather] {"city":…}`,
+//! the arguments as they stream), a refusal on stdout after `[refusal] `, the model's
+//! reasoning on stderr (dimmed on a terminal), so that stdout stays the answer.
 
 use std::io::Write;
 use std::time::Duration;
@@ -10,8 +15,14 @@ use serde_json::{Value, json};
 
 /// How following ended.
 pub enum Ending {
-    Done { cancelled: bool },
-    Failed { code: String, message: String },
+    /// `done`, with its finish reason.
+    Done {
+        reason: String,
+    },
+    Failed {
+        code: String,
+        message: String,
+    },
     Unreachable(String),
 }
 
@@ -24,6 +35,21 @@ pub struct Follower {
     id: String,
     last: u64,
     json: bool,
+    /// The kind of part printed last (to open and close runs of one kind).
+    part: Part,
+    /// Whether stdout's current line has something of the answer on it, and of which
+    /// part.
+    line_open: bool,
+    line_part: Part,
+}
+
+/// Which part of the answer is being printed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Text,
+    Reasoning,
+    Refusal,
+    ToolCall(u64),
 }
 
 impl Follower {
@@ -34,6 +60,9 @@ impl Follower {
             id,
             last: after,
             json,
+            part: Part::Text,
+            line_open: false,
+            line_part: Part::Text,
         }
     }
 
@@ -122,8 +151,8 @@ impl Follower {
         if self.json {
             let line = json!({"id": id, "event": event.event, "data": data});
             let _ = writeln!(out, "{line}");
-        } else if event.event == "token" {
-            let _ = write!(out, "{}", data["text"].as_str().unwrap_or_default());
+        } else {
+            self.print_part(&mut out, &event.event, &data);
         }
         let _ = out.flush();
         match event.event.as_str() {
@@ -132,7 +161,7 @@ impl Follower {
                     let _ = writeln!(out);
                 }
                 Some(Ending::Done {
-                    cancelled: data["finish_reason"] == "cancelled",
+                    reason: data["finish_reason"].as_str().unwrap_or("stop").to_owned(),
                 })
             }
             "error" => {
@@ -148,6 +177,57 @@ impl Follower {
         }
     }
 
+    /// Prints one part of the answer in the human form (see the module's comment).
+    fn print_part(&mut self, out: &mut impl Write, kind: &str, data: &Value) {
+        let text = data["text"].as_str().unwrap_or_default();
+        let part = match kind {
+            "token" => Part::Text,
+            "reasoning" => Part::Reasoning,
+            "refusal" => Part::Refusal,
+            "tool_call" => Part::ToolCall(data["index"].as_u64().unwrap_or(0)),
+            // `start`, the terminal events: nothing to print here.
+            _ => return,
+        };
+        let was = std::mem::replace(&mut self.part, part);
+        if was == Part::Reasoning && part != Part::Reasoning {
+            let _ = writeln!(std::io::stderr().lock(), "{}", dim_end());
+        }
+        if part == Part::Reasoning {
+            let mut err = std::io::stderr().lock();
+            if was != Part::Reasoning {
+                let _ = write!(err, "{}[reasoning] ", dim_start());
+            }
+            let _ = write!(err, "{text}");
+            let _ = err.flush();
+            return;
+        }
+        // A run of another part than the line's starts a line of its own.
+        let after = std::mem::replace(&mut self.line_part, part);
+        if self.line_open && after != part {
+            let _ = writeln!(out);
+        }
+        match part {
+            Part::Text => {
+                let _ = write!(out, "{text}");
+            }
+            Part::Refusal => {
+                if after != Part::Refusal {
+                    let _ = write!(out, "[refusal] ");
+                }
+                let _ = write!(out, "{text}");
+            }
+            Part::ToolCall(index) => {
+                if after != part {
+                    let name = data["name"].as_str().unwrap_or("?");
+                    let _ = write!(out, "[tool call {index}: {name}] ");
+                }
+                let _ = write!(out, "{}", data["arguments"].as_str().unwrap_or_default());
+            }
+            Part::Reasoning => {}
+        }
+        self.line_open = true;
+    }
+
     /// The ending of a stream whose terminal event was already printed (`204`).
     async fn ended_as(&self) -> Result<Ending, Fatal> {
         let status: Value = self
@@ -160,8 +240,12 @@ impl Follower {
             .await
             .map_err(|e| Fatal(e.to_string()))?;
         Ok(match status["status"].as_str() {
-            Some("completed") => Ending::Done { cancelled: false },
-            Some("cancelled") => Ending::Done { cancelled: true },
+            Some("completed") | Some("cancelled") => Ending::Done {
+                reason: status["finish_reason"]
+                    .as_str()
+                    .unwrap_or("stop")
+                    .to_owned(),
+            },
             _ => Ending::Failed {
                 code: status["error"]["code"]
                     .as_str()
@@ -178,6 +262,23 @@ impl Follower {
 
 /// A failure that resuming cannot fix (unknown stream, bad cursor).
 struct Fatal(String);
+
+/// Dim text on stderr when it is a terminal.
+fn dim_start() -> &'static str {
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        "\x1b[2m"
+    } else {
+        ""
+    }
+}
+
+fn dim_end() -> &'static str {
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        "\x1b[0m"
+    } else {
+        ""
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,8 @@ pub mod exit {
     pub const CANCELLED: u8 = 3;
     pub const FAILED: u8 = 4;
     pub const UNREACHABLE: u8 = 5;
+    /// The answer ends with tool calls for the caller to run.
+    pub const TOOL_CALLS: u8 = 6;
     pub const INTERRUPTED: u8 = 130;
 }
 
@@ -109,8 +111,11 @@ pub async fn tail(args: TailArgs) -> ExitCode {
 fn finish(ending: Ending) -> ExitCode {
     let _ = std::io::stdout().flush();
     match ending {
-        Ending::Done { cancelled: false } => ExitCode::from(exit::DONE),
-        Ending::Done { cancelled: true } => ExitCode::from(exit::CANCELLED),
+        Ending::Done { reason } => ExitCode::from(match reason.as_str() {
+            "cancelled" => exit::CANCELLED,
+            "tool_calls" => exit::TOOL_CALLS,
+            _ => exit::DONE,
+        }),
         Ending::Failed { code, message } => {
             eprintln!("spool: the stream failed: {code}: {message}");
             ExitCode::from(exit::FAILED)

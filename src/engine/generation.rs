@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admission::Ticket;
 use super::{Engine, StopFilter};
-use crate::event::{Event, FinishReason, StreamStatus, Usage, now_ms};
+use crate::event::{Event, FinishReason, StreamStatus, ToolCallData, Usage, now_ms};
 use crate::llm::{Backend, BackendError, GenerateRequest, Output};
 use crate::store::{INTERRUPTED, INTERRUPTED_MESSAGE, StoreError, StreamEnd};
 
@@ -155,6 +155,27 @@ impl Generation {
                     progress.prompt_tokens = tokens;
                     continue;
                 }
+                Some(Ok(
+                    part @ (Output::Reasoning { .. }
+                    | Output::ToolCall { .. }
+                    | Output::Refusal { .. }),
+                )) => {
+                    // A part other than text ends any text held back for a stop
+                    // sequence: that text came first.
+                    if let Err(e) = self.emit(stop.finish(), true, progress).await {
+                        return e;
+                    }
+                    progress.completion_tokens += 1;
+                    self.engine.metrics.token_generated();
+                    if first {
+                        first = false;
+                        self.engine.metrics.observe_ttft(accepted.elapsed());
+                    }
+                    if let Err(e) = self.emit_part(part, progress).await {
+                        return e;
+                    }
+                    continue;
+                }
                 Some(Ok(Output::Done { reason, usage })) => {
                     progress.reported = usage;
                     if let Err(e) = self.emit(stop.finish(), true, progress).await {
@@ -212,6 +233,36 @@ impl Generation {
         self.engine
             .log
             .append_with_ids(self.id.clone(), event, ids, None)
+            .await
+            .map_err(|_: StoreError| Ending::StoreGone)
+    }
+
+    /// Queues one event for a part of the answer other than text.
+    async fn emit_part(&self, part: Output, progress: &mut Progress) -> Result<(), Ending> {
+        let seq = progress.seq + 1;
+        let event = match part {
+            Output::Reasoning { text, field } => Event::reasoning(seq, &text, field),
+            Output::Refusal { text } => Event::refusal(seq, &text),
+            Output::ToolCall {
+                index,
+                id,
+                name,
+                arguments,
+            } => Event::tool_call(
+                seq,
+                &ToolCallData {
+                    index,
+                    id: id.map(Into::into),
+                    name: name.map(Into::into),
+                    arguments: arguments.into(),
+                },
+            ),
+            Output::Token { .. } | Output::Prompt { .. } | Output::Done { .. } => return Ok(()),
+        };
+        progress.seq = seq;
+        self.engine
+            .log
+            .append(self.id.clone(), event, None)
             .await
             .map_err(|_: StoreError| Ending::StoreGone)
     }

@@ -58,7 +58,7 @@ pub enum StartError {
         available: Vec<String>,
     },
     #[error("{0}")]
-    Unsupported(String),
+    Unsupported(crate::llm::Unsupported),
     #[error("too many generations are running or queued")]
     Busy,
     /// The key holds every place its per-key caps allow (`limit` in all).

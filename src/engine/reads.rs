@@ -50,6 +50,23 @@ impl Engine {
         self.store.text(id).await
     }
 
+    /// The stream's answer so far, assembled from its stored events.
+    pub async fn answer(&self, id: &str) -> Result<crate::answer::Answer, StoreError> {
+        const PAGE: u32 = 4096;
+        let mut answer = crate::answer::Answer::default();
+        let mut after = 0;
+        loop {
+            let events = self.store.events_after(id, after, PAGE).await?;
+            for event in &events {
+                answer.push(event);
+            }
+            match events.last() {
+                Some(last) if events.len() == PAGE as usize => after = last.seq,
+                _ => return Ok(answer),
+            }
+        }
+    }
+
     /// The owner's streams, newest first, strictly below `before` (a stream id).
     /// `None` when `before` is not one of the owner's streams.
     pub async fn list_streams(

@@ -235,21 +235,12 @@ pub(super) fn prompt(
 ) -> Vec<Message> {
     let mut messages = Vec::with_capacity(turns.len() + 2);
     if let Some(system) = &session.system {
-        messages.push(Message {
-            role: Role::System,
-            content: system.clone(),
-        });
+        messages.push(Message::text(Role::System, system.clone()));
     }
     for (_, role, text) in history(turns, turn.from, turn.idx) {
-        messages.push(Message {
-            role,
-            content: text.to_owned(),
-        });
+        messages.push(Message::text(role, text.to_owned()));
     }
-    messages.push(Message {
-        role: Role::User,
-        content: content.to_owned(),
-    });
+    messages.push(Message::text(Role::User, content.to_owned()));
     messages
 }
 

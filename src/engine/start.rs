@@ -155,9 +155,7 @@ impl Engine {
                 })
             }
         };
-        backend
-            .check(&request)
-            .map_err(|e| StartError::Unsupported(e.0))?;
+        backend.check(&request).map_err(StartError::Unsupported)?;
         let ticket = match self.admission.try_admit(owner.as_deref()) {
             Ok(ticket) => ticket,
             Err(Refused::Full) => {

@@ -283,7 +283,11 @@ impl From<StartError> for ApiError {
             StartError::UnknownModel { model, available } => {
                 ApiError::model_not_found(&model, available)
             }
-            StartError::Unsupported(message) => ApiError::invalid(message),
+            StartError::Unsupported(e) => match e.param {
+                Some(param) => ApiError::new(ErrorCode::UnsupportedParameter, e.message)
+                    .with("param", Value::from(param)),
+                None => ApiError::invalid(e.message),
+            },
             StartError::SessionNotFound => ApiError::session_not_found(),
             StartError::TurnInProgress => ApiError::new(
                 ErrorCode::TurnInProgress,

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::error::{ApiError, ErrorCode};
 use crate::config::LimitsConfig;
-use crate::llm::{GenerateRequest, Message, Models, Prompt, Role};
+use crate::llm::{GenerateRequest, Message, Models, Prompt, Role, UpstreamOptions};
 
 #[derive(Debug, Deserialize)]
 pub struct StreamParams {
@@ -24,6 +24,9 @@ pub struct StreamParams {
     pub session_id: Option<String>,
     /// A session turn's message (`prompt` is accepted too).
     pub content: Option<String>,
+    /// Tools, response format, penalties, logprobs, `user`: carried to the backend.
+    #[serde(flatten)]
+    pub options: UpstreamOptions,
     /// Set by the OpenAI facade (`stream_options.include_usage`), never by a client of
     /// the native API.
     #[serde(skip)]
@@ -53,10 +56,20 @@ pub fn idempotency_key(raw: Option<&[u8]>) -> Result<Option<String>, ApiError> {
     Ok(Some(String::from_utf8_lossy(raw).into_owned()))
 }
 
+/// One message of `messages`, in OpenAI's shape: `content` is a string or a list of
+/// content parts (`text`, `image_url`, …); an assistant's message may carry
+/// `tool_calls`, a `tool` message answers one by `tool_call_id`.
 #[derive(Debug, Deserialize)]
 pub struct MessageParam {
     pub role: String,
-    pub content: String,
+    #[serde(default)]
+    pub content: Option<Value>,
+    #[serde(default)]
+    pub tool_calls: Option<Vec<Value>>,
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +188,7 @@ impl StreamParams {
                 "`top_p` must be greater than 0 and at most 1",
             ));
         }
+        validate_options(&self.options)?;
         let stop = match self.stop {
             None => Vec::new(),
             Some(StopParam::One(s)) => vec![s],
@@ -213,6 +227,7 @@ impl StreamParams {
             session_turn: None,
             session_id: None,
             include_usage: self.include_usage,
+            options: self.options,
             unattended: false,
             continuation: None,
         })
@@ -225,25 +240,194 @@ fn validate_messages(messages: Vec<MessageParam>) -> Result<Vec<Message>, ApiErr
     }
     let mut out = Vec::with_capacity(messages.len());
     for (i, m) in messages.into_iter().enumerate() {
-        let role = match m.role.as_str() {
-            "system" => Role::System,
-            "user" => Role::User,
-            "assistant" => Role::Assistant,
-            other => {
-                return Err(ApiError::invalid(format!(
-                    "`messages[{i}].role` is {other:?}; expected \"system\", \"user\" or \"assistant\""
-                )));
-            }
-        };
-        out.push(Message {
-            role,
-            content: m.content,
-        });
+        out.push(validate_message(i, m)?);
     }
-    if out.iter().all(|m| m.content.trim().is_empty()) {
+    if out.iter().all(Message::is_empty) {
         return Err(ApiError::invalid("every message in `messages` is empty"));
     }
     Ok(out)
+}
+
+fn validate_message(i: usize, m: MessageParam) -> Result<Message, ApiError> {
+    let role = match m.role.as_str() {
+        "system" => Role::System,
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        "tool" => Role::Tool,
+        other => {
+            return Err(ApiError::invalid(format!(
+                "`messages[{i}].role` is {other:?}; expected \"system\", \"user\", \"assistant\" or \"tool\""
+            )));
+        }
+    };
+    let (content, parts) = match m.content {
+        None | Some(Value::Null) => (String::new(), None),
+        Some(Value::String(s)) => (s, None),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for (j, part) in parts.iter().enumerate() {
+                match part.get("type").and_then(Value::as_str) {
+                    Some("text") => match part.get("text") {
+                        Some(Value::String(t)) => text.push_str(t),
+                        _ => {
+                            return Err(ApiError::invalid(format!(
+                                "`messages[{i}].content[{j}]` is a text part without a string `text`"
+                            )));
+                        }
+                    },
+                    Some("image_url") => {
+                        let url = part.get("image_url").and_then(|u| match u {
+                            Value::String(s) => Some(s.as_str()),
+                            Value::Object(o) => o.get("url").and_then(Value::as_str),
+                            _ => None,
+                        });
+                        if url.is_none_or(str::is_empty) {
+                            return Err(ApiError::invalid(format!(
+                                "`messages[{i}].content[{j}]` is an image_url part without `image_url.url`"
+                            )));
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        return Err(ApiError::invalid(format!(
+                            "`messages[{i}].content[{j}]` must be an object with a string `type`"
+                        )));
+                    }
+                }
+            }
+            (text, Some(parts))
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(format!(
+                "`messages[{i}].content` must be a string or a list of content parts"
+            )));
+        }
+    };
+    if let Some(calls) = &m.tool_calls {
+        if role != Role::Assistant {
+            return Err(ApiError::invalid(format!(
+                "`messages[{i}].tool_calls` belongs to an assistant message"
+            )));
+        }
+        for (j, call) in calls.iter().enumerate() {
+            let id = call.get("id").and_then(Value::as_str);
+            let name = call
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str);
+            if id.is_none_or(str::is_empty) || name.is_none_or(str::is_empty) {
+                return Err(ApiError::invalid(format!(
+                    "`messages[{i}].tool_calls[{j}]` needs a string `id` and `function.name`"
+                )));
+            }
+        }
+    }
+    if role == Role::Tool && m.tool_call_id.as_deref().is_none_or(str::is_empty) {
+        return Err(ApiError::invalid(format!(
+            "`messages[{i}]` is a tool result: it needs the `tool_call_id` it answers"
+        )));
+    }
+    Ok(Message {
+        role,
+        content,
+        parts,
+        tool_calls: m.tool_calls,
+        tool_call_id: m.tool_call_id,
+        name: m.name,
+    })
+}
+
+/// Most tools in one request, and longest `user`, as OpenAI allows.
+const MAX_TOOLS: usize = 128;
+const MAX_USER: usize = 256;
+
+/// Shape checks of what is carried to the upstream: what could not mean anything is
+/// refused here; what the upstream may or may not support is its to judge.
+fn validate_options(o: &UpstreamOptions) -> Result<(), ApiError> {
+    if let Some(tools) = &o.tools {
+        if tools.len() > MAX_TOOLS {
+            return Err(ApiError::invalid(format!(
+                "`tools` takes at most {MAX_TOOLS} tools"
+            )));
+        }
+        for (i, tool) in tools.iter().enumerate() {
+            let kind = tool.get("type").and_then(Value::as_str);
+            let named = tool
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty());
+            match kind {
+                Some("function") if named => {}
+                Some("function") => {
+                    return Err(ApiError::invalid(format!(
+                        "`tools[{i}]` is a function without `function.name`"
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    return Err(ApiError::invalid(format!(
+                        "`tools[{i}]` must be an object with a string `type`"
+                    )));
+                }
+            }
+        }
+    }
+    match &o.tool_choice {
+        None => {}
+        Some(Value::String(s)) if matches!(s.as_str(), "none" | "auto" | "required") => {}
+        Some(Value::Object(_)) => {}
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "`tool_choice` must be \"none\", \"auto\", \"required\" or an object naming a tool",
+            ));
+        }
+    }
+    if let Some(format) = &o.response_format {
+        match format.get("type").and_then(Value::as_str) {
+            Some("text") | Some("json_object") => {}
+            Some("json_schema") if format.get("json_schema").is_some_and(Value::is_object) => {}
+            Some("json_schema") => {
+                return Err(ApiError::invalid(
+                    "`response_format` of type json_schema needs a `json_schema` object",
+                ));
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "`response_format.type` must be \"text\", \"json_object\" or \"json_schema\"",
+                ));
+            }
+        }
+    }
+    for (name, value) in [
+        ("frequency_penalty", o.frequency_penalty),
+        ("presence_penalty", o.presence_penalty),
+    ] {
+        if value.is_some_and(|p| !(-2.0..=2.0).contains(&p)) {
+            return Err(ApiError::invalid(format!(
+                "`{name}` must be between -2 and 2"
+            )));
+        }
+    }
+    if o.top_logprobs.is_some_and(|n| n > 20) {
+        return Err(ApiError::invalid("`top_logprobs` must be between 0 and 20"));
+    }
+    if let Some(bias) = &o.logit_bias {
+        let ok = bias
+            .values()
+            .all(|v| v.as_f64().is_some_and(|b| (-100.0..=100.0).contains(&b)));
+        if !ok {
+            return Err(ApiError::invalid(
+                "`logit_bias` maps token ids to numbers between -100 and 100",
+            ));
+        }
+    }
+    if o.user.as_ref().is_some_and(|u| u.len() > MAX_USER) {
+        return Err(ApiError::invalid(format!(
+            "`user` is at most {MAX_USER} bytes"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -397,7 +581,7 @@ mod tests {
                         1..4,
                     )
                     .prop_map(|ms| Prompt::Messages(
-                        ms.into_iter().map(|(role, content)| Message { role, content }).collect()
+                        ms.into_iter().map(|(role, content)| Message::text(role, content)).collect()
                     ))
                     .prop_filter("all blank", |p| !p.flat_text().trim().is_empty()),
                 ],

@@ -192,6 +192,14 @@ struct StreamObject<'a> {
     /// `GET /v1/streams/{id}` only: the text so far.
     #[serde(skip_serializing_if = "Option::is_none")]
     text: Option<String>,
+    /// `GET /v1/streams/{id}` only, when the answer has them: the reasoning text, the
+    /// refusal, the tool calls assembled (OpenAI's shape).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refusal: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<crate::answer::ToolCall>,
 }
 
 #[derive(Serialize)]
@@ -223,6 +231,9 @@ impl<'a> StreamObject<'a> {
             metadata: request.metadata,
             session_id: request.session_id,
             text: None,
+            reasoning: None,
+            refusal: None,
+            tool_calls: Vec::new(),
         })
     }
 }
@@ -235,7 +246,11 @@ async fn status(
 ) -> Result<Response, ApiError> {
     let row = find(&state, &id, owner.as_deref()).await?;
     let mut body = StreamObject::of(&row)?;
-    body.text = Some(state.engine().text(&id).await?);
+    let answer = state.engine().answer(&id).await?;
+    body.tool_calls = answer.tool_calls();
+    body.reasoning = (!answer.reasoning.is_empty()).then_some(answer.reasoning);
+    body.refusal = answer.refusal;
+    body.text = Some(answer.text);
     Ok(Json(body).into_response())
 }
 

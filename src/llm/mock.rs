@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Backend, BackendError, GenerateRequest, Output, TokenStream};
+use super::{Backend, BackendError, GenerateRequest, Output, TokenStream, Unsupported};
 use crate::event::{FinishReason, Usage};
 
 pub const MODEL: &str = "mock";
@@ -42,6 +42,10 @@ impl Backend for MockBackend {
 
     fn can_continue(&self) -> bool {
         self.continuable
+    }
+
+    fn check(&self, request: &GenerateRequest) -> Result<(), Unsupported> {
+        Unsupported::text_only(request, "mock")
     }
 
     fn generate(&self, request: GenerateRequest, _cancel: CancellationToken) -> TokenStream {
@@ -103,6 +107,7 @@ mod tests {
             session_id: None,
             session_turn: None,
             include_usage: false,
+            options: Default::default(),
             unattended: false,
             continuation: None,
         }

@@ -19,11 +19,63 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event::{FinishReason, Usage};
 
-/// A chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A chat message. `content` is its text (the text parts joined); what an upstream
+/// needs beyond text is kept as the client sent it, to be passed on unchanged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     pub role: Role,
     pub content: String,
+    /// The content parts, when the client sent a list (text, `image_url`, …): given to
+    /// an upstream as they came. A backend that reads only text refuses a list holding
+    /// anything but text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<Vec<serde_json::Value>>,
+    /// An assistant message's tool calls (OpenAI's shape: `id`, `type`, `function`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// A `tool` message: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// The author's name (OpenAI's optional `name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Message {
+    /// A message of text only.
+    pub fn text(role: Role, content: impl Into<String>) -> Self {
+        Message {
+            role,
+            content: content.into(),
+            parts: None,
+            tool_calls: None,
+            tool_call_id: None,
+            name: None,
+        }
+    }
+
+    /// Whether the message says nothing: no text, no part but text ones, no tool calls.
+    pub fn is_empty(&self) -> bool {
+        self.content.trim().is_empty()
+            && self.tool_calls.is_none()
+            && self.parts.as_ref().is_none_or(|parts| {
+                parts
+                    .iter()
+                    .all(|p| p.get("type").and_then(serde_json::Value::as_str) == Some("text"))
+            })
+    }
+
+    /// Whether this message holds only text (no tool calls, tool result or non-text
+    /// parts): what a backend that reads only words can take.
+    pub fn is_text_only(&self) -> bool {
+        self.role != Role::Tool
+            && self.tool_calls.is_none()
+            && self.parts.as_ref().is_none_or(|parts| {
+                parts
+                    .iter()
+                    .all(|p| p.get("type").and_then(serde_json::Value::as_str) == Some("text"))
+            })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +84,19 @@ pub enum Role {
     System,
     User,
     Assistant,
+    /// A tool's result, answering an assistant's tool call.
+    Tool,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
 }
 
 /// What to generate from: a bare prompt or a conversation. Serialized under the name
@@ -55,6 +120,25 @@ impl Prompt {
                 .collect::<Vec<_>>()
                 .join("\n"),
         }
+    }
+
+    /// For a backend that reads only text: `None` if every message is text, else the
+    /// name of the first member it cannot take (`messages[2].content`, …).
+    pub fn first_beyond_text(&self) -> Option<String> {
+        let Prompt::Messages(ms) = self else {
+            return None;
+        };
+        ms.iter().enumerate().find_map(|(i, m)| {
+            if m.role == Role::Tool {
+                Some(format!("messages[{i}].role"))
+            } else if m.tool_calls.is_some() {
+                Some(format!("messages[{i}].tool_calls"))
+            } else if !m.is_text_only() {
+                Some(format!("messages[{i}].content"))
+            } else {
+                None
+            }
+        })
     }
 }
 
@@ -88,6 +172,11 @@ pub struct GenerateRequest {
     /// that format ends the same way. Backends ignore it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub include_usage: bool,
+    /// What an OpenAI-compatible upstream takes beyond sampling: tools, response format,
+    /// penalties, logprobs, … (passed on unchanged; refused by a backend that cannot
+    /// honour them).
+    #[serde(flatten)]
+    pub options: UpstreamOptions,
     /// The client asked for the stream to run to its end whether or not anyone reads it
     /// (a background response): abandonment (`SPOOL_ABANDON_AFTER`) never cancels it.
     /// Set by a surface, never from a native request's body. Backends ignore it.
@@ -97,6 +186,74 @@ pub struct GenerateRequest {
     /// already emitted. Never stored.
     #[serde(skip)]
     pub continuation: Option<Continuation>,
+}
+
+/// The request members an OpenAI-compatible upstream honours and spool carries as they
+/// came (validated for shape only). Each is absent unless the client sent it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_bias: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+impl UpstreamOptions {
+    /// The first member set to something a backend that generates text only, with
+    /// plain sampling, cannot honour: its name. (`user` is only a label; a `text`
+    /// response format, `tool_choice: "none"` and zero penalties change nothing.)
+    pub fn first_beyond_text(&self) -> Option<&'static str> {
+        use serde_json::Value;
+        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Some("tools");
+        }
+        if self
+            .tool_choice
+            .as_ref()
+            .is_some_and(|c| c.as_str() != Some("none") && c.as_str() != Some("auto"))
+        {
+            return Some("tool_choice");
+        }
+        if self
+            .response_format
+            .as_ref()
+            .is_some_and(|f| f.get("type").and_then(Value::as_str) != Some("text"))
+        {
+            return Some("response_format");
+        }
+        if self.frequency_penalty.is_some_and(|p| p != 0.0) {
+            return Some("frequency_penalty");
+        }
+        if self.presence_penalty.is_some_and(|p| p != 0.0) {
+            return Some("presence_penalty");
+        }
+        if self.logprobs == Some(true) {
+            return Some("logprobs");
+        }
+        if self.top_logprobs.is_some_and(|n| n > 0) {
+            return Some("top_logprobs");
+        }
+        if self.logit_bias.as_ref().is_some_and(|b| !b.is_empty()) {
+            return Some("logit_bias");
+        }
+        None
+    }
 }
 
 /// Where a session's turn sits in its history, and how much of it the prompt holds:
@@ -161,6 +318,20 @@ pub enum Output {
     /// while a character is incomplete) and, for a backend that can continue a stream
     /// after a crash, its id (stored with the event that carries its text).
     Token { text: String, id: Option<u32> },
+    /// A piece of reasoning text, and the name the upstream sent it under.
+    Reasoning {
+        text: String,
+        field: crate::event::ReasoningField,
+    },
+    /// A fragment of tool call number `index`: its first fragment has `id` and `name`.
+    ToolCall {
+        index: u32,
+        id: Option<String>,
+        name: Option<String>,
+        arguments: String,
+    },
+    /// A piece of a refusal.
+    Refusal { text: String },
     /// The backend finished by itself; `usage` if it counted.
     Done {
         reason: FinishReason,
@@ -180,8 +351,44 @@ pub struct BackendError {
 
 /// A request the backend cannot take, known before anything is stored (→ `400`).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct Unsupported(pub String);
+#[error("{message}")]
+pub struct Unsupported {
+    /// The member it cannot honour (→ `unsupported_parameter` naming it); `None` for
+    /// a request that is too big for it (→ `invalid_request`).
+    pub param: Option<String>,
+    pub message: String,
+}
+
+impl Unsupported {
+    /// The request does not fit (context length, …).
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Unsupported {
+            param: None,
+            message: message.into(),
+        }
+    }
+
+    /// `param` is something this backend cannot do.
+    pub fn parameter(param: impl Into<String>, backend: &str) -> Self {
+        let param = param.into();
+        Unsupported {
+            message: format!("`{param}` is not supported by the {backend} backend"),
+            param: Some(param),
+        }
+    }
+
+    /// The one check of the backends that generate text only (the local model, the
+    /// mock): a request holding tools, non-text content, … is refused naming the member.
+    pub fn text_only(request: &GenerateRequest, backend: &str) -> Result<(), Self> {
+        if let Some(param) = request.prompt.first_beyond_text() {
+            return Err(Unsupported::parameter(param, backend));
+        }
+        if let Some(param) = request.options.first_beyond_text() {
+            return Err(Unsupported::parameter(param, backend));
+        }
+        Ok(())
+    }
+}
 
 pub type TokenStream = Pin<Box<dyn Stream<Item = Result<Output, BackendError>> + Send>>;
 

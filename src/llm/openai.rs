@@ -16,14 +16,17 @@ use std::time::Duration;
 use anyhow::Context;
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Backend, BackendError, GenerateRequest, Output, Prompt, Role, TokenStream};
+use super::{
+    Backend, BackendError, GenerateRequest, Message, Output, Prompt, Role, TokenStream,
+    UpstreamOptions,
+};
 use crate::config::OpenAiConfig;
-use crate::event::{FinishReason, Usage};
+use crate::event::{FinishReason, ReasoningField, Usage};
 
 #[derive(Clone)]
 pub struct OpenAiBackend {
@@ -60,6 +63,100 @@ struct ChoiceIn<'a> {
 struct DeltaIn<'a> {
     #[serde(default, borrow)]
     content: Option<Cow<'a, str>>,
+    /// Reasoning text, as DeepSeek, vLLM and llama.cpp name it …
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    /// … and as Ollama and OpenRouter do.
+    #[serde(default, borrow)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<ToolCallIn<'a>>>,
+}
+
+/// A fragment of a tool call: `index` says which (absent from some servers that send
+/// each call whole: its place in the list then), the first has `id` and the name.
+#[derive(Deserialize)]
+struct ToolCallIn<'a> {
+    #[serde(default)]
+    index: Option<u32>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    function: Option<FunctionIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionIn<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+/// The request to the upstream: the stream's request as OpenAI's body, with what the
+/// client sent beyond text (content parts, tool calls, tools, …) as it came.
+#[derive(Serialize)]
+struct BodyOut<'a> {
+    model: &'a str,
+    messages: Vec<MessageOut<'a>>,
+    max_tokens: u32,
+    stream: bool,
+    stream_options: StreamOptionsOut,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+    #[serde(flatten)]
+    options: &'a UpstreamOptions,
+}
+
+#[derive(Serialize)]
+struct StreamOptionsOut {
+    include_usage: bool,
+}
+
+#[derive(Serialize)]
+struct MessageOut<'a> {
+    role: &'static str,
+    /// The text, the content parts, or `null` (an assistant's message that only calls
+    /// tools).
+    content: Option<ContentOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<&'a [Value]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ContentOut<'a> {
+    Text(&'a str),
+    Parts(&'a [Value]),
+}
+
+impl<'a> MessageOut<'a> {
+    fn of(m: &'a Message) -> Self {
+        let content = match &m.parts {
+            Some(parts) => Some(ContentOut::Parts(parts)),
+            None if m.content.is_empty() && m.tool_calls.is_some() => None,
+            None => Some(ContentOut::Text(&m.content)),
+        };
+        MessageOut {
+            role: m.role.as_str(),
+            content,
+            tool_calls: m.tool_calls.as_deref(),
+            tool_call_id: m.tool_call_id.as_deref(),
+            name: m.name.as_deref(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -147,41 +244,31 @@ impl OpenAiBackend {
             .unwrap_or_default())
     }
 
-    fn body(request: &GenerateRequest) -> Value {
-        let messages: Vec<Value> = match &request.prompt {
-            Prompt::Text(text) => vec![json!({"role": "user", "content": text})],
-            Prompt::Messages(ms) => ms
-                .iter()
-                .map(|m| {
-                    let role = match m.role {
-                        Role::System => "system",
-                        Role::User => "user",
-                        Role::Assistant => "assistant",
-                    };
-                    json!({"role": role, "content": m.content})
-                })
-                .collect(),
+    fn body(request: &GenerateRequest) -> BodyOut<'_> {
+        let messages = match &request.prompt {
+            Prompt::Text(text) => vec![MessageOut {
+                role: Role::User.as_str(),
+                content: Some(ContentOut::Text(text)),
+                tool_calls: None,
+                tool_call_id: None,
+                name: None,
+            }],
+            Prompt::Messages(ms) => ms.iter().map(MessageOut::of).collect(),
         };
-        let mut body = json!({
-            "model": request.model,
-            "messages": messages,
-            "max_tokens": request.max_tokens,
-            "stream": true,
-            "stream_options": {"include_usage": true},
-        });
-        if let Some(t) = request.temperature {
-            body["temperature"] = json!(t);
+        BodyOut {
+            model: &request.model,
+            messages,
+            max_tokens: request.max_tokens,
+            stream: true,
+            stream_options: StreamOptionsOut {
+                include_usage: true,
+            },
+            temperature: request.temperature,
+            top_p: request.top_p,
+            seed: request.seed,
+            stop: &request.stop,
+            options: &request.options,
         }
-        if let Some(p) = request.top_p {
-            body["top_p"] = json!(p);
-        }
-        if let Some(s) = request.seed {
-            body["seed"] = json!(s);
-        }
-        if !request.stop.is_empty() {
-            body["stop"] = json!(request.stop);
-        }
-        body
     }
 }
 
@@ -328,17 +415,13 @@ impl Backend for OpenAiBackend {
                     });
                 }
                 for choice in chunk.choices {
-                    if let Some(text) = choice.delta.content
-                        && !text.is_empty()
-                    {
+                    for output in outputs(choice.delta) {
                         got_token = true;
                         completion_tokens += 1;
-                        yield Ok(Output::Token { text: text.into_owned(), id: None });
+                        yield Ok(output);
                     }
-                    match choice.finish_reason.as_deref() {
-                        Some("length") => finish = Some(FinishReason::Length),
-                        Some(_) => finish = Some(FinishReason::Stop),
-                        None => {}
+                    if let Some(reason) = choice.finish_reason.as_deref() {
+                        finish = Some(finish_reason(reason));
                     }
                 }
             }
@@ -354,4 +437,63 @@ impl Backend for OpenAiBackend {
             });
         })
     }
+}
+
+/// OpenAI's finish reasons as spool's (`function_call` is the legacy name of
+/// `tool_calls`; anything unknown is a plain stop).
+fn finish_reason(reason: &str) -> FinishReason {
+    match reason {
+        "length" => FinishReason::Length,
+        "tool_calls" | "function_call" => FinishReason::ToolCalls,
+        "content_filter" => FinishReason::ContentFilter,
+        _ => FinishReason::Stop,
+    }
+}
+
+/// The parts of one delta, in the order an answer reads: reasoning, text, refusal,
+/// tool calls. Empty pieces are dropped.
+fn outputs(delta: DeltaIn<'_>) -> Vec<Output> {
+    let mut out = Vec::new();
+    let reasoning = [
+        (delta.reasoning_content, ReasoningField::ReasoningContent),
+        (delta.reasoning, ReasoningField::Reasoning),
+    ];
+    for (text, field) in reasoning {
+        if let Some(text) = text.filter(|t| !t.is_empty()) {
+            out.push(Output::Reasoning {
+                text: text.into_owned(),
+                field,
+            });
+        }
+    }
+    if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+        out.push(Output::Token {
+            text: text.into_owned(),
+            id: None,
+        });
+    }
+    if let Some(text) = delta.refusal.filter(|t| !t.is_empty()) {
+        out.push(Output::Refusal {
+            text: text.into_owned(),
+        });
+    }
+    for (place, call) in delta.tool_calls.into_iter().flatten().enumerate() {
+        let (name, arguments) = match call.function {
+            Some(f) => (f.name, f.arguments),
+            None => (None, None),
+        };
+        let id = call.id.filter(|i| !i.is_empty()).map(Cow::into_owned);
+        let name = name.filter(|n| !n.is_empty()).map(Cow::into_owned);
+        let arguments = arguments.map(Cow::into_owned).unwrap_or_default();
+        if id.is_none() && name.is_none() && arguments.is_empty() {
+            continue;
+        }
+        out.push(Output::ToolCall {
+            index: call.index.unwrap_or(place as u32),
+            id,
+            name,
+            arguments,
+        });
+    }
+    out
 }

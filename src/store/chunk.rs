@@ -24,6 +24,9 @@ pub fn kind_code(kind: EventKind) -> u8 {
         EventKind::Token => 2,
         EventKind::Done => 3,
         EventKind::Error => 4,
+        EventKind::Reasoning => 5,
+        EventKind::ToolCall => 6,
+        EventKind::Refusal => 7,
     }
 }
 
@@ -33,6 +36,9 @@ fn kind_of(code: u8) -> Option<EventKind> {
         2 => EventKind::Token,
         3 => EventKind::Done,
         4 => EventKind::Error,
+        5 => EventKind::Reasoning,
+        6 => EventKind::ToolCall,
+        7 => EventKind::Refusal,
         _ => return None,
     })
 }

@@ -41,6 +41,7 @@ mod shutdown;
 mod slow_reader;
 mod store_suite;
 mod tls;
+mod tools;
 mod upgrade;
 mod upstream;
 mod wire;

@@ -105,18 +105,9 @@ fn an_assistant_message_last_is_continued() {
     let t = tokenizer();
     let prompt = t
         .chat_prompt(&Prompt::Messages(vec![
-            Message {
-                role: Role::System,
-                content: "Be brief.".into(),
-            },
-            Message {
-                role: Role::User,
-                content: "Hi".into(),
-            },
-            Message {
-                role: Role::Assistant,
-                content: "Hello there".into(),
-            },
+            Message::text(Role::System, "Be brief."),
+            Message::text(Role::User, "Hi"),
+            Message::text(Role::Assistant, "Hello there"),
         ]))
         .unwrap();
     // The client's system message replaces the default; the assistant turn stays open.

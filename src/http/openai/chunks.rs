@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use crate::event::{Event, EventData, FinishReason, Usage};
+use crate::event::{Event, EventData, FinishReason, ReasoningField, Usage};
 use crate::http::render::{Frames, Render, data_frame};
 use crate::store::{StoreError, StreamRow};
 
@@ -47,12 +47,41 @@ struct Choice<'a> {
     finish_reason: Option<&'static str>,
 }
 
-#[derive(Serialize)]
+/// A chunk's `delta`: one member set per chunk (one stored event), in OpenAI's shapes.
+#[derive(Serialize, Default)]
 struct Delta<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     content: Option<&'a str>,
+    /// Reasoning, under the name the upstream gave it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refusal: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolCallDelta<'a>; 1]>,
+}
+
+/// `delta.tool_calls[]`: `{index, id, type, function: {name, arguments}}` on a call's
+/// first fragment, `{index, function: {arguments}}` on the others.
+#[derive(Serialize)]
+struct ToolCallDelta<'a> {
+    index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    function: FunctionDelta<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    arguments: &'a str,
 }
 
 /// OpenAI's usage object.
@@ -93,6 +122,8 @@ pub fn finish_reason(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Length => "length",
         FinishReason::Stop | FinishReason::Cancelled => "stop",
+        FinishReason::ToolCalls => "tool_calls",
+        FinishReason::ContentFilter => "content_filter",
     }
 }
 
@@ -161,6 +192,7 @@ impl Render for ChunkFormat {
                 Delta {
                     role: Some("assistant"),
                     content: Some(""),
+                    ..Delta::default()
                 },
                 None,
             ),
@@ -168,16 +200,51 @@ impl Render for ChunkFormat {
                 out,
                 id,
                 Delta {
-                    role: None,
                     content: Some(&t.text),
+                    ..Delta::default()
                 },
                 None,
             ),
-            Some(EventData::Done(done)) => {
-                let empty = Delta {
-                    role: None,
-                    content: None,
+            Some(EventData::Reasoning(r)) => {
+                let delta = match r.field {
+                    ReasoningField::ReasoningContent => Delta {
+                        reasoning_content: Some(&r.text),
+                        ..Delta::default()
+                    },
+                    ReasoningField::Reasoning => Delta {
+                        reasoning: Some(&r.text),
+                        ..Delta::default()
+                    },
                 };
+                self.write_chunk(out, id, delta, None)
+            }
+            Some(EventData::Refusal(r)) => self.write_chunk(
+                out,
+                id,
+                Delta {
+                    refusal: Some(&r.text),
+                    ..Delta::default()
+                },
+                None,
+            ),
+            Some(EventData::ToolCall(c)) => {
+                let call = ToolCallDelta {
+                    index: c.index,
+                    id: c.id.as_deref(),
+                    kind: c.id.is_some().then_some("function"),
+                    function: FunctionDelta {
+                        name: c.name.as_deref(),
+                        arguments: &c.arguments,
+                    },
+                };
+                let delta = Delta {
+                    tool_calls: Some([call]),
+                    ..Delta::default()
+                };
+                self.write_chunk(out, id, delta, None)
+            }
+            Some(EventData::Done(done)) => {
+                let empty = Delta::default();
                 self.write_chunk(out, id, empty, Some(finish_reason(done.finish_reason)));
                 if self.include_usage {
                     write_json(out, None, &self.chunk(&[], Some(done.usage.into())));

@@ -20,8 +20,9 @@ use super::error::{ApiError, ErrorCode};
 use super::extract::JsonBody;
 use super::state::HttpState;
 use super::streams::{idempotency_header, set_header};
+use crate::answer::{Answer, ToolCall};
 use crate::engine::{Started, Via};
-use crate::event::EventData;
+use crate::event::{EventData, ReasoningField};
 use chunks::{ChunkFormat, OpenAiUsage};
 use request::ChatRequest;
 
@@ -88,25 +89,49 @@ struct CompletionChoice<'a> {
     finish_reason: &'static str,
 }
 
+/// The answer's message: `content` is `null` for an answer of tool calls only;
+/// reasoning appears under the upstream's name for it.
 #[derive(Serialize)]
 struct AssistantMessage<'a> {
     role: &'static str,
-    content: &'a str,
-    refusal: Option<()>,
+    content: Option<&'a str>,
+    refusal: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[ToolCall]>::is_empty")]
+    tool_calls: &'a [ToolCall],
+}
+
+impl<'a> AssistantMessage<'a> {
+    fn of(answer: &'a Answer, tool_calls: &'a [ToolCall]) -> Self {
+        let reasoning = (!answer.reasoning.is_empty()).then_some(answer.reasoning.as_str());
+        let field = answer.reasoning_field.unwrap_or_default();
+        AssistantMessage {
+            role: "assistant",
+            content: (!answer.text.is_empty() || tool_calls.is_empty())
+                .then_some(answer.text.as_str()),
+            refusal: answer.refusal.as_deref(),
+            reasoning_content: reasoning.filter(|_| field == ReasoningField::ReasoningContent),
+            reasoning: reasoning.filter(|_| field == ReasoningField::Reasoning),
+            tool_calls,
+        }
+    }
 }
 
 /// `stream: false`: reads the stream to its end and answers one `chat.completion`.
 /// The client going away does not cancel the generation (it can be read by id).
 async fn wait_for_completion(state: &HttpState, started: &Started) -> Result<Response, ApiError> {
     let mut feed = std::pin::pin!(state.engine().feed(&started.id, 0));
-    let mut text = String::new();
+    let mut answer = Answer::default();
     while let Some(chunk) = feed.next().await {
         let chunk = chunk?;
         for event in chunk.events() {
+            answer.push(event);
             match event.data() {
-                Some(EventData::Start(_)) | None => {}
-                Some(EventData::Token(t)) => text.push_str(&t.text),
                 Some(EventData::Done(done)) => {
+                    let tool_calls = answer.tool_calls();
                     let body = Completion {
                         id: &started.id,
                         object: "chat.completion",
@@ -115,11 +140,7 @@ async fn wait_for_completion(state: &HttpState, started: &Started) -> Result<Res
                         system_fingerprint: None,
                         choices: [CompletionChoice {
                             index: 0,
-                            message: AssistantMessage {
-                                role: "assistant",
-                                content: &text,
-                                refusal: None,
-                            },
+                            message: AssistantMessage::of(&answer, &tool_calls),
                             logprobs: None,
                             finish_reason: chunks::finish_reason(done.finish_reason),
                         }],
@@ -139,6 +160,7 @@ async fn wait_for_completion(state: &HttpState, started: &Started) -> Result<Res
                             .with("stream_error_code", e.code.as_ref().into()),
                     );
                 }
+                _ => {}
             }
         }
     }

@@ -1,17 +1,20 @@
 //! The OpenAI chat request, as the SDKs send it, turned into the native
-//! [`StreamParams`] (validated by the same rules on the one start path). Unknown fields are
-//! ignored, as OpenAI-compatible servers do.
+//! [`StreamParams`] (validated by the same rules on the one start path): messages (with
+//! content parts, tool calls and tool results), tools, response format and the other
+//! members an upstream honours are carried as they came. Unknown fields are ignored, as
+//! OpenAI-compatible servers do.
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::http::error::ApiError;
 use crate::http::params::{MessageParam, StopParam, StreamParams};
+use crate::llm::UpstreamOptions;
 
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     pub model: Option<String>,
-    pub messages: Option<Vec<ChatMessage>>,
+    pub messages: Option<Vec<MessageParam>>,
     pub max_tokens: Option<u32>,
     pub max_completion_tokens: Option<u32>,
     pub temperature: Option<f32>,
@@ -22,18 +25,13 @@ pub struct ChatRequest {
     pub stream_options: Option<StreamOptions>,
     pub n: Option<u32>,
     pub metadata: Option<Map<String, Value>>,
+    #[serde(flatten)]
+    pub options: UpstreamOptions,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct StreamOptions {
     pub include_usage: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    /// A string, or a list of content parts of which only `text` parts are taken.
-    pub content: Option<Value>,
 }
 
 impl ChatRequest {
@@ -49,20 +47,16 @@ impl ChatRequest {
         let Some(messages) = self.messages else {
             return Err(ApiError::invalid("`messages` is required"));
         };
+        // OpenAI's newer name for the system prompt.
         let messages = messages
             .into_iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let role = match m.role.as_str() {
-                    "developer" => "system".to_owned(),
-                    other => other.to_owned(),
-                };
-                Ok(MessageParam {
-                    role,
-                    content: content_text(i, m.content)?,
-                })
+            .map(|mut m| {
+                if m.role == "developer" {
+                    m.role = "system".to_owned();
+                }
+                m
             })
-            .collect::<Result<Vec<_>, ApiError>>()?;
+            .collect();
         let include_usage = self
             .stream_options
             .and_then(|o| o.include_usage)
@@ -79,35 +73,11 @@ impl ChatRequest {
             metadata: self.metadata,
             session_id: None,
             content: None,
+            options: self.options,
             include_usage,
             idempotency_key: None,
         };
         Ok(params)
-    }
-}
-
-fn content_text(i: usize, content: Option<Value>) -> Result<String, ApiError> {
-    match content {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s),
-        Some(Value::Array(parts)) => {
-            let mut text = String::new();
-            for part in parts {
-                match (part.get("type").and_then(Value::as_str), part.get("text")) {
-                    (Some("text"), Some(Value::String(t))) => text.push_str(t),
-                    (kind, _) => {
-                        return Err(ApiError::invalid(format!(
-                            "`messages[{i}].content` has a part of type {:?}; only text parts are supported",
-                            kind.unwrap_or("?")
-                        )));
-                    }
-                }
-            }
-            Ok(text)
-        }
-        Some(_) => Err(ApiError::invalid(format!(
-            "`messages[{i}].content` must be a string or a list of text parts"
-        ))),
     }
 }
 
@@ -238,13 +208,16 @@ mod tests {
                 .map_err(|e| TestCaseError::fail(format!("rejected {body}: {e:?}")))?;
             let expected: Vec<Message> = messages
                 .iter()
-                .map(|(role, (_, text))| Message {
-                    role: match *role {
-                        "user" => Role::User,
-                        "assistant" => Role::Assistant,
-                        _ => Role::System,
-                    },
-                    content: text.clone(),
+                .map(|(role, (content, text))| Message {
+                    parts: content.as_array().cloned(),
+                    ..Message::text(
+                        match *role {
+                            "user" => Role::User,
+                            "assistant" => Role::Assistant,
+                            _ => Role::System,
+                        },
+                        text.clone(),
+                    )
                 })
                 .collect();
             prop_assert_eq!(r.prompt, Prompt::Messages(expected));

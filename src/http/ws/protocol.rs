@@ -223,15 +223,14 @@ pub fn keyed_params(
     Ok(params)
 }
 
-/// The message for a stored event: `token`, `done` or `error` with the event's seq
-/// (the same number as its SSE `id:`) and the members of its data. `None` for `start`.
+/// The message for a stored event: its kind as `type` (`token`, `reasoning`,
+/// `tool_call`, `refusal`, `done` or `error`) with the event's seq (the same number as
+/// its SSE `id:`) and the members of its data. `None` for `start`.
 pub fn event_message(stream_id: &str, event: &Event) -> Option<String> {
-    let kind = match event.kind {
-        EventKind::Start => return None,
-        EventKind::Token => "token",
-        EventKind::Done => "done",
-        EventKind::Error => "error",
-    };
+    if event.kind == EventKind::Start {
+        return None;
+    }
+    let kind = event.kind.as_str();
     // The stored data is one JSON object; its members follow ours.
     let rest = event.data.trim().strip_prefix('{')?;
     let sep = if rest.trim_start().starts_with('}') {

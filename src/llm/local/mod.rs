@@ -204,15 +204,16 @@ impl Backend for LocalBackend {
     }
 
     fn check(&self, request: &GenerateRequest) -> Result<(), Unsupported> {
+        Unsupported::text_only(request, "local")?;
         // Before the model is loaded its tokenizer is unknown: generate checks then.
         let Some((tokenizer, context)) = self.tokenizer() else {
             return Ok(());
         };
         let prompt = tokenizer
             .chat_prompt(&request.prompt)
-            .map_err(|e| Unsupported(format!("the prompt cannot be tokenized: {e}")))?;
+            .map_err(|e| Unsupported::invalid(format!("the prompt cannot be tokenized: {e}")))?;
         match too_long(context, prompt.ids.len(), request.max_tokens) {
-            Some(message) => Err(Unsupported(message)),
+            Some(message) => Err(Unsupported::invalid(message)),
             None => Ok(()),
         }
     }

@@ -123,10 +123,7 @@ impl ChatTokenizer {
     /// assistant's, its turn is left open, so generation continues that text.
     pub fn chat_prompt(&self, prompt: &Prompt) -> anyhow::Result<ChatPrompt> {
         let messages = match prompt {
-            Prompt::Text(text) => vec![Message {
-                role: Role::User,
-                content: text.clone(),
-            }],
+            Prompt::Text(text) => vec![Message::text(Role::User, text.clone())],
             Prompt::Messages(ms) => ms.clone(),
         };
         let mut ids = Vec::new();
@@ -136,11 +133,7 @@ impl ChatTokenizer {
         }
         let open_last = messages.last().is_some_and(|m| m.role == Role::Assistant);
         for (i, m) in messages.iter().enumerate() {
-            let role = match m.role {
-                Role::System => "system",
-                Role::User => "user",
-                Role::Assistant => "assistant",
-            };
+            let role = m.role.as_str();
             let closed = !(open_last && i + 1 == messages.len());
             answer_start = self.turn(&mut ids, role, &m.content, closed)?;
         }
@@ -164,11 +157,7 @@ impl ChatTokenizer {
         }
         let mut costs = Vec::with_capacity(messages.len());
         for m in messages {
-            let role = match m.role {
-                Role::System => "system",
-                Role::User => "user",
-                Role::Assistant => "assistant",
-            };
+            let role = m.role.as_str();
             let mut ids = Vec::new();
             self.turn(&mut ids, role, &m.content, true)?;
             costs.push(ids.len());
