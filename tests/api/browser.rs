@@ -25,7 +25,7 @@ fn screenshots() -> PathBuf {
 }
 
 /// Runs one case of `chat.mjs` against `base`; returns its JSON result.
-async fn run_case(case: &str, base: &str) -> Value {
+pub async fn run_case(case: &str, base: &str) -> Value {
     assert!(
         std::path::Path::new(CHROMIUM).exists(),
         "the browser tests need Debian's chromium: apt-get install -y chromium"

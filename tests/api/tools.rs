@@ -651,3 +651,12 @@ async fn spool_generate_shows_each_part_and_exits_6_for_tool_calls() {
         (0, "[refusal] I can't help with that.\n")
     );
 }
+
+#[tokio::test]
+async fn the_chat_page_shows_reasoning_and_tool_calls_apart_from_the_text() {
+    let (_, base) = upstream().await;
+    let app = spool_in_front(&base).await;
+    let r = crate::browser::run_case("parts", &app.base).await;
+    assert_eq!(r["text"], "Let me check.");
+    assert_eq!(r["calls"][0][0], "get_weather");
+}

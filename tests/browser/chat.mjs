@@ -1,6 +1,6 @@
 // Drives spool's chat page in Debian's headless Chromium with playwright-core.
 //   node chat.mjs CASE BASE_URL SCREENSHOT.png
-// CASE: ask | resume | stop | reload | keys | manage | markdown | eventsource. Prints one JSON line ({"ok":true,...}) on success;
+// CASE: ask | resume | stop | reload | keys | manage | markdown | parts | eventsource. Prints one JSON line ({"ok":true,...}) on success;
 // exits non-zero with a message otherwise. Run by tests/api/browser.rs, which starts the
 // server (mock backend) and checks the result against the API.
 import { chromium } from "playwright-core";
@@ -308,6 +308,30 @@ try {
     check(r.anchors === 1 && r.raw.includes("[bad](javascript:alert(1))"), `unsafe links ${r.anchors}`);
     check(!r.html && r.pwned === null, "model HTML reached the DOM");
     Object.assign(result, { blocks: r.tags });
+  } else if (testCase === "parts") {
+    // In front of tests/api/tools.rs's upstream: an answer with reasoning and two tool
+    // calls, shown apart from its text, live and again after a reload.
+    await open();
+    await ask("Weather and time in Oslo?");
+    const a = await finished();
+    const parts = () => page.$eval(last, (li) => ({
+      reasoning: li.querySelector(".reasoning").hidden ? null : li.querySelector(".reasoning-text").textContent,
+      calls: [...li.querySelectorAll(".tool-call")].map((c) => [c.querySelector(".tool-name").textContent, c.querySelector(".tool-args").textContent]),
+      text: li.querySelector(".text").textContent,
+      marker: li.querySelector(".marker").textContent,
+    }));
+    const live = await parts();
+    check(a.state === "done", `state ${a.state}`);
+    check(live.text === "Let me check.", `text ${JSON.stringify(live.text)}`);
+    check(live.reasoning === "The user wants weather and time.", `reasoning ${JSON.stringify(live.reasoning)}`);
+    check(JSON.stringify(live.calls) === JSON.stringify([["get_weather", '{"city":"Oslo","unit":"celsius"}'], ["get_time", '{"tz":"Europe/Oslo"}']]), `calls ${JSON.stringify(live.calls)}`);
+    check(live.marker === "asks for tool calls", `marker ${live.marker}`);
+    await page.reload();
+    await page.waitForFunction(() => document.body.dataset.ready === "true");
+    await page.waitForFunction((sel) => document.querySelectorAll(`${sel} .tool-call`).length === 2, last);
+    const again = await parts();
+    check(JSON.stringify(again.calls) === JSON.stringify(live.calls) && again.reasoning === live.reasoning, `after reload ${JSON.stringify(again)}`);
+    Object.assign(result, live);
   } else if (testCase === "eventsource") {
     // examples/eventsource.html, as a user opens it.
     await page.goto(`${base}/examples/eventsource.html?max_tokens=5`);

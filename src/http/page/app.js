@@ -255,6 +255,43 @@ function addUser(text) {
   scrollDown();
 }
 
+// A part of an answer other than its text, as the events and the stream's status carry
+// it. Everything is set with textContent: nothing the model writes becomes HTML.
+function addReasoning(li, text) {
+  const box = li.querySelector(".reasoning");
+  box.hidden = false;
+  box.querySelector(".reasoning-text").textContent += text;
+}
+
+function addRefusal(li, text) {
+  const box = li.querySelector(".refusal");
+  box.hidden = false;
+  box.textContent += text;
+}
+
+// One fragment of tool call number `index`: the first names it, the others add arguments.
+function addToolCall(li, { index, name, arguments: args }) {
+  const box = li.querySelector(".tool-calls");
+  box.hidden = false;
+  let call = box.querySelector(`[data-index="${Number(index)}"]`);
+  if (!call) {
+    call = el("div", "tool-call");
+    call.dataset.index = String(Number(index));
+    call.append(el("span", "tool-name", ""), el("code", "tool-args", ""));
+    box.append(call);
+  }
+  if (name) call.querySelector(".tool-name").textContent = `${name}`;
+  call.querySelector(".tool-args").textContent += args || "";
+}
+
+// The parts of a finished answer, from its stream's status.
+function renderParts(li, status) {
+  if (status.reasoning) addReasoning(li, status.reasoning);
+  if (status.refusal) addRefusal(li, status.refusal);
+  (status.tool_calls || []).forEach((c, index) =>
+    addToolCall(li, { index, name: c.function.name, arguments: c.function.arguments }));
+}
+
 // An answer's text, rendered as Markdown (never as HTML); the raw text is kept on the node.
 function renderAnswer(li, raw) {
   li.raw = raw;
@@ -270,7 +307,16 @@ function addAssistant(streamId) {
   const marker = el("div", "marker");
   marker.hidden = true;
   const meta = el("div", "meta");
-  li.append(text, marker, meta);
+  // The answer's other parts, shown apart from its text: the model's reasoning (folded),
+  // a refusal, and the tool calls it asks the client to run.
+  const reasoning = el("details", "reasoning");
+  reasoning.hidden = true;
+  reasoning.append(el("summary", "", "Reasoning"), el("div", "reasoning-text"));
+  const refusal = el("div", "refusal");
+  refusal.hidden = true;
+  const tools = el("div", "tool-calls");
+  tools.hidden = true;
+  li.append(reasoning, text, refusal, tools, marker, meta);
   els.messages.append(li);
   scrollDown();
   return li;
@@ -325,11 +371,28 @@ function follow(li, streamId, sentAt) {
     showStats();
     scrollDown();
   });
+  for (const [kind, add] of [["reasoning", (d) => addReasoning(li, d.text)],
+                             ["refusal", (d) => addRefusal(li, d.text)],
+                             ["tool_call", (d) => addToolCall(li, d)]]) {
+    es.addEventListener(kind, (e) => {
+      seen();
+      if (!stats.first) stats.first = performance.now();
+      stats.tokens += 1;
+      add(JSON.parse(e.data));
+      showStats();
+      scrollDown();
+    });
+  }
   es.addEventListener("done", (e) => {
     const { finish_reason: reason } = JSON.parse(e.data);
     showStats();
+    const labels = {
+      length: "stopped at the token limit",
+      tool_calls: "asks for tool calls",
+      content_filter: "stopped by the content filter",
+    };
     if (reason === "cancelled") finish("cancelled", "cancelled");
-    else finish("done", reason === "length" ? "stopped at the token limit" : "");
+    else finish("done", labels[reason] || "");
   });
   es.addEventListener("error", (e) => {
     if (e.data) {
@@ -423,6 +486,12 @@ async function openSession(id) {
         renderAnswer(li, turn.content);
         const label = turn.status === "completed" ? "" : turn.status || "";
         setState(li, turn.status === "cancelled" ? "cancelled" : "done", label);
+        if (turn.stream_id) {
+          // Reasoning and tool calls are not in the turn's text: the stream has them.
+          api("GET", `/v1/streams/${encodeURIComponent(turn.stream_id)}`)
+            .then((s) => renderParts(li, s))
+            .catch(() => {});
+        }
       }
     }
   }
