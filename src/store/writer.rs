@@ -722,7 +722,7 @@ impl Book {
             }
             let terminal = stream.end.is_some();
             self.metrics.events_committed(stream.events.len());
-            self.hub.publish(&stream.id, Arc::from(stream.events));
+            self.hub.publish(&stream.id, crate::hub::LiveBatch::new(stream.events));
             if terminal {
                 self.hub.close(&stream.id);
             }
