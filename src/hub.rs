@@ -94,6 +94,18 @@ pub struct StreamHub {
     aborted: Mutex<std::collections::HashSet<Arc<str>>>,
 }
 
+/// A stream's live channel, subscribed to before its first event was stored: its
+/// reader gets every batch from the first on, so it need not read the store to begin
+/// with. Taken once (by the response that follows the new stream).
+#[derive(Debug, Clone, Default)]
+pub struct Early(Arc<Mutex<Option<broadcast::Receiver<Published>>>>);
+
+impl Early {
+    pub fn take(&self) -> Option<broadcast::Receiver<Published>> {
+        self.0.lock().ok()?.take()
+    }
+}
+
 /// What a [`Watch`] hears.
 #[derive(Clone)]
 pub enum Woken {
@@ -276,6 +288,11 @@ impl StreamHub {
     pub fn open(&self, stream_id: &str) {
         let (tx, _) = broadcast::channel(self.capacity);
         self.channels().insert(Arc::from(stream_id), tx);
+    }
+
+    /// An [`Early`] subscription of a stream just opened.
+    pub fn subscribe_early(&self, stream_id: &str) -> Early {
+        Early(Arc::new(Mutex::new(self.subscribe(stream_id))))
     }
 
     /// A receiver of everything published from now on, or `None` if the stream is not

@@ -91,6 +91,9 @@ pub struct Started {
     pub session_id: Option<String>,
     /// Whether that session was created for this turn.
     pub new_session: bool,
+    /// The live channel, subscribed to before the stream was stored (none for a
+    /// retried request's earlier stream).
+    pub early: crate::hub::Early,
 }
 
 /// What a cancel request found.
@@ -273,6 +276,7 @@ impl Engine {
             stream.last_seq,
             ticket,
             span,
+            None,
         );
         Ok(())
     }

@@ -60,7 +60,7 @@ async fn complete(
             started.created_at / 1000,
             include_usage,
         );
-        state.events(&started.id, None, Box::new(format))
+        state.events_started(&started, Box::new(format))
     } else {
         wait_for_completion(&state, &started).await?
     };
