@@ -34,7 +34,9 @@ fn request(prompt: &str, max_tokens: u32, seed: u64) -> GenerateRequest {
         stop: vec![],
         metadata: None,
         session_id: None,
+        session_turn: None,
         include_usage: false,
+        unattended: false,
         continuation: None,
     }
 }
@@ -79,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(128);
     let path = std::env::var_os("SPOOL_MODEL_PATH").map(Into::into);
     let started = Instant::now();
-    let (backend, handle) = LocalBackend::start(path)?;
+    let (backend, handle) = LocalBackend::start(path, None)?;
     while !backend.ready() {
         tokio::time::sleep(Duration::from_millis(10)).await;
         if started.elapsed() > Duration::from_secs(600) {

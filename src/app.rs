@@ -80,8 +80,13 @@ impl Spool {
             store.clone(),
             hub.clone(),
             metrics.clone(),
-            Admission::new(config.limits.max_active, config.limits.max_queued),
+            Admission::new(
+                config.limits.max_active,
+                config.limits.max_queued,
+                config.limits.per_key(config.auth.key_count()),
+            ),
             RateLimit::new(config.auth.rate_limit),
+            config.limits.session_max_prompt_tokens,
         );
         engine.continue_unfinished(opened.unfinished).await;
         let (fatal_tx, fatal) = FatalSender::channel();
@@ -112,6 +117,9 @@ impl Spool {
                 config.store.retention,
                 engine.shutdown_token(),
             ));
+        }
+        if !config.limits.abandon_after.is_zero() {
+            engine.watch_abandoned(config.limits.abandon_after);
         }
         let http = HttpState::new(
             engine.clone(),
@@ -163,6 +171,8 @@ impl Spool {
                 tls: self.tls.take(),
                 max_connections: self.config.server.max_connections,
                 header_read_timeout: self.config.server.header_read_timeout,
+                idle_timeout: self.config.server.http2_idle_timeout,
+                ping_interval: self.config.server.http2_ping_interval,
                 drain: grace / 4,
                 metrics: self.metrics.clone(),
             },
@@ -265,7 +275,10 @@ async fn build_models(config: &ServeConfig) -> anyhow::Result<(Models, Option<Lo
     let mut local = None;
     match config.backend {
         BackendKind::Local => {
-            let (backend, handle) = LocalBackend::start(config.local.model_path.clone())?;
+            let (backend, handle) = LocalBackend::start(
+                config.local.model_path.clone(),
+                config.local.context.map(|c| c as usize),
+            )?;
             models.add(Arc::new(backend));
             local = Some(handle);
         }

@@ -244,6 +244,10 @@ impl FinishReason {
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// A session's turn: how many of the session's messages its prompt held (see
+    /// `llm::SessionTurn::used`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_turns: Option<u32>,
 }
 
 /// Milliseconds since the Unix epoch, the store's clock.
@@ -283,6 +287,7 @@ mod tests {
         let usage = Usage {
             prompt_tokens: 3,
             completion_tokens: 1,
+            session_turns: None,
         };
         let done = Event::done(3, FinishReason::Length, usage);
         assert_eq!(

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::broadcast;
+use tokio::time::Instant;
 
 use crate::event::Event;
 
@@ -85,7 +86,7 @@ pub const DELIVER_MAX: u64 = 512;
 pub struct StreamHub {
     capacity: usize,
     // A std mutex: it is held for a map lookup only, never across an `.await`.
-    channels: Mutex<HashMap<Arc<str>, broadcast::Sender<Published>>>,
+    channels: Mutex<HashMap<Arc<str>, Channel>>,
     /// The readers of streams that are not live here, by stream.
     watchers: Mutex<HashMap<Arc<str>, Watched>>,
     /// Streams the writer has taken from their generations (the store refused their
@@ -104,6 +105,23 @@ impl Early {
     pub fn take(&self) -> Option<broadcast::Receiver<Published>> {
         self.0.lock().ok()?.take()
     }
+}
+
+/// The live channel of a stream generated here.
+struct Channel {
+    tx: broadcast::Sender<Published>,
+    /// When the last reader subscribed (or the stream went live): with the count of
+    /// receivers, how long the stream has been unread (see [`StreamHub::readers`]).
+    joined: Instant,
+}
+
+/// The readers a live stream has on this node (see [`StreamHub::readers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readers {
+    /// Following it right now.
+    pub now: usize,
+    /// When the last of them subscribed, or the stream went live.
+    pub joined: Instant,
 }
 
 /// What a [`Watch`] hears.
@@ -277,7 +295,7 @@ impl StreamHub {
             .sum()
     }
 
-    fn channels(&self) -> MutexGuard<'_, HashMap<Arc<str>, broadcast::Sender<Published>>> {
+    fn channels(&self) -> MutexGuard<'_, HashMap<Arc<str>, Channel>> {
         // A panic while holding this lock cannot leave the map half-updated.
         self.channels
             .lock()
@@ -287,7 +305,9 @@ impl StreamHub {
     /// Makes `stream_id` live, before any of its events is written.
     pub fn open(&self, stream_id: &str) {
         let (tx, _) = broadcast::channel(self.capacity);
-        self.channels().insert(Arc::from(stream_id), tx);
+        let joined = Instant::now();
+        self.channels()
+            .insert(Arc::from(stream_id), Channel { tx, joined });
     }
 
     /// An [`Early`] subscription of a stream just opened.
@@ -298,16 +318,26 @@ impl StreamHub {
     /// A receiver of everything published from now on, or `None` if the stream is not
     /// live in this process (finished, or never run here).
     pub fn subscribe(&self, stream_id: &str) -> Option<broadcast::Receiver<Published>> {
-        self.channels()
-            .get(stream_id)
-            .map(broadcast::Sender::subscribe)
+        self.channels().get_mut(stream_id).map(|channel| {
+            channel.joined = Instant::now();
+            channel.tx.subscribe()
+        })
+    }
+
+    /// The readers of `stream_id` on this node, or `None` if it is not live here.
+    /// Readers on other nodes (which follow it through the store) are not counted.
+    pub fn readers(&self, stream_id: &str) -> Option<Readers> {
+        self.channels().get(stream_id).map(|channel| Readers {
+            now: channel.tx.receiver_count(),
+            joined: channel.joined,
+        })
     }
 
     /// Hands committed events to the stream's readers. Never blocks.
     pub fn publish(&self, stream_id: &str, events: Published) {
-        if let Some(tx) = self.channels().get(stream_id) {
+        if let Some(channel) = self.channels().get(stream_id) {
             // No receiver is fine: nobody is reading right now.
-            let _ = tx.send(events);
+            let _ = channel.tx.send(events);
         }
     }
 
@@ -346,7 +376,7 @@ impl StreamHub {
     pub fn receivers(&self) -> usize {
         self.channels()
             .values()
-            .map(broadcast::Sender::receiver_count)
+            .map(|channel| channel.tx.receiver_count())
             .sum()
     }
 }
@@ -454,6 +484,31 @@ mod tests {
         assert!(matches!(next(&mut w).await, Woken::Wake));
         assert_eq!(seqs(&next(&mut w).await), Some(vec![9]));
         assert_eq!(seqs(&next(&mut w).await), Some(vec![10]));
+    }
+
+    #[tokio::test]
+    async fn readers_are_counted_with_when_the_last_joined() {
+        let hub = StreamHub::new(2);
+        assert_eq!(hub.readers("s"), None);
+        let before = Instant::now();
+        hub.open("s");
+        let opened = hub.readers("s").unwrap();
+        assert_eq!(opened.now, 0);
+        assert!(opened.joined >= before);
+        let rx = hub.subscribe("s").unwrap();
+        let joined = hub.readers("s").unwrap();
+        assert_eq!(joined.now, 1);
+        assert!(joined.joined >= opened.joined);
+        drop(rx);
+        assert_eq!(
+            hub.readers("s"),
+            Some(Readers {
+                now: 0,
+                joined: joined.joined
+            })
+        );
+        hub.close("s");
+        assert_eq!(hub.readers("s"), None);
     }
 
     #[tokio::test]

@@ -49,6 +49,8 @@ pub struct Metrics {
     reader_lags: Counter,
     resumes: Counter,
     rejected_busy: Counter,
+    rejected_key_limit: Counter,
+    streams_abandoned: Counter,
     commit_failures: Counter,
     commit_errors: Counter,
     store_available: Gauge,
@@ -219,6 +221,14 @@ impl Metrics {
                 "spool_rejected_busy_total",
                 "Requests refused with 429 because the queue was full.",
             ),
+            rejected_key_limit: r.counter(
+                "spool_rejected_key_limit_total",
+                "Requests refused with 429 because their key held its share of generations.",
+            ),
+            streams_abandoned: r.counter(
+                "spool_streams_abandoned_total",
+                "Streams cancelled because no one read them for SPOOL_ABANDON_AFTER.",
+            ),
             commit_failures: r.counter(
                 "spool_store_commit_failures_total",
                 "Batches the store refused after retries.",
@@ -277,6 +287,12 @@ impl Metrics {
     }
     pub fn rejected_busy(&self) {
         self.rejected_busy.increment(1);
+    }
+    pub fn rejected_key_limit(&self) {
+        self.rejected_key_limit.increment(1);
+    }
+    pub fn stream_abandoned(&self) {
+        self.streams_abandoned.increment(1);
     }
     pub fn ws_opened(&self) {
         self.open_ws.fetch_add(1, Relaxed);
@@ -405,6 +421,8 @@ mod tests {
             ("spool_streams", "gauge"),
             ("spool_connections", "gauge"),
             ("spool_store_commit_failures_total", "counter"),
+            ("spool_rejected_key_limit_total", "counter"),
+            ("spool_streams_abandoned_total", "counter"),
             ("spool_store_commit_errors_total", "counter"),
             ("spool_store_available", "gauge"),
             ("spool_time_to_first_token_seconds", "histogram"),

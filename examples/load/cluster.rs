@@ -87,11 +87,11 @@ fn load_average() -> String {
 // ---------------------------------------------------------------------------------
 // a fresh PostgreSQL database, and what PostgreSQL says about it
 
-struct Database {
+pub(crate) struct Database {
     admin: PgConnection,
     name: String,
     /// The `DATABASE_URL` of the nodes.
-    url: String,
+    pub(crate) url: String,
 }
 
 /// `url` with its database replaced by `name` (query parameters kept).
@@ -119,7 +119,7 @@ struct PgSample {
 }
 
 impl Database {
-    async fn create(admin_url: &str) -> anyhow::Result<Database> {
+    pub(crate) async fn create(admin_url: &str) -> anyhow::Result<Database> {
         let mut admin = PgConnection::connect(admin_url).await.with_context(|| {
             format!("cannot connect to PostgreSQL at {admin_url} (--pg-admin-url)")
         })?;
@@ -194,7 +194,7 @@ impl Database {
         Ok(xact_commit)
     }
 
-    async fn drop_it(mut self) -> Option<String> {
+    pub(crate) async fn drop_it(mut self) -> Option<String> {
         let r = sqlx::query(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             self.name

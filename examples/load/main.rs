@@ -6,11 +6,12 @@
 //! upstream (this tool, `--upstream-server`) and compares it with the same load sent
 //! straight to the upstream. The cluster scenario runs three spool nodes on one fresh
 //! PostgreSQL database (`--pg-admin-url`) against one spool on SQLite; it is not part
-//! of `all`, since it needs a PostgreSQL server.
+//! of `all`, since it needs a PostgreSQL server. The storage scenario measures bytes on
+//! disk per token of this release's event log against the previous layout.
 //!
 //! ```text
 //! cargo build --release --example load --bin spool
-//! cargo run --release --example load -- [--scenario all|throughput|paced|ws|idle|resume|relay|cluster]
+//! cargo run --release --example load -- [--scenario all|throughput|paced|ws|idle|resume|relay|storage|cluster]
 //! ```
 //!
 //! Each scenario starts a fresh spool (mock backend, SQLite in a temporary directory)
@@ -30,6 +31,7 @@ mod relay;
 mod report;
 mod resume;
 mod scenarios;
+mod storage;
 mod upstream;
 mod ws;
 
@@ -52,6 +54,8 @@ enum Scenario {
     Idle,
     Resume,
     Relay,
+    /// Bytes on disk per token: this release's layout against the previous one.
+    Storage,
     /// Not in `all`: it needs PostgreSQL.
     Cluster,
 }
@@ -148,6 +152,11 @@ pub struct Cli {
     /// server does; larger lets hyper coalesce ready chunks (at most 16 buffers a write).
     #[arg(long, default_value_t = 1)]
     upstream_batch: u32,
+
+    /// Storage scenario: also measure PostgreSQL (a fresh database per layout, through
+    /// --pg-admin-url).
+    #[arg(long)]
+    storage_pg: bool,
 
     /// Cluster scenario: spool nodes sharing the PostgreSQL database.
     #[arg(long, default_value_t = 3)]
@@ -309,6 +318,7 @@ async fn run(cli: Cli, fd_limit: u64) -> anyhow::Result<()> {
             Scenario::Idle,
             Scenario::Resume,
             Scenario::Relay,
+            Scenario::Storage,
         ],
         Scenario::Throughput => &[Scenario::Throughput],
         Scenario::Paced => &[Scenario::Paced],
@@ -316,6 +326,7 @@ async fn run(cli: Cli, fd_limit: u64) -> anyhow::Result<()> {
         Scenario::Idle => &[Scenario::Idle],
         Scenario::Resume => &[Scenario::Resume],
         Scenario::Relay => &[Scenario::Relay],
+        Scenario::Storage => &[Scenario::Storage],
         Scenario::Cluster => &[Scenario::Cluster],
     };
     let mut sections: Vec<Section> = Vec::new();
@@ -327,6 +338,7 @@ async fn run(cli: Cli, fd_limit: u64) -> anyhow::Result<()> {
             Scenario::Idle => vec![idle::idle(&cli, &target, fd_limit).await?],
             Scenario::Resume => vec![resume::resume(&cli, &target).await?],
             Scenario::Relay => vec![relay::relay(&cli, &target).await?],
+            Scenario::Storage => vec![storage::storage(&cli, &target).await?],
             Scenario::Cluster => cluster::cluster(&cli, &target).await?,
             Scenario::All => continue,
         };

@@ -245,7 +245,7 @@ pub(crate) struct Load {
     pub gaps: Vec<u32>,
 }
 
-async fn drive(
+pub(crate) async fn drive(
     addr: SocketAddr,
     streams: usize,
     tokens: u32,

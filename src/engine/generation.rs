@@ -7,11 +7,11 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::admission::Ticket;
+use super::admission::{Activation, RunPermit, Ticket};
 use super::{Engine, StopFilter};
 use crate::event::{Event, FinishReason, StreamStatus, Usage, now_ms};
 use crate::llm::{Backend, BackendError, GenerateRequest, Output, TokenStream};
@@ -31,7 +31,9 @@ pub(super) struct Create {
 /// What a generation readies while its stream is being stored.
 #[derive(Default)]
 struct Ready {
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<RunPermit>,
+    /// The admission queue is gone (shutdown): no permit will come.
+    lost: bool,
     tokens: Option<TokenStream>,
     /// The backend's first item, read ahead.
     first: Option<Option<Result<Output, BackendError>>>,
@@ -137,7 +139,12 @@ impl Generation {
     }
 
     /// Stores a new stream (see [`Create`]) while getting ready to run it.
-    async fn store(&self, create: Option<Create>, ticket: &Ticket, ready: &mut Ready) -> bool {
+    async fn store(
+        &self,
+        create: Option<Create>,
+        activation: &mut Activation<'_>,
+        ready: &mut Ready,
+    ) -> bool {
         let Some(Create {
             stream,
             start,
@@ -152,7 +159,7 @@ impl Generation {
             tokio::select! {
                 biased;
                 stored = &mut commit => stored,
-                () = self.get_ready(ticket, ready) => commit.await,
+                () = self.get_ready(activation, ready) => commit.await,
             }
         };
         let ok = stored.is_ok();
@@ -165,11 +172,14 @@ impl Generation {
     /// Waits for the run permit, then opens the backend's stream and reads its first
     /// item; then waits for ever (the caller stops waiting once the stream is stored).
     /// Dropped at any await, what it got so far stays in `ready`.
-    async fn get_ready(&self, ticket: &Ticket, ready: &mut Ready) {
-        if ready.permit.is_none() {
-            match ticket.activate().await {
+    async fn get_ready(&self, activation: &mut Activation<'_>, ready: &mut Ready) {
+        if ready.permit.is_none() && !ready.lost {
+            match activation.await {
                 Ok(p) => ready.permit = Some(p),
-                Err(_) => return std::future::pending().await,
+                Err(_) => {
+                    ready.lost = true;
+                    return std::future::pending().await;
+                }
             }
         }
         if self.cancel.is_cancelled() {
@@ -193,15 +203,18 @@ impl Generation {
     ) -> Ending {
         let accepted = Instant::now();
         let mut ready = Ready::default();
-        if !self.store(create, &ticket, &mut ready).await {
+        // In the queue from now on (and in the same place until the permit comes).
+        let mut activation = ticket.activate();
+        if !self.store(create, &mut activation, &mut ready).await {
             return Ending::NotStored;
         }
         let _permit = match ready.permit.take() {
             Some(p) => p,
+            None if ready.lost => return Ending::Interrupted,
             None => tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => return self.stopped(),
-                permit = ticket.activate() => match permit {
+                permit = &mut activation => match permit {
                     Ok(p) => p,
                     Err(_) => return Ending::Interrupted,
                 },
@@ -343,10 +356,12 @@ impl Generation {
             self.engine.handed_on(&self.id);
             return;
         }
-        let usage = progress.reported.unwrap_or(Usage {
+        let mut usage = progress.reported.unwrap_or(Usage {
             prompt_tokens: progress.prompt_tokens,
             completion_tokens: progress.completion_tokens,
+            session_turns: None,
         });
+        usage.session_turns = self.request.session_turn.map(|t| t.used);
         let seq = progress.seq + 1;
         let finished_at = now_ms();
         let (event, status, reason, error) = match ending {

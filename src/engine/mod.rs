@@ -14,6 +14,7 @@
 //! answered, names the request too. One `info` line when a stream is accepted, one when
 //! it ends; nothing per token.
 
+mod abandon;
 mod admission;
 mod cursor;
 mod generation;
@@ -34,7 +35,7 @@ use crate::event::Usage;
 use crate::event::{Event, StreamStatus, now_ms};
 use crate::hub::StreamHub;
 use crate::ids::looks_like_stream_id;
-use crate::llm::{GenerateRequest, Models};
+use crate::llm::{GenerateRequest, Models, Prompt};
 use crate::metrics::{Gauges, Metrics};
 use crate::store::{
     EventLog, INTERRUPTED, INTERRUPTED_MESSAGE, Store, StoreError, StreamEnd, StreamRow, Unfinished,
@@ -44,7 +45,7 @@ pub use admission::Admission;
 pub use cursor::{FollowError, InvalidCursor, parse as parse_cursor};
 pub use rate::RateLimit;
 pub use reads::{Access, Follow};
-pub use sessions::NewSessionRequest;
+pub use sessions::{NewSessionRequest, SessionUpdate};
 pub use start::{StartRequest, TurnOf, Via};
 pub use stop::StopFilter;
 
@@ -60,6 +61,9 @@ pub enum StartError {
     Unsupported(String),
     #[error("too many generations are running or queued")]
     Busy,
+    /// The key holds every place its per-key caps allow (`limit` in all).
+    #[error("this key has its limit of generations running or queued")]
+    KeyBusy { limit: usize },
     #[error("the key is over its rate limit")]
     RateLimited { per_minute: u32, wait: u64 },
     #[error("no such session")]
@@ -91,6 +95,9 @@ pub struct Started {
     pub session_id: Option<String>,
     /// Whether that session was created for this turn.
     pub new_session: bool,
+    /// The key's owner that started it (`None` without keys): read tokens are bound
+    /// to it.
+    pub owner: Option<String>,
     /// The live channel, subscribed to before the stream was stored (none for a
     /// retried request's earlier stream).
     pub early: crate::hub::Early,
@@ -110,6 +117,29 @@ struct Live {
     cancel: CancellationToken,
     /// Cancelled once the stream's terminal event has been handed to the writer.
     ended: CancellationToken,
+    /// A client asked for it to run whoever reads it: never abandoned.
+    unattended: bool,
+}
+
+impl Live {
+    fn new(cancel: CancellationToken, unattended: bool) -> Self {
+        Live {
+            cancel,
+            ended: CancellationToken::new(),
+            unattended,
+        }
+    }
+}
+
+/// Whether a stream generated here has ended (see [`Engine::end_of`]).
+#[derive(Clone)]
+pub struct StreamEnding(CancellationToken);
+
+impl StreamEnding {
+    /// True once the stream's terminal event is written (or it stopped here).
+    pub fn is_over(&self) -> bool {
+        self.0.is_cancelled()
+    }
 }
 
 pub struct Engine {
@@ -137,9 +167,13 @@ pub struct Engine {
     /// Sessions' turns and idempotency keys being started right now (see
     /// `sessions::Starting`).
     starting: Mutex<std::collections::HashSet<String>>,
+    /// `SPOOL_SESSION_MAX_PROMPT_TOKENS`: a bound on a session turn's prompt besides
+    /// the model's context (see `sessions::fit`).
+    session_max_prompt_tokens: Option<u32>,
 }
 
 impl Engine {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         models: Models,
         log: EventLog,
@@ -148,6 +182,7 @@ impl Engine {
         metrics: Arc<Metrics>,
         admission: Admission,
         rate: RateLimit,
+        session_max_prompt_tokens: Option<u32>,
     ) -> Arc<Self> {
         Arc::new(Engine {
             models,
@@ -165,6 +200,7 @@ impl Engine {
             idle: tokio::sync::Notify::new(),
             live: Mutex::new(HashMap::new()),
             starting: Mutex::new(Default::default()),
+            session_max_prompt_tokens,
         })
     }
 
@@ -243,20 +279,34 @@ impl Engine {
             .ok_or("its model is not served")?;
         let mut request: GenerateRequest = serde_json::from_str(&stream.params)
             .map_err(|e| format!("its stored request is unreadable: {e}"))?;
+        if let (Some(turn), Some(session_id)) = (request.session_turn, &request.session_id) {
+            // A session's turn stored its message alone: rebuild the prompt it had.
+            let session = self
+                .store
+                .session_unscoped(session_id)
+                .await
+                .map_err(|e| format!("its session is unreadable: {e}"))?
+                .ok_or("its session is gone")?;
+            let turns = self
+                .store
+                .turns(session_id)
+                .await
+                .map_err(|e| format!("its session's turns are unreadable: {e}"))?;
+            let content = request.prompt.flat_text();
+            request.prompt = Prompt::Messages(sessions::prompt(&session, &turns, &content, &turn));
+        }
         let continuation = self
             .store
             .continuation(&stream.id)
             .await
             .map_err(|e| format!("its events are unreadable: {e}"))?;
         request.continuation = Some(continuation);
+        // Its owner is not stored with it here: it queues among the unowned, uncapped.
         let ticket = self
             .admission
-            .try_admit()
-            .ok_or("no generation slot is free")?;
-        let live = Live {
-            cancel: self.shutdown.child_token(),
-            ended: CancellationToken::new(),
-        };
+            .try_admit(None)
+            .map_err(|_| "no generation slot is free")?;
+        let live = Live::new(self.shutdown.child_token(), request.unattended);
         self.hub.open(&stream.id);
         self.live().insert(stream.id.clone(), live.clone());
         // No request started this one: its span stands alone.
@@ -279,6 +329,13 @@ impl Engine {
             None,
         );
         Ok(())
+    }
+
+    /// The end of a stream this process generates; `None` if it does not (any more).
+    pub fn end_of(&self, id: &str) -> Option<StreamEnding> {
+        self.live()
+            .get(id)
+            .map(|live| StreamEnding(live.ended.clone()))
     }
 
     /// Cancels a stream if it is still running; idempotent. `None`: no such stream.

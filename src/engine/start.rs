@@ -8,9 +8,11 @@
 //! 3. a start that came without an HTTP request of its own ([`Via::Socket`]) takes a
 //!    token from its key's rate limit (an HTTP request was counted by the key check);
 //! 4. a session runs one turn at a time (a new session is created here, for its first
-//!    turn); the prompt becomes the session's history;
+//!    turn); the prompt becomes as much of the session's history as fits the model
+//!    (see `sessions`), and the stored request keeps only the user's message;
 //! 5. the backend can take the request (context length, parameters);
-//! 6. a place in the queue ([`super::Admission`]), else `Busy`.
+//! 6. a place in the queue ([`super::Admission`]): within the key's own caps, else
+//!    `KeyBusy`, and within the global limits, else `Busy`.
 //!
 //! Only then is anything stored: the stream row and its `start` event, committed before
 //! this returns. The generation task is spawned first and stores them itself: while
@@ -22,12 +24,12 @@
 
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use sha2::{Digest, Sha256};
 
-use super::sessions::{NewSessionRequest, Starting, history, running};
+use super::admission::Refused;
+use super::sessions::{NewSessionRequest, Starting, fit, prompt, running};
 use super::{Engine, Live, StartError, Started, generation};
 use crate::event::{Event, now_ms, rfc3339};
 use crate::ids::new_stream_id;
@@ -138,11 +140,22 @@ impl Engine {
                     return Err(StartError::TurnInProgress);
                 }
                 let content = request.prompt.flat_text();
-                request.prompt = Prompt::Messages(history(session, &turns, &content));
+                let idx = turns.last().map_or(0, |t| t.idx + 1);
+                let fitted = fit(
+                    session,
+                    &turns,
+                    &content,
+                    idx,
+                    backend.as_ref(),
+                    request.max_tokens,
+                    self.session_max_prompt_tokens,
+                );
+                request.prompt = Prompt::Messages(prompt(session, &turns, &content, &fitted));
                 request.session_id = Some(session.id.clone());
+                request.session_turn = Some(fitted);
                 Some(NewTurn {
                     session_id: session.id.clone(),
-                    idx: turns.last().map_or(0, |t| t.idx + 1),
+                    idx,
                     content,
                 })
             }
@@ -150,19 +163,35 @@ impl Engine {
         backend
             .check(&request)
             .map_err(|e| StartError::Unsupported(e.0))?;
-        let Some(ticket) = self.admission.try_admit() else {
-            self.metrics.rejected_busy();
-            return Err(StartError::Busy);
+        let ticket = match self.admission.try_admit(owner.as_deref()) {
+            Ok(ticket) => ticket,
+            Err(Refused::Full) => {
+                self.metrics.rejected_busy();
+                return Err(StartError::Busy);
+            }
+            Err(Refused::KeyFull { limit }) => {
+                self.metrics.rejected_key_limit();
+                return Err(StartError::KeyBusy { limit });
+            }
         };
         let id = new_stream_id().map_err(|_| StartError::Random)?;
         // At `error` level, like the request span, so it exists under any filter.
         let span = tracing::error_span!("stream", stream_id = %id);
         let created_at = now_ms();
-        let params = serde_json::to_string(&request).unwrap_or_else(|_| "{}".to_owned());
-        let live = Live {
-            cancel: self.shutdown.child_token(),
-            ended: CancellationToken::new(),
-        };
+        // A session's turn is stored as its message alone (the history is in the
+        // session): the prompt is rebuilt from it to continue after a crash.
+        let params = match &turn {
+            Some(turn) => {
+                let history =
+                    std::mem::replace(&mut request.prompt, Prompt::Text(turn.content.clone()));
+                let stored = serde_json::to_string(&request);
+                request.prompt = history;
+                stored
+            }
+            None => serde_json::to_string(&request),
+        }
+        .unwrap_or_else(|_| "{}".to_owned());
+        let live = Live::new(self.shutdown.child_token(), request.unattended);
 
         // Live before the first event exists, so no reader can miss it.
         self.hub.open(&id);
@@ -170,7 +199,7 @@ impl Engine {
         self.live().insert(id.clone(), live.clone());
         let stream = NewStream {
             id: id.clone(),
-            owner,
+            owner: owner.clone(),
             model: request.model.clone(),
             params,
             created_at,
@@ -184,6 +213,7 @@ impl Engine {
             created_at,
             session_id: request.session_id.clone(),
             new_session,
+            owner,
             early,
         };
         let max_tokens = request.max_tokens;
@@ -258,6 +288,7 @@ impl Engine {
             session_id: request.session_id,
             new_session: false,
             early: Default::default(),
+            owner: Some(key.owner.clone()).filter(|o| !o.is_empty()),
         }))
     }
 

@@ -8,9 +8,11 @@
 //! `/healthz`, `/readyz` and the chat page's assets are always open.
 //!
 //! A browser's `EventSource` cannot send a header, so a `POST` that creates a stream also
-//! returns a **read token**: `EXPIRY.HMAC`, an HMAC-SHA256 over the stream id and the
-//! expiry (unix seconds) with a server secret kept in the store. It is accepted as
-//! `?token=` on that one stream's events URL, nowhere else, until it expires.
+//! returns a **read token**: `EXPIRY.KEYID.HMAC`, an HMAC-SHA256 over the stream id, the
+//! expiry (unix seconds) and the id of the key that made it, with a server secret kept
+//! in the store. It is accepted as `?token=` on that one stream's events URL, nowhere
+//! else, until it expires — and only while its key is still configured: removing a key
+//! from `SPOOL_API_KEYS` revokes its tokens too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +31,8 @@ use crate::engine::Engine;
 #[derive(Debug, Default)]
 pub struct ApiKeys {
     digests: Vec<[u8; 32]>,
+    /// The owner of each configured key (see [`owner_of`]).
+    owners: Vec<String>,
     metrics: bool,
     secret: Vec<u8>,
     token_ttl: Duration,
@@ -40,13 +44,15 @@ pub struct ReadGrant(pub String);
 
 impl ApiKeys {
     pub fn new(keys: &[String], metrics: bool, secret: Vec<u8>, token_ttl: Duration) -> Self {
+        let digests: Vec<[u8; 32]> = keys
+            .iter()
+            .map(|k| k.trim())
+            .filter(|k| !k.is_empty())
+            .map(|k| Sha256::digest(k.as_bytes()).into())
+            .collect();
         ApiKeys {
-            digests: keys
-                .iter()
-                .map(|k| k.trim())
-                .filter(|k| !k.is_empty())
-                .map(|k| Sha256::digest(k.as_bytes()).into())
-                .collect(),
+            owners: digests.iter().map(owner_of).collect(),
+            digests,
             metrics,
             secret,
             token_ttl,
@@ -55,28 +61,41 @@ impl ApiKeys {
 
     /// A read token for `stream_id` (only with keys configured: without them, events
     /// URLs are open anyway).
-    pub fn read_token(&self, stream_id: &str) -> Option<String> {
+    /// `owner` is the key that created the stream: the token lives only while it does.
+    pub fn read_token(&self, stream_id: &str, owner: Option<&str>) -> Option<String> {
+        let key_id = owner?.strip_prefix(OWNER_PREFIX)?;
         if !self.enabled() {
             return None;
         }
         let expires = unix_now() + self.token_ttl.as_secs();
-        Some(format!("{expires}.{}", hex(&self.sign(stream_id, expires))))
+        let mac = hex(&self.sign(stream_id, expires, key_id));
+        Some(format!("{expires}.{key_id}.{mac}"))
     }
 
-    fn sign(&self, stream_id: &str, expires: u64) -> [u8; 32] {
+    fn sign(&self, stream_id: &str, expires: u64, key_id: &str) -> [u8; 32] {
         hmac_sha256(
             &self.secret,
-            format!("read:{stream_id}:{expires}").as_bytes(),
+            format!("read:{stream_id}:{expires}:{key_id}").as_bytes(),
         )
     }
 
     /// Whether `token` lets its bearer read `stream_id` now.
     fn check_token(&self, stream_id: &str, token: &str) -> Result<(), &'static str> {
-        let (expires, signature) = token.split_once('.').ok_or("the token is malformed")?;
-        let expires: u64 = expires.parse().map_err(|_| "the token is malformed")?;
-        let signature = unhex(signature).ok_or("the token is malformed")?;
-        if !constant_time_eq(&self.sign(stream_id, expires), &signature) {
+        let malformed = "the token is malformed";
+        let mut parts = token.splitn(3, '.');
+        let (Some(expires), Some(key_id), Some(signature)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed);
+        };
+        let expires: u64 = expires.parse().map_err(|_| malformed)?;
+        let signature = unhex(signature).ok_or(malformed)?;
+        if !constant_time_eq(&self.sign(stream_id, expires, key_id), &signature) {
             return Err("the token is not valid for this stream");
+        }
+        let owner = format!("{OWNER_PREFIX}{key_id}");
+        if !self.owners.contains(&owner) {
+            return Err("the API key that made this token is no longer configured");
         }
         if expires <= unix_now() {
             return Err("the token has expired; start a new one");
@@ -104,10 +123,13 @@ impl ApiKeys {
     }
 }
 
+/// What every owner name starts with; the rest is the key's id.
+const OWNER_PREFIX: &str = "key_";
+
 /// The owner name of a key: a digest prefix, so logs and the store never hold keys.
 fn owner_of(digest: &[u8; 32]) -> String {
     let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    format!("key_{hex}")
+    format!("{OWNER_PREFIX}{hex}")
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -265,6 +287,14 @@ mod tests {
         assert!(!ApiKeys::new(&[], true, vec![], Duration::ZERO).guards("/v1/streams"));
     }
 
+    fn keys_owner_id(keys: &ApiKeys, key: &str) -> String {
+        keys.owner(key)
+            .unwrap()
+            .strip_prefix(OWNER_PREFIX)
+            .unwrap()
+            .to_owned()
+    }
+
     #[test]
     fn hmac_matches_rfc_4231_case_2() {
         let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
@@ -277,7 +307,8 @@ mod tests {
     #[test]
     fn read_tokens_are_scoped_to_one_stream_and_expire() {
         let keys = ApiKeys::new(&["k".into()], false, b"s".to_vec(), Duration::from_secs(60));
-        let token = keys.read_token("st_a").unwrap();
+        let owner = keys.owner("k");
+        let token = keys.read_token("st_a", owner.as_deref()).unwrap();
         assert_eq!(keys.check_token("st_a", &token), Ok(()));
         assert!(keys.check_token("st_b", &token).is_err());
         let mut forged = token.clone();
@@ -285,12 +316,36 @@ mod tests {
         forged.push(if token.ends_with('0') { '1' } else { '0' });
         assert!(keys.check_token("st_a", &forged).is_err());
         let expired = ApiKeys::new(&["k".into()], false, b"s".to_vec(), Duration::ZERO);
-        let old = expired.read_token("st_a").unwrap();
+        let old = expired.read_token("st_a", owner.as_deref()).unwrap();
         assert!(
             expired
                 .check_token("st_a", &old)
                 .unwrap_err()
                 .contains("expired")
+        );
+        // Bound to its key: another key's id in it breaks the signature; the key gone
+        // (a restart with other keys, the same secret), the token is refused.
+        let (expires, rest) = token.split_once('.').unwrap();
+        let mac = rest.split_once('.').unwrap().1;
+        let other = keys_owner_id(
+            &ApiKeys::new(&["j".into()], false, vec![], Duration::ZERO),
+            "j",
+        );
+        assert!(
+            keys.check_token("st_a", &format!("{expires}.{other}.{mac}"))
+                .is_err()
+        );
+        let without = ApiKeys::new(&["j".into()], false, b"s".to_vec(), Duration::from_secs(60));
+        assert!(
+            without
+                .check_token("st_a", &token)
+                .unwrap_err()
+                .contains("no longer configured")
+        );
+        assert_eq!(keys.read_token("st_a", None), None);
+        assert!(
+            keys.check_token("st_a", &format!("{expires}.{mac}"))
+                .is_err()
         );
         assert_eq!(events_path_stream("/v1/streams/st_a/events"), Some("st_a"));
         assert_eq!(events_path_stream("/v1/streams/st_a"), None);

@@ -297,6 +297,13 @@ impl From<StartError> for ApiError {
                 "too many generations are running or queued; retry shortly",
             )
             .retry_after(1),
+            StartError::KeyBusy { limit } => ApiError::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "this key has its limit of {limit} generations running or queued; retry when one ends"
+                ),
+            )
+            .retry_after(1),
             StartError::RateLimited { per_minute, wait } => ApiError::new(
                 ErrorCode::RateLimited,
                 format!(

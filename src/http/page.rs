@@ -1,4 +1,4 @@
-//! The chat page at `GET /` (SPEC §8): one HTML file, its script and its stylesheet,
+//! The chat page at `GET /` (SPEC §8): one HTML file, its scripts and its stylesheet,
 //! embedded in the binary at compile time from `src/http/page/` (no build step, nothing
 //! fetched from elsewhere), plus a `204` for `/favicon.ico` and the minimal
 //! `examples/eventsource.html` at `/examples/eventsource.html`. The page talks only to the
@@ -16,6 +16,8 @@ use super::state::HttpState;
 
 const INDEX_HTML: &str = include_str!("page/index.html");
 const APP_JS: &str = include_str!("page/app.js");
+/// The safe Markdown renderer of answers (DOM nodes and `textContent`, never HTML).
+const MARKDOWN_JS: &str = include_str!("page/markdown.js");
 const STYLE_CSS: &str = include_str!("page/style.css");
 /// `examples/eventsource.html`, served so that it runs on the API's origin. It has an
 /// inline script, so it goes without the page's CSP.
@@ -35,6 +37,10 @@ pub fn router() -> Router<HttpState> {
         .route(
             "/page/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/page/markdown.js",
+            get(|| async { asset("text/javascript; charset=utf-8", MARKDOWN_JS) }),
         )
         .route(
             "/page/style.css",

@@ -68,6 +68,8 @@ pub enum StopParam {
 
 /// At most this many stop sequences, as OpenAI allows.
 const MAX_STOPS: usize = 4;
+/// The longest stop sequence, in bytes: every token is checked against each.
+const MAX_STOP_BYTES: usize = 256;
 
 impl StreamParams {
     /// Checks every field; the model is resolved (default or named) but not looked up:
@@ -186,6 +188,11 @@ impl StreamParams {
         if stop.iter().any(String::is_empty) {
             return Err(ApiError::invalid("`stop` sequences must not be empty"));
         }
+        if stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(ApiError::invalid(format!(
+                "`stop` sequences are at most {MAX_STOP_BYTES} bytes each"
+            )));
+        }
         let model = match self.model {
             Some(m) if m.trim().is_empty() => return Err(ApiError::invalid("`model` is empty")),
             Some(m) => m,
@@ -203,8 +210,10 @@ impl StreamParams {
             seed: self.seed,
             stop,
             metadata: self.metadata,
+            session_turn: None,
             session_id: None,
             include_usage: self.include_usage,
+            unattended: false,
             continuation: None,
         })
     }
@@ -264,6 +273,7 @@ mod tests {
 
     #[test]
     fn rejects_what_it_should() {
+        let too_long_stop = format!(r#"{{"prompt":"a","stop":["{}"]}}"#, "x".repeat(257));
         for body in [
             r#"{}"#,
             r#"{"prompt":""}"#,
@@ -277,6 +287,7 @@ mod tests {
             r#"{"prompt":"a","top_p":0}"#,
             r#"{"prompt":"a","stop":["a","b","c","d","e"]}"#,
             r#"{"prompt":"a","stop":[""]}"#,
+            too_long_stop.as_str(),
             r#"{"prompt":"a","model":""}"#,
         ] {
             let e = check(body)

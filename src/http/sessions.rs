@@ -1,12 +1,14 @@
-//! `/v1/sessions`: create a conversation, read its history, add a user turn. A turn is
-//! an ordinary stream started on the one start path (same response forms as
-//! `POST /v1/streams`).
+//! `/v1/sessions`: create a conversation, list the caller's (newest first, paginated
+//! like `GET /v1/streams`), read one with its history, rename it or set its metadata,
+//! delete it with its streams, and add a user turn. A turn is an ordinary stream
+//! started on the one start path (same response forms as `POST /v1/streams`).
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Deserializer;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -15,17 +17,54 @@ use super::error::ApiError;
 use super::extract::{JsonBody, QueryParams, RawBody, decode_json};
 use super::params::StreamParams;
 use super::state::HttpState;
-use super::streams::{CreateQuery, idempotency_header, started_response, wants_sse};
-use crate::engine::{NewSessionRequest, Via};
+use super::streams::{CreateQuery, ListQuery, idempotency_header, started_response, wants_sse};
+use crate::engine::{NewSessionRequest, SessionUpdate, Via};
 use crate::event::rfc3339;
 use crate::llm::Models;
-use crate::store::{SessionRow, TurnRow};
+use crate::store::{SessionRow, SessionSummary, TurnRow};
 
 pub fn router() -> Router<HttpState> {
     Router::new()
-        .route("/v1/sessions", post(create))
-        .route("/v1/sessions/{id}", get(read))
+        .route("/v1/sessions", post(create).get(list))
+        .route("/v1/sessions/{id}", get(read).patch(update).delete(delete))
         .route("/v1/sessions/{id}/messages", post(message))
+}
+
+/// Longest title, in characters.
+const MAX_TITLE_CHARS: usize = 200;
+/// A title made from the first message is cut to this many characters.
+const DERIVED_TITLE_CHARS: usize = 80;
+
+/// A title as stored: trimmed, not empty, one line, at most [`MAX_TITLE_CHARS`].
+fn valid_title(title: &str) -> Result<String, ApiError> {
+    let title = title.trim();
+    if title.is_empty() {
+        return Err(ApiError::invalid(
+            "`title` is empty; send null to go back to the first message",
+        ));
+    }
+    if title.chars().count() > MAX_TITLE_CHARS {
+        return Err(ApiError::invalid(format!(
+            "`title` is longer than {MAX_TITLE_CHARS} characters"
+        )));
+    }
+    if title.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "`title` has control characters (a title is one line)",
+        ));
+    }
+    Ok(title.to_owned())
+}
+
+/// The title of a session whose client set none: its first message, on one line, cut.
+fn derived_title(first: &str) -> String {
+    let line = first.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() <= DERIVED_TITLE_CHARS {
+        return line;
+    }
+    let mut cut: String = line.chars().take(DERIVED_TITLE_CHARS - 1).collect();
+    cut.push('…');
+    cut
 }
 
 /// Longest system prompt, in bytes.
@@ -37,6 +76,7 @@ pub struct SessionParams {
     pub model: Option<String>,
     pub system: Option<String>,
     pub metadata: Option<Map<String, Value>>,
+    pub title: Option<String>,
 }
 
 impl SessionParams {
@@ -60,6 +100,7 @@ impl SessionParams {
             model: self.model,
             system: self.system,
             metadata: self.metadata,
+            title: self.title.as_deref().map(valid_title).transpose()?,
         })
     }
 }
@@ -77,7 +118,15 @@ async fn create(
     };
     let request = params.validate(state.engine().models())?;
     let row = state.engine().create_session(request, owner).await?;
-    let mut response = (StatusCode::CREATED, Json(SessionObject::of(&row, &[]))).into_response();
+    let summary = SessionSummary {
+        row,
+        first_message: None,
+        last_turn_at: None,
+        last_finished_at: None,
+    };
+    let row = &summary.row;
+    let body = SessionObject::of(&summary, Some(&[]));
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
     if let Ok(v) = format!("/v1/sessions/{}", row.id).parse() {
         response.headers_mut().insert(header::LOCATION, v);
     }
@@ -90,13 +139,113 @@ async fn read(
     Owner(owner): Owner,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let row = state
+    let summary = state
         .engine()
-        .session(&id, owner.as_deref())
+        .session_summary(&id, owner.as_deref())
         .await?
         .ok_or_else(ApiError::session_not_found)?;
     let turns = state.engine().turns(&id).await?;
-    Ok(Json(SessionObject::of(&row, &turns)).into_response())
+    Ok(Json(SessionObject::of(&summary, Some(&turns))).into_response())
+}
+
+#[derive(Serialize)]
+struct SessionList<'a> {
+    object: &'static str,
+    data: Vec<SessionObject<'a>>,
+    has_more: bool,
+    last_id: Option<&'a str>,
+}
+
+/// `GET /v1/sessions`: the caller's sessions, newest first (by creation); `before` is
+/// the last id of the previous page, as for `GET /v1/streams`.
+async fn list(
+    State(state): State<HttpState>,
+    Owner(owner): Owner,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> Result<Response, ApiError> {
+    let limit = query.limit()?;
+    let before = query.before.as_deref();
+    let Some(mut rows) = state
+        .engine()
+        .list_sessions(owner.as_deref(), before, limit + 1)
+        .await?
+    else {
+        return Err(ApiError::invalid(format!(
+            "`before` is not a session: {:?}",
+            before.unwrap_or_default()
+        )));
+    };
+    let has_more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let body = SessionList {
+        object: "list",
+        data: rows.iter().map(|r| SessionObject::of(r, None)).collect(),
+        has_more,
+        last_id: rows.last().map(|r| r.row.id.as_str()),
+    };
+    Ok(Json(body).into_response())
+}
+
+/// What `PATCH /v1/sessions/{id}` may change. An absent field stays; `null` clears it
+/// (a title goes back to the first message).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionPatch {
+    #[serde(default, deserialize_with = "present")]
+    pub title: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub metadata: Option<Option<Map<String, Value>>>,
+}
+
+/// A field that is present, `null` included (absent is the `default`).
+fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+impl SessionPatch {
+    pub fn validate(self) -> Result<SessionUpdate, ApiError> {
+        let title = match self.title {
+            Some(Some(t)) => Some(Some(valid_title(&t)?)),
+            other => other,
+        };
+        Ok(SessionUpdate {
+            title,
+            metadata: self.metadata,
+        })
+    }
+}
+
+/// `PATCH /v1/sessions/{id}`: renames the session or sets its metadata; answers the
+/// session as it is now (without its turns). Bad input changes nothing.
+async fn update(
+    State(state): State<HttpState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+    JsonBody(patch): JsonBody<SessionPatch>,
+) -> Result<Response, ApiError> {
+    let update = patch.validate()?;
+    let summary = state
+        .engine()
+        .update_session(&id, owner.as_deref(), update)
+        .await?
+        .ok_or_else(ApiError::session_not_found)?;
+    Ok(Json(SessionObject::of(&summary, None)).into_response())
+}
+
+/// `DELETE /v1/sessions/{id}`: the session, its turns and their streams (a running
+/// turn is cancelled first); `204`.
+async fn delete(
+    State(state): State<HttpState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state.engine().delete_session(&id, owner.as_deref()).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::session_not_found())
+    }
 }
 
 /// `POST /v1/sessions/{id}/messages`: a user turn; answers like `POST /v1/streams`.
@@ -120,16 +269,22 @@ async fn message(
     Ok(started_response(&state, &started, wants_sse))
 }
 
-/// The session object: its settings and turns.
+/// The session object: its settings, title and last activity, and (reading one
+/// session) its turns.
 #[derive(Serialize)]
 pub struct SessionObject<'a> {
     id: &'a str,
     object: &'static str,
+    /// The client's title, else the first message (`null` before there is one).
+    title: Option<String>,
     model: Option<&'a str>,
     system: Option<&'a str>,
     metadata: Option<Value>,
     created_at: String,
-    turns: Vec<TurnObject<'a>>,
+    /// The latest of its creation, its last turn's start and that turn's end.
+    last_activity_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    turns: Option<Vec<TurnObject<'a>>>,
 }
 
 #[derive(Serialize)]
@@ -145,10 +300,15 @@ struct TurnObject<'a> {
 }
 
 impl<'a> SessionObject<'a> {
-    pub fn of(row: &'a SessionRow, turns: &'a [TurnRow]) -> Self {
+    pub fn of(summary: &'a SessionSummary, turns: Option<&'a [TurnRow]>) -> Self {
+        let row: &SessionRow = &summary.row;
         SessionObject {
             id: &row.id,
             object: "session",
+            title: row
+                .title
+                .clone()
+                .or_else(|| summary.first_message.as_deref().map(derived_title)),
             model: row.model.as_deref(),
             system: row.system.as_deref(),
             metadata: row
@@ -156,19 +316,52 @@ impl<'a> SessionObject<'a> {
                 .as_deref()
                 .and_then(|m| serde_json::from_str::<Value>(m).ok()),
             created_at: rfc3339(row.created_at),
-            turns: turns
-                .iter()
-                .map(|t| TurnObject {
-                    role: &t.role,
-                    content: t.content.as_deref().unwrap_or_default(),
-                    created_at: rfc3339(t.created_at),
-                    stream_id: t.stream_id.as_deref(),
-                    status: t
-                        .stream_id
-                        .as_ref()
-                        .map(|_| t.status.as_deref().unwrap_or("deleted")),
-                })
-                .collect(),
+            last_activity_at: rfc3339(summary.last_activity_at()),
+            turns: turns.map(|turns| {
+                turns
+                    .iter()
+                    .map(|t| TurnObject {
+                        role: &t.role,
+                        content: t.content.as_deref().unwrap_or_default(),
+                        created_at: rfc3339(t.created_at),
+                        stream_id: t.stream_id.as_deref(),
+                        status: t
+                            .stream_id
+                            .as_ref()
+                            .map(|_| t.status.as_deref().unwrap_or("deleted")),
+                    })
+                    .collect()
+            }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn titles_are_one_trimmed_line_and_derived_ones_are_cut() {
+        assert_eq!(valid_title("  Trip plans ").unwrap(), "Trip plans");
+        assert!(valid_title("   ").is_err());
+        assert!(valid_title("a\nb").is_err());
+        assert!(valid_title(&"x".repeat(201)).is_err());
+        assert_eq!(valid_title(&"é".repeat(200)).unwrap().chars().count(), 200);
+        assert_eq!(derived_title("What is\n  spool?"), "What is spool?");
+        let long = derived_title(&"word ".repeat(40));
+        assert_eq!(long.chars().count(), 80);
+        assert!(long.ends_with('…'));
+    }
+
+    #[test]
+    fn a_patch_tells_absent_from_null() {
+        let p: SessionPatch = serde_json::from_str(r#"{"title": null}"#).unwrap();
+        assert_eq!(p.title, Some(None));
+        assert_eq!(p.metadata, None);
+        let p: SessionPatch = serde_json::from_str(r#"{"metadata": {"k": 1}}"#).unwrap();
+        assert!(p.title.is_none() && p.metadata.is_some());
+        assert!(serde_json::from_str::<SessionPatch>(r#"{"titel": "x"}"#).is_err());
+        assert!(serde_json::from_str::<SessionPatch>(r#"{"title": 3}"#).is_err());
+        assert!(serde_json::from_str::<SessionPatch>(r#"{"metadata": []}"#).is_err());
     }
 }

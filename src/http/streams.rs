@@ -97,7 +97,9 @@ pub(super) fn started_response(state: &HttpState, started: &Started, wants_sse: 
         created_at: rfc3339(started.created_at),
         events_url: format!("/v1/streams/{}/events", started.id),
         session_id: started.session_id.as_deref(),
-        read_token: state.keys().read_token(&started.id),
+        read_token: state
+            .keys()
+            .read_token(&started.id, started.owner.as_deref()),
     };
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     set_header(&mut response, header::LOCATION.as_str(), &location);
@@ -237,10 +239,26 @@ async fn status(
     Ok(Json(body).into_response())
 }
 
+/// The query of a newest-first listing (`GET /v1/streams`, `GET /v1/sessions`).
 #[derive(Debug, Deserialize)]
-struct ListQuery {
-    limit: Option<String>,
-    before: Option<String>,
+pub(super) struct ListQuery {
+    pub limit: Option<String>,
+    pub before: Option<String>,
+}
+
+impl ListQuery {
+    /// `limit`: 1 to 100, 20 if absent.
+    pub fn limit(&self) -> Result<u32, ApiError> {
+        match self.limit.as_deref() {
+            None => Ok(20),
+            Some(raw) => match raw.parse::<u32>() {
+                Ok(n @ 1..=100) => Ok(n),
+                _ => Err(ApiError::invalid(
+                    "`limit` must be an integer from 1 to 100",
+                )),
+            },
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -257,17 +275,7 @@ async fn list(
     Owner(owner): Owner,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let limit = match query.limit.as_deref() {
-        None => 20,
-        Some(raw) => match raw.parse::<u32>() {
-            Ok(n @ 1..=100) => n,
-            _ => {
-                return Err(ApiError::invalid(
-                    "`limit` must be an integer from 1 to 100",
-                ));
-            }
-        },
-    };
+    let limit = query.limit()?;
     let before = query.before.as_deref();
     let Some(mut rows) = state
         .engine()

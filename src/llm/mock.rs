@@ -78,7 +78,7 @@ impl Backend for MockBackend {
             }
             yield Ok(Output::Done {
                 reason: FinishReason::Length,
-                usage: Some(Usage { prompt_tokens, completion_tokens: request.max_tokens }),
+                usage: Some(Usage { prompt_tokens, completion_tokens: request.max_tokens, session_turns: None }),
             });
         })
     }
@@ -101,7 +101,9 @@ mod tests {
             stop: vec![],
             metadata: None,
             session_id: None,
+            session_turn: None,
             include_usage: false,
+            unattended: false,
             continuation: None,
         }
     }

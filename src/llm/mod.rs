@@ -80,14 +80,63 @@ pub struct GenerateRequest {
     /// The session whose turn this stream answers (its prompt is the history).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
+    /// A session's turn: which of its turns the prompt holds. Stored instead of the
+    /// history (the stored `prompt` is the user's message alone), so that the prompt
+    /// can be rebuilt, the same, to continue the stream after a crash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_turn: Option<SessionTurn>,
     /// The OpenAI facade's `stream_options.include_usage`, kept so that a resume in
     /// that format ends the same way. Backends ignore it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub include_usage: bool,
+    /// The client asked for the stream to run to its end whether or not anyone reads it
+    /// (a background response): abandonment (`SPOOL_ABANDON_AFTER`) never cancels it.
+    /// Set by a surface, never from a native request's body. Backends ignore it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unattended: bool,
     /// Set when a stream a dead process was generating is continued: what it had
     /// already emitted. Never stored.
     #[serde(skip)]
     pub continuation: Option<Continuation>,
+}
+
+/// Where a session's turn sits in its history, and how much of it the prompt holds:
+/// the session's system prompt, its turns `from .. idx` that have text, then the
+/// user's message (turn `idx`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionTurn {
+    /// The user turn's index in the session (its answer is `idx + 1`).
+    pub idx: i64,
+    /// The first earlier turn the prompt holds (`idx`: none).
+    pub from: i64,
+    /// How many of the session's messages the prompt holds, the user's message
+    /// included and the system prompt not: the `done` event's `usage.session_turns`.
+    pub used: u32,
+}
+
+/// What a prompt costs in a backend's tokens, message by message, for fitting a
+/// session's history into the model's context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptCost {
+    /// The tokens of the prompt besides its messages (a default system prompt, the
+    /// opening of the answer).
+    pub fixed: usize,
+    /// Each message's tokens, its framing included.
+    pub messages: Vec<usize>,
+}
+
+impl PromptCost {
+    /// The estimate for a backend that cannot count: a quarter token per byte (rounded
+    /// up) and four tokens of framing per message, three for the prompt.
+    pub fn estimate(messages: &[Message]) -> PromptCost {
+        PromptCost {
+            fixed: 3,
+            messages: messages
+                .iter()
+                .map(|m| m.content.len().div_ceil(4) + 4)
+                .collect(),
+        }
+    }
 }
 
 /// What a continued stream had already generated before the process died.
@@ -149,6 +198,17 @@ pub trait Backend: Send + Sync + 'static {
     /// Checks what only the backend knows (context length, parameters it lacks).
     fn check(&self, _request: &GenerateRequest) -> Result<(), Unsupported> {
         Ok(())
+    }
+
+    /// The model's context, in tokens (prompt and completion together), if known.
+    fn context_length(&self) -> Option<usize> {
+        None
+    }
+
+    /// What `messages` cost as a prompt of this backend; `None` if it cannot count
+    /// (the engine then uses [`PromptCost::estimate`]).
+    fn prompt_cost(&self, _messages: &[Message]) -> Option<PromptCost> {
+        None
     }
 
     /// Whether it can continue a stream from the token ids it had generated

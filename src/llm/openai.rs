@@ -351,6 +351,7 @@ impl Backend for OpenAiBackend {
                         usage = Some(Usage {
                             prompt_tokens: u.prompt_tokens as u32,
                             completion_tokens: u.completion_tokens as u32,
+                            session_turns: None,
                         });
                     }
                     for choice in chunk.choices.into_iter() {
@@ -396,7 +397,7 @@ impl Backend for OpenAiBackend {
                 yield Err(upstream_error("the upstream closed the stream before it finished".to_owned()));
                 return;
             }
-            let usage = usage.unwrap_or(Usage { prompt_tokens: 0, completion_tokens });
+            let usage = usage.unwrap_or(Usage { prompt_tokens: 0, completion_tokens, session_turns: None });
             yield Ok(Output::Prompt { tokens: usage.prompt_tokens });
             yield Ok(Output::Done {
                 reason: finish.unwrap_or(FinishReason::Stop),

@@ -1,5 +1,7 @@
 //! One group commit: the operations the writer collected, grouped by stream, and who
-//! waits for them. Each database writes a batch in one transaction of its own dialect
+//! waits for them. Each stream's events are encoded into their stored form (a
+//! [`chunk`](super::chunk)) as they arrive; [`super::plan`] turns the batch into rows,
+//! and each database writes them in one transaction of its own dialect
 //! ([`super::sqlite::batch`], [`super::postgres::batch`]).
 
 use std::collections::HashMap;
@@ -8,6 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::sessions::SessionEdit;
 use super::{NewSession, NewStream, StoreError};
 use crate::event::{Event, FinishReason, StreamStatus, Usage};
 
@@ -29,15 +32,37 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 pub(super) struct StreamWrites {
     pub id: Arc<str>,
     pub events: Vec<Event>,
-    /// The token ids of each event (empty for most), as little-endian bytes.
-    pub ids: Vec<Option<Vec<u8>>>,
+    /// `events` (and the token ids behind each) in their stored form: the stream's
+    /// chunk for this commit.
+    pub chunk: Vec<u8>,
     pub end: Option<StreamEnd>,
+    /// The end was written for a process that died: its usage is not known (NULL).
+    pub usage_unknown: bool,
+}
+
+impl StreamWrites {
+    pub fn new(id: Arc<str>) -> Self {
+        StreamWrites {
+            id,
+            events: Vec::new(),
+            chunk: Vec::new(),
+            end: None,
+            usage_unknown: false,
+        }
+    }
+
+    pub fn push(&mut self, event: Event, ids: &[u32]) {
+        super::chunk::push(&mut self.chunk, &event, ids);
+        self.events.push(event);
+    }
 }
 
 /// Everything one transaction writes, and who waits for it.
 #[derive(Default)]
 pub(super) struct Batch {
     pub sessions: Vec<(NewSession, Reply<()>)>,
+    /// Renames, metadata and deletes of sessions, after everything else of the batch.
+    pub session_edits: Vec<(SessionEdit, Reply<bool>)>,
     pub creates: Vec<(NewStream, Reply<()>)>,
     pub running: Vec<(Arc<str>, i64)>,
     pub streams: Vec<StreamWrites>,
@@ -59,6 +84,8 @@ pub(super) struct Batch {
 pub(super) struct Outcome {
     pub deleted: Vec<bool>,
     pub purged: Vec<u64>,
+    /// Whether each session edit found its session.
+    pub edited: Vec<bool>,
     /// New streams that were not created, and their events not written, because their
     /// session turn already existed (several nodes only).
     pub conflicts: Vec<String>,
@@ -108,18 +135,12 @@ impl Batch {
             Some(&i) => i,
             None => {
                 self.index.insert(id.clone(), self.streams.len());
-                self.streams.push(StreamWrites {
-                    id,
-                    events: Vec::new(),
-                    ids: Vec::new(),
-                    end: None,
-                });
+                self.streams.push(StreamWrites::new(id));
                 self.streams.len() - 1
             }
         };
         if let Some(s) = self.streams.get_mut(slot) {
-            s.events.push(event);
-            s.ids.push((!ids.is_empty()).then(|| encode_ids(&ids)));
+            s.push(event, &ids);
             if end.is_some() {
                 s.end = end;
             }
@@ -141,6 +162,7 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
+            && self.session_edits.is_empty()
             && self.creates.is_empty()
             && self.running.is_empty()
             && self.streams.is_empty()
@@ -159,6 +181,7 @@ impl Batch {
         }
         NewWork {
             sessions: std::mem::take(&mut self.sessions),
+            session_edits: std::mem::take(&mut self.session_edits),
             creates,
             deletes: std::mem::take(&mut self.deletes),
             purges: std::mem::take(&mut self.purges),
@@ -169,6 +192,7 @@ impl Batch {
 /// What [`Batch::take_new_work`] took out, to be answered.
 pub(super) struct NewWork {
     pub sessions: Vec<(NewSession, Reply<()>)>,
+    pub session_edits: Vec<(SessionEdit, Reply<bool>)>,
     pub creates: Vec<(NewStream, Reply<()>)>,
     pub deletes: Vec<(String, Reply<bool>)>,
     pub purges: Vec<(i64, u32, Reply<u64>)>,
@@ -180,6 +204,9 @@ impl NewWork {
         for (_, reply) in self.sessions {
             let _ = reply.send(Err(e()));
         }
+        for (_, reply) in self.session_edits {
+            let _ = reply.send(Err(e()));
+        }
         for (_, reply) in self.creates {
             let _ = reply.send(Err(e()));
         }
@@ -189,29 +216,5 @@ impl NewWork {
         for (_, _, reply) in self.purges {
             let _ = reply.send(Err(e()));
         }
-    }
-}
-
-/// Token ids as stored: little-endian u32s.
-pub fn encode_ids(ids: &[u32]) -> Vec<u8> {
-    ids.iter().flat_map(|id| id.to_le_bytes()).collect()
-}
-
-/// The inverse of [`encode_ids`] (a trailing partial id is ignored).
-pub fn decode_ids(bytes: &[u8]) -> Vec<u32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_round_trip() {
-        let ids = [0, 1, 49151, u32::MAX];
-        assert_eq!(decode_ids(&encode_ids(&ids)), ids);
     }
 }

@@ -16,10 +16,12 @@ pub mod events;
 pub mod health;
 pub mod idempotency;
 mod outage;
+mod plan;
 pub mod postgres;
 pub mod sessions;
 pub mod sqlite;
 pub mod streams;
+mod upgrade;
 pub mod writer;
 
 use std::sync::Arc;
@@ -34,7 +36,9 @@ use crate::metrics::Metrics;
 pub use batch::StreamEnd;
 pub use idempotency::{IdempotencyKey, KEY_TTL};
 pub use postgres::cluster::{Sweep, SweptStream};
-pub use sessions::{NewSession, NewTurn, SessionRow, TurnRow};
+pub use sessions::{
+    NewSession, NewTurn, SessionCursor, SessionEdit, SessionRow, SessionSummary, TurnRow,
+};
 pub use streams::{ListCursor, NewStream, StreamRow};
 pub use writer::{EventLog, WriterTask};
 

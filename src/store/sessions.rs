@@ -1,6 +1,10 @@
-//! Session rows: persisted conversations and their turns (reads; the writer inserts).
+//! Session rows: persisted conversations and their turns. Reads run on the pool; the
+//! writer inserts sessions and turns, and applies [`SessionEdit`]s (a rename, new
+//! metadata, a delete) with [`edit_sqlite`] / [`edit_postgres`] inside its batches.
 
 use sqlx::FromRow;
+use sqlx::postgres::PgConnection;
+use sqlx::sqlite::SqliteConnection;
 
 use super::{Store, StoreError, on_db};
 
@@ -13,6 +17,7 @@ pub struct NewSession {
     pub system: Option<String>,
     /// Client metadata, as JSON.
     pub metadata: Option<String>,
+    pub title: Option<String>,
     pub created_at: i64,
 }
 
@@ -32,7 +37,32 @@ pub struct SessionRow {
     pub model: Option<String>,
     pub system: Option<String>,
     pub metadata: Option<String>,
+    /// Set by the client; `None`: the first user message stands for it.
+    pub title: Option<String>,
     pub created_at: i64,
+}
+
+/// A session as `GET /v1/sessions` lists it: its row, and what its turns say about it.
+#[derive(Debug, Clone, FromRow)]
+pub struct SessionSummary {
+    #[sqlx(flatten)]
+    pub row: SessionRow,
+    /// The content of its first user turn (the title when none was set).
+    pub first_message: Option<String>,
+    /// When its last turn was started.
+    pub last_turn_at: Option<i64>,
+    /// When its last turn's stream ended (`None` while it runs, or if it is gone).
+    pub last_finished_at: Option<i64>,
+}
+
+impl SessionSummary {
+    /// The latest of: its creation, its last turn's start, that turn's end.
+    pub fn last_activity_at(&self) -> i64 {
+        [self.last_turn_at, self.last_finished_at]
+            .into_iter()
+            .flatten()
+            .fold(self.row.created_at, i64::max)
+    }
 }
 
 /// A turn, with its stream's status (assistant turns).
@@ -48,6 +78,37 @@ pub struct TurnRow {
     pub status: Option<String>,
 }
 
+/// A change to a session the writer applies; answered with whether the session existed.
+#[derive(Debug, Clone)]
+pub enum SessionEdit {
+    /// Sets what is `Some` (`Some(None)` clears it); the rest stays.
+    Update {
+        id: String,
+        title: Option<Option<String>>,
+        /// As JSON.
+        metadata: Option<Option<String>>,
+    },
+    /// Deletes the session and its turns (its streams are deleted before, one by one).
+    Delete { id: String },
+}
+
+const COLUMNS: &str = "id, owner, model, system, metadata, title, created_at";
+
+/// The summary columns, after `s.`-qualified [`COLUMNS`].
+const SUMMARY: &str = "s.id, s.owner, s.model, s.system, s.metadata, s.title, s.created_at, \
+     (SELECT t.content FROM turns t WHERE t.session_id = s.id AND t.idx = 0) AS first_message, \
+     (SELECT t.created_at FROM turns t WHERE t.session_id = s.id \
+      ORDER BY t.idx DESC LIMIT 1) AS last_turn_at, \
+     (SELECT st.finished_at FROM turns t JOIN streams st ON st.id = t.stream_id \
+      WHERE t.session_id = s.id ORDER BY t.idx DESC LIMIT 1) AS last_finished_at";
+
+/// Where a page of the newest-first listing of sessions starts: just below this one.
+#[derive(Debug, Clone)]
+pub struct SessionCursor {
+    pub created_at: i64,
+    pub id: String,
+}
+
 impl Store {
     /// One session, if it exists and belongs to `owner`.
     pub async fn session(
@@ -55,14 +116,99 @@ impl Store {
         id: &str,
         owner: Option<&str>,
     ) -> Result<Option<SessionRow>, StoreError> {
+        let text = format!("SELECT {COLUMNS} FROM sessions WHERE id = ? AND owner IS ?");
+        Ok(on_db!(&self.db, text, |pool, sql| sqlx::query_as::<
+            _,
+            SessionRow,
+        >(sql)
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(pool)
+        .await?))
+    }
+
+    /// One session, whoever owns it: for continuing a turn after a crash.
+    pub async fn session_unscoped(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
+        let text = format!("SELECT {COLUMNS} FROM sessions WHERE id = ?");
+        Ok(on_db!(&self.db, text, |pool, sql| sqlx::query_as::<
+            _,
+            SessionRow,
+        >(sql)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?))
+    }
+
+    /// One session with what its turns say about it, if it belongs to `owner`.
+    pub async fn session_summary(
+        &self,
+        id: &str,
+        owner: Option<&str>,
+    ) -> Result<Option<SessionSummary>, StoreError> {
+        let text = format!("SELECT {SUMMARY} FROM sessions s WHERE s.id = ? AND s.owner IS ?");
+        Ok(on_db!(&self.db, text, |pool, sql| sqlx::query_as::<
+            _,
+            SessionSummary,
+        >(sql)
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(pool)
+        .await?))
+    }
+
+    /// The owner's sessions, newest first, strictly below `before`.
+    pub async fn list_sessions(
+        &self,
+        owner: Option<&str>,
+        before: Option<&SessionCursor>,
+        limit: u32,
+    ) -> Result<Vec<SessionSummary>, StoreError> {
+        let rows = match before {
+            None => {
+                let text = format!(
+                    "SELECT {SUMMARY} FROM sessions s WHERE s.owner IS ? \
+                     ORDER BY s.created_at DESC, s.id DESC LIMIT ?"
+                );
+                on_db!(&self.db, text, |pool, sql| sqlx::query_as::<
+                    _,
+                    SessionSummary,
+                >(sql)
+                .bind(owner)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?)
+            }
+            Some(c) => {
+                let text = format!(
+                    "SELECT {SUMMARY} FROM sessions s WHERE s.owner IS ? \
+                     AND (s.created_at < ? OR (s.created_at = ? AND s.id < ?)) \
+                     ORDER BY s.created_at DESC, s.id DESC LIMIT ?"
+                );
+                on_db!(&self.db, text, |pool, sql| sqlx::query_as::<
+                    _,
+                    SessionSummary,
+                >(sql)
+                .bind(owner)
+                .bind(c.created_at)
+                .bind(c.created_at)
+                .bind(&c.id)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?)
+            }
+        };
+        Ok(rows)
+    }
+
+    /// The streams of a session's turns, oldest first.
+    pub async fn turn_streams(&self, session_id: &str) -> Result<Vec<String>, StoreError> {
         Ok(on_db!(
             &self.db,
-            "SELECT id, owner, model, system, metadata, created_at FROM sessions \
-             WHERE id = ? AND owner IS ?",
-            |pool, sql| sqlx::query_as::<_, SessionRow>(sql)
-                .bind(id)
-                .bind(owner)
-                .fetch_optional(pool)
+            "SELECT stream_id FROM turns WHERE session_id = ? AND stream_id IS NOT NULL \
+             ORDER BY idx",
+            |pool, sql| sqlx::query_scalar::<_, String>(sql)
+                .bind(session_id)
+                .fetch_all(pool)
                 .await?
         ))
     }
@@ -88,4 +234,92 @@ impl Store {
         }
         Ok(turns)
     }
+}
+
+/// The SQL of an edit, written for SQLite (`?`, see `dialect` for PostgreSQL), with
+/// the values to bind in order.
+fn edit_sql(edit: &SessionEdit) -> Vec<(&'static str, Vec<Bind<'_>>)> {
+    match edit {
+        SessionEdit::Update {
+            id,
+            title,
+            metadata,
+        } => vec![(
+            "UPDATE sessions SET \
+             title = CASE WHEN ? THEN ? ELSE title END, \
+             metadata = CASE WHEN ? THEN ? ELSE metadata END \
+             WHERE id = ?",
+            vec![
+                Bind::Flag(title.is_some()),
+                Bind::Text(title.as_ref().and_then(|t| t.as_deref())),
+                Bind::Flag(metadata.is_some()),
+                Bind::Text(metadata.as_ref().and_then(|m| m.as_deref())),
+                Bind::Text(Some(id)),
+            ],
+        )],
+        SessionEdit::Delete { id } => vec![
+            (
+                "DELETE FROM turns WHERE session_id = ?",
+                vec![Bind::Text(Some(id))],
+            ),
+            (
+                "DELETE FROM sessions WHERE id = ?",
+                vec![Bind::Text(Some(id))],
+            ),
+        ],
+    }
+}
+
+enum Bind<'a> {
+    Flag(bool),
+    Text(Option<&'a str>),
+}
+
+/// Applies `edits` on the writer's SQLite connection, inside its transaction; returns
+/// whether each one's session existed.
+pub(super) async fn edit_sqlite(
+    conn: &mut SqliteConnection,
+    edits: &[&SessionEdit],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let mut found = Vec::with_capacity(edits.len());
+    for edit in edits {
+        let mut existed = false;
+        for (sql, binds) in edit_sql(edit) {
+            let mut q = sqlx::query(sql);
+            for b in binds {
+                q = match b {
+                    Bind::Flag(f) => q.bind(f),
+                    Bind::Text(t) => q.bind(t),
+                };
+            }
+            // The last statement is the one on the session's row.
+            existed = q.execute(&mut *conn).await?.rows_affected() > 0;
+        }
+        found.push(existed);
+    }
+    Ok(found)
+}
+
+/// [`edit_sqlite`] on the writer's PostgreSQL transaction.
+pub(super) async fn edit_postgres(
+    conn: &mut PgConnection,
+    edits: &[&SessionEdit],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let mut found = Vec::with_capacity(edits.len());
+    for edit in edits {
+        let mut existed = false;
+        for (sql, binds) in edit_sql(edit) {
+            let sql = super::dialect::postgres(sql);
+            let mut q = sqlx::query(&sql);
+            for b in binds {
+                q = match b {
+                    Bind::Flag(f) => q.bind(f),
+                    Bind::Text(t) => q.bind(t),
+                };
+            }
+            existed = q.execute(&mut *conn).await?.rows_affected() > 0;
+        }
+        found.push(existed);
+    }
+    Ok(found)
 }

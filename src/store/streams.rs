@@ -58,6 +58,11 @@ impl StreamRow {
             (Some(p), Some(c)) => Some(Usage {
                 prompt_tokens: p.max(0) as u32,
                 completion_tokens: c.max(0) as u32,
+                session_turns: self
+                    .request()
+                    .ok()
+                    .and_then(|r| r.session_turn)
+                    .map(|t| t.used),
             }),
             _ => None,
         }

@@ -36,6 +36,7 @@ use tokio::task::JoinHandle;
 use super::batch::{Batch, CommitError, Outcome, Position, StreamEnd};
 use super::health::{Fault, Health};
 use super::outage::Outage;
+use super::sessions::SessionEdit;
 use super::sqlite::checkpoint::{self, Checkpointer};
 use super::{NewSession, NewStream, StoreError, postgres, sqlite};
 use crate::config::StoreConfig;
@@ -47,6 +48,10 @@ enum WriteOp {
     CreateSession {
         session: NewSession,
         reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    EditSession {
+        edit: SessionEdit,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
     },
     Create {
         stream: NewStream,
@@ -99,7 +104,7 @@ impl WriteOp {
             | WriteOp::Renew { reply, .. } => {
                 let _ = reply.send(Err(e));
             }
-            WriteOp::Delete { reply, .. } => {
+            WriteOp::Delete { reply, .. } | WriteOp::EditSession { reply, .. } => {
                 let _ = reply.send(Err(e));
             }
             WriteOp::Purge { reply, .. } => {
@@ -148,6 +153,12 @@ impl EventLog {
             reply,
         })
         .await
+    }
+
+    /// Renames a session, sets its metadata, or deletes it (with its turns); returns
+    /// once committed, with whether the session existed.
+    pub async fn edit_session(&self, edit: SessionEdit) -> Result<bool, StoreError> {
+        ask(&self.tx, |reply| WriteOp::EditSession { edit, reply }).await
     }
 
     /// Marks a queued stream as running. It skips the queue of token events, like the
@@ -782,6 +793,7 @@ impl Book {
             WriteOp::Abandon { stream_id } => self.outage.abandoned(&stream_id),
             op @ (WriteOp::Create { .. }
             | WriteOp::CreateSession { .. }
+            | WriteOp::EditSession { .. }
             | WriteOp::Delete { .. }
             | WriteOp::Purge { .. })
                 if !self.outage.is_available() =>
@@ -839,6 +851,9 @@ impl Book {
             self.hub.clear_abort(&id);
             let _ = reply.send(Ok(existed));
         }
+        for ((_, reply), existed) in batch.session_edits.drain(..).zip(outcome.edited) {
+            let _ = reply.send(Ok(existed));
+        }
         for ((_, _, reply), n) in batch.purges.drain(..).zip(outcome.purged) {
             let _ = reply.send(Ok(n));
         }
@@ -876,6 +891,7 @@ impl Batch {
     fn add(&mut self, op: WriteOp) {
         match op {
             WriteOp::CreateSession { session, reply } => self.sessions.push((session, reply)),
+            WriteOp::EditSession { edit, reply } => self.session_edits.push((edit, reply)),
             WriteOp::Create {
                 stream,
                 start,

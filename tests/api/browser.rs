@@ -1,7 +1,8 @@
 //! The chat page at `/` in a real headless browser: Debian's `chromium` driven by
 //! `playwright-core` (installed by `tests/clients/install.sh`; no browser download). Each
 //! test starts spool (mock backend, paced) and runs `tests/browser/chat.mjs` for one
-//! case — ask, resume after a cut connection, Stop, reload, a server with API keys — then
+//! case — ask, resume after a cut connection, Stop, reload, a server with API keys, the
+//! sidebar managing the server's conversations, Markdown answers — then
 //! checks the outcome against the API. Screenshots go to `target/screenshots/`.
 
 use std::path::PathBuf;
@@ -85,6 +86,7 @@ async fn the_page_and_its_assets_are_served_from_the_binary() {
     for (path, kind) in [
         ("/", "text/html"),
         ("/page/app.js", "text/javascript"),
+        ("/page/markdown.js", "text/javascript"),
         ("/page/style.css", "text/css"),
     ] {
         let r = app.client.get(app.url(path)).send().await.unwrap();
@@ -182,4 +184,35 @@ async fn with_api_keys_the_page_asks_for_a_key_then_streams_and_stops() {
         r["stoppedText"], second["text"],
         "the page differs from the stored stream"
     );
+}
+
+#[tokio::test]
+async fn the_page_lists_renames_and_deletes_the_servers_conversations() {
+    let app = spawn_with(|c| c.mock.rate = 40.0).await;
+    let r = run_case("manage", &app.base).await;
+    let renamed: Value = app
+        .client
+        .get(app.url(&format!("/v1/sessions/{}", r["renamed"].as_str().unwrap())))
+        .send_json()
+        .await;
+    assert_eq!(renamed["title"], "Renamed trip", "{renamed}");
+    let page: Value = app.client.get(app.url("/v1/sessions")).send_json().await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 1, "{page}");
+    let deleted = app
+        .client
+        .get(app.url(&format!(
+            "/v1/streams/{}",
+            r["deletedStream"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 404, "the deleted conversation's stream");
+}
+
+#[tokio::test]
+async fn the_page_renders_markdown_answers_without_model_html() {
+    let app = spawn_with(|c| c.mock.rate = 40.0).await;
+    let r = run_case("markdown", &app.base).await;
+    assert_eq!(r["ok"], true, "{r}");
 }

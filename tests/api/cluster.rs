@@ -671,7 +671,7 @@ async fn a_reader_of_a_stream_deleted_before_it_saw_the_end_is_not_left_waiting(
     // Gone before the reader on b read an end (a delete through another node can
     // commit before that reader reads the terminal event it was woken for).
     for sql in [
-        "DELETE FROM events WHERE stream_id = $1",
+        "DELETE FROM chunks WHERE stream_key = (SELECT key FROM streams WHERE id = $1)",
         "DELETE FROM streams WHERE id = $1",
     ] {
         sqlx::query(sql).bind(&id).execute(&pool).await.unwrap();

@@ -15,8 +15,8 @@ use spool::event::{Event, EventKind, FinishReason, StreamStatus, Usage, now_ms};
 use spool::hub::StreamHub;
 use spool::metrics::{Gauges, Metrics};
 use spool::store::{
-    self, EventLog, ListCursor, NewSession, NewStream, NewTurn, Store, StreamEnd, Unfinished,
-    WriterTask,
+    self, EventLog, ListCursor, NewSession, NewStream, NewTurn, SessionCursor, SessionEdit, Store,
+    StreamEnd, Unfinished, WriterTask,
 };
 
 use crate::pg::TestDb;
@@ -152,6 +152,7 @@ impl Db {
         let usage = Usage {
             prompt_tokens: 1,
             completion_tokens: (seq - 2) as u32,
+            session_turns: None,
         };
         self.log
             .append(
@@ -242,6 +243,7 @@ suite!(
     events_are_stored_in_order_paged_and_ended,
     listing_pages_newest_first_and_sees_only_its_owner,
     sessions_keep_their_turns_and_answers,
+    sessions_are_listed_renamed_and_deleted,
     delete_removes_a_stream_and_its_events,
     purge_deletes_old_finished_streams_only,
     a_failed_batch_leaves_nothing_and_the_next_one_commits,
@@ -397,6 +399,7 @@ async fn sessions_keep_their_turns_and_answers(f: Fixture) {
             model: Some("mock".into()),
             system: Some("be brief".into()),
             metadata: Some(r#"{"k":1}"#.into()),
+            title: None,
             created_at: t,
         })
         .await
@@ -481,6 +484,140 @@ async fn sessions_keep_their_turns_and_answers(f: Fixture) {
         .await;
     assert!(taken.is_err());
     assert_eq!(db.store.turns(&sid).await.unwrap().len(), 4);
+    db.crash().await;
+}
+
+async fn sessions_are_listed_renamed_and_deleted(f: Fixture) {
+    let db = f.open("n1").await;
+    let t = now_ms();
+    let mut ids = Vec::new();
+    for (i, owner) in ["alice", "alice", "bob", "alice"].into_iter().enumerate() {
+        let id = spool::ids::new_session_id().unwrap();
+        db.log
+            .create_session(NewSession {
+                id: id.clone(),
+                owner: Some(owner.into()),
+                model: None,
+                system: None,
+                metadata: None,
+                title: (i == 1).then(|| "Named".to_owned()),
+                created_at: t + i as i64,
+            })
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    // A turn in the oldest one: its first message, and its activity.
+    let turn = NewTurn {
+        session_id: ids[0].clone(),
+        idx: 0,
+        content: "hello there".into(),
+    };
+    let stream = db.create(Some("alice"), t + 10, Some(turn)).await;
+    db.done(&stream, 2, Some(String::new())).await;
+    db.log.flush().await.unwrap();
+
+    let page = db
+        .store
+        .list_sessions(Some("alice"), None, 2)
+        .await
+        .unwrap();
+    let listed: Vec<&str> = page.iter().map(|s| s.row.id.as_str()).collect();
+    assert_eq!(listed, [ids[3].as_str(), ids[1].as_str()]);
+    assert_eq!(page[1].row.title.as_deref(), Some("Named"));
+    let cursor = SessionCursor {
+        created_at: page[1].row.created_at,
+        id: page[1].row.id.clone(),
+    };
+    let rest = db
+        .store
+        .list_sessions(Some("alice"), Some(&cursor), 10)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].row.id, ids[0]);
+    assert_eq!(rest[0].first_message.as_deref(), Some("hello there"));
+    assert_eq!(rest[0].last_turn_at, Some(t + 10));
+    assert!(rest[0].last_activity_at() >= t + 10);
+    assert!(
+        db.store
+            .list_sessions(None, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Title and metadata, each on its own; then a title cleared.
+    let rename =
+        |title: Option<Option<&str>>, metadata: Option<Option<&str>>| SessionEdit::Update {
+            id: ids[0].clone(),
+            title: title.map(|t| t.map(str::to_owned)),
+            metadata: metadata.map(|m| m.map(str::to_owned)),
+        };
+    assert!(
+        db.log
+            .edit_session(rename(Some(Some("Trip")), None))
+            .await
+            .unwrap()
+    );
+    assert!(
+        db.log
+            .edit_session(rename(None, Some(Some(r#"{"a":1}"#))))
+            .await
+            .unwrap()
+    );
+    let s = db
+        .store
+        .session(&ids[0], Some("alice"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (s.title.as_deref(), s.metadata.as_deref()),
+        (Some("Trip"), Some(r#"{"a":1}"#))
+    );
+    assert!(db.log.edit_session(rename(Some(None), None)).await.unwrap());
+    let s = db
+        .store
+        .session(&ids[0], Some("alice"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (s.title.as_deref(), s.metadata.as_deref()),
+        (None, Some(r#"{"a":1}"#))
+    );
+    let missing = SessionEdit::Update {
+        id: "se_missing".into(),
+        title: Some(Some("x".into())),
+        metadata: None,
+    };
+    assert!(!db.log.edit_session(missing).await.unwrap());
+
+    assert_eq!(
+        db.store.turn_streams(&ids[0]).await.unwrap(),
+        std::slice::from_ref(&stream)
+    );
+    assert!(db.log.delete(stream).await.unwrap());
+    let delete = SessionEdit::Delete { id: ids[0].clone() };
+    assert!(db.log.edit_session(delete.clone()).await.unwrap());
+    assert!(!db.log.edit_session(delete).await.unwrap());
+    assert!(
+        db.store
+            .session(&ids[0], Some("alice"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(db.store.turns(&ids[0]).await.unwrap().is_empty());
+    assert_eq!(
+        db.store
+            .list_sessions(Some("alice"), None, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     db.crash().await;
 }
 

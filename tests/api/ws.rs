@@ -636,3 +636,56 @@ async fn an_unknown_model_is_named_with_the_models_there_are() {
         assert_eq!(e["error"]["models"], json!(["mock"]), "{path}: {e}");
     }
 }
+
+#[tokio::test]
+async fn a_generate_retried_with_its_idempotency_key_gets_the_same_stream() {
+    let app = spawn_app().await;
+    let body = json!({"prompt": "hi", "max_tokens": 3, "idempotency_key": "w-1"});
+    let mut ws = connect(&app).await;
+    let first = generate(&mut ws, "a", body.clone()).await;
+    read_until_done(&mut ws, std::slice::from_ref(&first)).await;
+    drop(ws);
+
+    // A new socket (the first one's answer was lost): the same key, the same stream.
+    let mut ws = connect(&app).await;
+    let again = generate(&mut ws, "b", body.clone()).await;
+    assert_eq!(again, first);
+    let replayed = read_until_done(&mut ws, std::slice::from_ref(&again)).await;
+    assert_eq!(
+        replayed[&again].last().map(|m| m["type"].clone()),
+        Some(json!("done"))
+    );
+    // An HTTP retry under that key and body finds it too: keys are one namespace per owner.
+    let http = app
+        .client
+        .post(app.url("/v1/streams"))
+        .header("idempotency-key", "w-1")
+        .json(&json!({"prompt": "hi", "max_tokens": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert!(http.status().is_success(), "{}", http.status());
+    let http: Value = http.json().await.unwrap();
+    assert_eq!(http["id"], first.as_str());
+
+    // A different body under the key: refused, nothing started.
+    let mut other = body;
+    other["prompt"] = json!("something else");
+    other["type"] = json!("generate");
+    other["ref"] = json!("c");
+    send(&mut ws, other).await;
+    let refused = next(&mut ws).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "idempotency_conflict", "{refused}");
+    assert_eq!(refused["ref"], "c", "{refused}");
+    let list: Value = app
+        .client
+        .get(app.url("/v1/streams"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(1), "{list}");
+}

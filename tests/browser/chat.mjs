@@ -1,6 +1,6 @@
 // Drives spool's chat page in Debian's headless Chromium with playwright-core.
 //   node chat.mjs CASE BASE_URL SCREENSHOT.png
-// CASE: ask | resume | stop | reload | keys | eventsource. Prints one JSON line ({"ok":true,...}) on success;
+// CASE: ask | resume | stop | reload | keys | manage | markdown | eventsource. Prints one JSON line ({"ok":true,...}) on success;
 // exits non-zero with a message otherwise. Run by tests/api/browser.rs, which starts the
 // server (mock backend) and checks the result against the API.
 import { chromium } from "playwright-core";
@@ -38,6 +38,8 @@ page.on("console", (m) => {
 page.on("response", (r) => {
   if (r.status() === 404) problems.push(`404: ${r.url()}`);
 });
+// The page asks before it deletes a conversation: yes.
+page.on("dialog", (d) => d.accept());
 
 const last = ".msg.assistant:last-child"; // answers are always after their question
 
@@ -73,6 +75,34 @@ async function finished() {
 
 function check(cond, message) {
   if (!cond) throw new Error(message);
+}
+
+const titles = () => page.$$eval("#sessions .session", (bs) => bs.map((b) => b.textContent));
+
+async function waitTitles(expected) {
+  try {
+    await page.waitForFunction(
+      (want) => JSON.stringify([...document.querySelectorAll("#sessions .session")].map((b) => b.textContent)) === want,
+      JSON.stringify(expected),
+    );
+  } catch (err) {
+    throw new Error(`sidebar ${JSON.stringify(await titles())}, wanted ${JSON.stringify(expected)}: ${err.message}`);
+  }
+}
+
+// A conversation made outside this browser (over the API), its one turn answered.
+async function madeElsewhere(content) {
+  const post = (path, body) =>
+    fetch(`${base}${path}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) })
+      .then((r) => r.json());
+  const session = await post("/v1/sessions", {});
+  const stream = await post(`/v1/sessions/${session.id}/messages`, { content, max_tokens: 3 });
+  for (const until = Date.now() + TIMEOUT; Date.now() < until; ) {
+    const s = await fetch(`${base}/v1/streams/${stream.id}`).then((r) => r.json());
+    if (s.status === "completed") return session.id;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error("the conversation made over the API never finished");
 }
 
 const result = { ok: true, case: testCase };
@@ -178,6 +208,106 @@ try {
     const turns = await page.$$eval(".msg", (ms) => ms.map((m) => m.querySelector(".text").textContent));
     check(turns[1] === expected(5) && turns[3] === second.text, `turns ${JSON.stringify(turns)}`);
     Object.assign(result, { first: first.streamId, second: second.streamId, stoppedText: second.text });
+  } else if (testCase === "manage") {
+    // The sidebar is the server's list: a conversation this browser never saw is in it.
+    const elsewhere = await madeElsewhere("Made elsewhere");
+    await open("?max_tokens=3");
+    await waitTitles(["Made elsewhere"]);
+    await page.click("#sessions .session >> text=Made elsewhere");
+    await page.waitForFunction(() => document.querySelectorAll(".msg").length === 2);
+    await page.click("#new-chat");
+    await ask("Second conversation");
+    const second = await finished();
+    await waitTitles(["Second conversation", "Made elsewhere"]);
+    // Rename: the field, Enter; the server's title comes back.
+    await page.click('#sessions .session-item:has-text("Made elsewhere") .rename');
+    await page.fill("#sessions .rename-input", "Renamed trip");
+    await page.press("#sessions .rename-input", "Enter");
+    await waitTitles(["Second conversation", "Renamed trip"]);
+    // Escape leaves a title as it was.
+    await page.click('#sessions .session-item:has-text("Renamed trip") .rename');
+    await page.fill("#sessions .rename-input", "Not this");
+    await page.press("#sessions .rename-input", "Escape");
+    await waitTitles(["Second conversation", "Renamed trip"]);
+    // Delete the open one: the sidebar and the chat empty.
+    await page.click('#sessions .session-item:has-text("Second conversation") .delete');
+    await waitTitles(["Renamed trip"]);
+    check((await page.locator(".msg").count()) === 0, "the deleted conversation is still shown");
+    await page.screenshot({ path: screenshot.replace(/\.png$/, "-renamed.png") });
+    // A reload lists what the server has.
+    await page.reload();
+    await page.waitForFunction(() => document.body.dataset.ready === "true");
+    await waitTitles(["Renamed trip"]);
+    Object.assign(result, { renamed: elsewhere, deletedStream: second.streamId, titles: await titles() });
+  } else if (testCase === "markdown") {
+    await open("?max_tokens=4");
+    // Answers go through the renderer: the mock's text is one paragraph, as it came.
+    await ask("Hello");
+    const a = await finished();
+    check(a.text === expected(4), `text ${JSON.stringify(a.text)}`);
+    check(await page.$eval(`${last} .text`, (t) => t.children.length === 1 && t.firstChild.tagName === "P"), "no paragraph");
+    // The renderer itself, in this page (its CSP included), on hostile Markdown.
+    const source = [
+      "# Title with <b>tags</b>",
+      "Some **bold**, *em*, _also em_, snake_case_name and `<code>`.",
+      "<img src=x onerror=\"window.pwned=1\"><script>window.pwned=2</script>",
+      "",
+      "```rust",
+      "let x = 1;",
+      "<b>not bold</b>",
+      "```",
+      "- one",
+      "- two with [a link](https://example.com/docs)",
+      "",
+      "3. three",
+      "4. four",
+      "",
+      "> quoted *text*",
+      "",
+      "[bad](javascript:alert(1)) and [data](data:text/html,hi) stay text.",
+    ].join("\n");
+    const r = await page.evaluate(async (src) => {
+      const { renderMarkdown } = await import("/page/markdown.js");
+      const li = document.createElement("li");
+      li.className = "msg assistant";
+      const div = document.createElement("div");
+      div.className = "text";
+      div.append(renderMarkdown(src));
+      li.append(div);
+      document.querySelector("#messages").append(li);
+      const q = (sel) => div.querySelector(sel);
+      const link = q("ul a");
+      return {
+        tags: [...div.children].map((c) => c.tagName),
+        heading: q("h3")?.textContent,
+        strong: q("p strong")?.textContent,
+        ems: [...div.querySelectorAll(":scope > p em")].map((e) => e.textContent),
+        inlineCode: q("p code")?.textContent,
+        raw: [...div.querySelectorAll("p")].map((p) => p.textContent).join("|"),
+        code: q("pre > code")?.textContent,
+        lang: q("pre > code")?.dataset.lang,
+        bullets: [...div.querySelectorAll("ul > li")].map((l) => l.textContent),
+        ordered: [div.querySelectorAll("ol > li").length, q("ol")?.start],
+        quote: q("blockquote em")?.textContent,
+        link: link && { href: link.href, rel: link.rel, target: link.target, text: link.textContent },
+        anchors: div.querySelectorAll("a").length,
+        html: !!div.querySelector("img, script, b"),
+        pwned: window.pwned ?? null,
+      };
+    }, source);
+    check(JSON.stringify(r.tags) === JSON.stringify(["H3", "P", "PRE", "UL", "OL", "BLOCKQUOTE", "P"]), `blocks ${r.tags}`);
+    check(r.heading === "Title with <b>tags</b>", `heading ${r.heading}`);
+    check(r.strong === "bold" && JSON.stringify(r.ems) === JSON.stringify(["em", "also em"]), `emphasis ${r.strong} ${r.ems}`);
+    check(r.inlineCode === "<code>", `inline code ${r.inlineCode}`);
+    check(r.raw.includes("snake_case_name") && r.raw.includes('<img src=x onerror="window.pwned=1"><script>'), `text ${r.raw}`);
+    check(r.code === "let x = 1;\n<b>not bold</b>" && r.lang === "rust", `code ${JSON.stringify(r.code)} ${r.lang}`);
+    check(JSON.stringify(r.bullets) === JSON.stringify(["one", "two with a link"]), `list ${r.bullets}`);
+    check(r.ordered[0] === 2 && r.ordered[1] === 3, `ordered ${r.ordered}`);
+    check(r.quote === "text", `quote ${r.quote}`);
+    check(r.link?.href === "https://example.com/docs" && /noopener/.test(r.link.rel) && r.link.target === "_blank", `link ${JSON.stringify(r.link)}`);
+    check(r.anchors === 1 && r.raw.includes("[bad](javascript:alert(1))"), `unsafe links ${r.anchors}`);
+    check(!r.html && r.pwned === null, "model HTML reached the DOM");
+    Object.assign(result, { blocks: r.tags });
   } else if (testCase === "eventsource") {
     // examples/eventsource.html, as a user opens it.
     await page.goto(`${base}/examples/eventsource.html?max_tokens=5`);

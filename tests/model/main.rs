@@ -11,6 +11,7 @@ mod process;
 #[path = "../common/ready.rs"]
 mod ready;
 mod server;
+mod sessions;
 #[path = "../common/sse.rs"]
 mod sse;
 mod streams;

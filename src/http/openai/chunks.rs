@@ -320,6 +320,7 @@ mod tests {
                 Usage {
                     prompt_tokens: 2,
                     completion_tokens: 1,
+                    session_turns: None,
                 },
             ),
         );
@@ -358,6 +359,7 @@ mod tests {
                 Usage {
                     prompt_tokens: 2,
                     completion_tokens: 1,
+                    session_turns: None,
                 },
             ),
         );

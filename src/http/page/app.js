@@ -1,13 +1,17 @@
 // spool's chat page. Talks only to the public API:
-//   GET /v1/models, POST /v1/sessions, POST /v1/sessions/{id}/messages, GET /v1/sessions/{id},
-//   EventSource on /v1/streams/{id}/events (it reconnects by itself with Last-Event-ID),
-//   and {"type":"cancel"} over /v1/ws for Stop.
+//   GET /v1/models, GET/POST /v1/sessions (the sidebar: the caller's conversations, from
+//   the server), GET/PATCH/DELETE /v1/sessions/{id} (open, rename, delete),
+//   POST /v1/sessions/{id}/messages, EventSource on /v1/streams/{id}/events (it
+//   reconnects by itself with Last-Event-ID), and {"type":"cancel"} over /v1/ws for Stop.
 // On a server with API keys (a /v1 call answers 401) it asks for a key, keeps it in
 // localStorage and sends it as `Authorization: Bearer` on every fetch. EventSource and
 // WebSocket cannot send that header: the EventSource opens with the stream's read_token
 // (?token=, returned by the POST that started it), and Stop uses
 // POST /v1/streams/{id}/cancel instead of the WebSocket.
-// Model text is only ever set with textContent, never parsed as HTML.
+// Model text is only ever set with textContent, never parsed as HTML: answers are
+// rendered as Markdown by ./markdown.js, which builds DOM nodes.
+
+import { renderMarkdown } from "./markdown.js";
 
 const $ = (id) => document.getElementById(id);
 const els = {
@@ -17,13 +21,14 @@ const els = {
   keyForm: $("key-form"), key: $("api-key"), keyMessage: $("key-message"),
 };
 
-const STORE_KEY = "spool.sessions"; // [{id, title, created_at}], newest first
 const CURRENT_KEY = "spool.current";
 const API_KEY = "spool.apiKey"; // the bearer key, on a server that wants one
 const TOKENS_KEY = "spool.readTokens"; // [[streamId, read_token]], newest first
 const TOKENS_KEPT = 50;
 
 let sessionId = null;
+let sessions = []; // the sidebar: the server's list, newest first
+let moreAfter = null; // the last id of the list, while the server has more
 let live = null; // the answer being streamed: {streamId, es, el}
 let socket = null;
 let apiKey = localStorage.getItem(API_KEY) || "";
@@ -129,38 +134,116 @@ function scrollDown() {
   els.messages.scrollTop = els.messages.scrollHeight;
 }
 
-// ---- the sessions this browser remembers ----------------------------------------------
+// ---- the sidebar: the conversations on the server ------------------------------------
 
-function remembered() {
-  try {
-    const list = JSON.parse(localStorage.getItem(STORE_KEY) || "[]");
-    return Array.isArray(list) ? list : [];
-  } catch {
-    return [];
-  }
+const TITLE_SHOWN = 48;
+
+function shortTitle(title) {
+  if (!title) return "New conversation";
+  return title.length > TITLE_SHOWN ? `${title.slice(0, TITLE_SHOWN - 1)}…` : title;
 }
 
-function remember(list) {
-  localStorage.setItem(STORE_KEY, JSON.stringify(list));
+// Loads the first page of the caller's sessions (again), or the next one with `more`.
+async function loadSessions(more = false) {
+  const query = more && moreAfter ? `&before=${encodeURIComponent(moreAfter)}` : "";
+  try {
+    const page = await api("GET", `/v1/sessions?limit=50${query}`);
+    sessions = more ? [...sessions, ...page.data] : page.data;
+    moreAfter = page.has_more ? page.last_id : null;
+  } catch (err) {
+    notice(`Could not list the conversations: ${err.message}`);
+  }
   renderSessions();
 }
 
 function renderSessions() {
   els.sessions.replaceChildren();
-  for (const s of remembered()) {
-    const li = el("li");
-    const b = el("button", "session", s.title || "New conversation");
+  for (const s of sessions) {
+    const li = el("li", "session-item");
+    li.dataset.sessionId = s.id;
+    const b = el("button", "session", shortTitle(s.title));
     b.type = "button";
     b.dataset.sessionId = s.id;
-    b.title = s.created_at ? new Date(s.created_at).toLocaleString() : s.id;
+    b.title = `${s.title || s.id}\nlast active ${new Date(s.last_activity_at).toLocaleString()}`;
     if (s.id === sessionId) b.setAttribute("aria-current", "true");
     b.addEventListener("click", () => {
       openSession(s.id);
       document.body.classList.remove("sidebar-open");
     });
-    li.append(b);
+    const rename = el("button", "rename", "✎");
+    rename.type = "button";
+    rename.title = "Rename";
+    rename.setAttribute("aria-label", "Rename");
+    rename.addEventListener("click", () => startRename(li, s));
+    const remove = el("button", "delete", "×");
+    remove.type = "button";
+    remove.title = "Delete";
+    remove.setAttribute("aria-label", "Delete");
+    remove.addEventListener("click", () => deleteSession(s));
+    li.append(b, rename, remove);
     els.sessions.append(li);
   }
+  if (moreAfter) {
+    const li = el("li");
+    const more = el("button", "more", "More…");
+    more.type = "button";
+    more.addEventListener("click", () => loadSessions(true));
+    li.append(more);
+    els.sessions.append(li);
+  }
+}
+
+// Replaces the item with a title field: Enter saves (PATCH), Escape or leaving cancels.
+function startRename(li, s) {
+  const form = el("form", "rename-form");
+  const input = el("input", "rename-input");
+  input.value = s.title || "";
+  input.maxLength = 200;
+  input.setAttribute("aria-label", "New title");
+  form.append(input);
+  li.replaceChildren(form);
+  input.focus();
+  input.select();
+  let done = false;
+  const cancel = () => {
+    if (!done) {
+      done = true;
+      renderSessions();
+    }
+  };
+  input.addEventListener("keydown", (e) => {
+    if (e.key === "Escape") cancel();
+  });
+  input.addEventListener("blur", cancel);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const title = input.value.trim();
+    done = true;
+    try {
+      const updated = await api("PATCH", `/v1/sessions/${encodeURIComponent(s.id)}`, {
+        title: title || null,
+      });
+      sessions = sessions.map((x) => (x.id === s.id ? { ...x, ...updated } : x));
+    } catch (err) {
+      notice(`Could not rename: ${err.message}`);
+    }
+    renderSessions();
+  });
+}
+
+async function deleteSession(s) {
+  if (!window.confirm(`Delete "${shortTitle(s.title)}" and its answers?`)) return;
+  try {
+    await api("DELETE", `/v1/sessions/${encodeURIComponent(s.id)}`);
+  } catch (err) {
+    if (err.status !== 404) {
+      notice(`Could not delete: ${err.message}`);
+      return;
+    }
+  }
+  sessions = sessions.filter((x) => x.id !== s.id);
+  if (s.id === sessionId) newChat();
+  else renderSessions();
 }
 
 // ---- rendering turns -------------------------------------------------------------------
@@ -170,6 +253,12 @@ function addUser(text) {
   li.append(el("div", "text", text));
   els.messages.append(li);
   scrollDown();
+}
+
+// An answer's text, rendered as Markdown (never as HTML); the raw text is kept on the node.
+function renderAnswer(li, raw) {
+  li.raw = raw;
+  li.querySelector(".text").replaceChildren(renderMarkdown(raw));
 }
 
 function addAssistant(streamId) {
@@ -198,7 +287,6 @@ function setState(li, state, label) {
 
 function follow(li, streamId, sentAt) {
   stopFollowing();
-  const text = li.querySelector(".text");
   const meta = li.querySelector(".meta");
   const stats = { sentAt, first: 0, tokens: 0 };
   const es = new EventSource(eventsUrl(streamId));
@@ -233,7 +321,7 @@ function follow(li, streamId, sentAt) {
     const { text: t } = JSON.parse(e.data);
     if (!stats.first) stats.first = performance.now();
     stats.tokens += 1;
-    text.textContent += t;
+    renderAnswer(li, (li.raw || "") + t);
     showStats();
     scrollDown();
   });
@@ -304,7 +392,7 @@ async function openSession(id) {
     session = await api("GET", `/v1/sessions/${encodeURIComponent(id)}`);
   } catch (err) {
     if (err.status === 404) {
-      remember(remembered().filter((s) => s.id !== id));
+      sessions = sessions.filter((s) => s.id !== id);
       notice("That conversation no longer exists on the server.");
       newChat();
       return;
@@ -325,14 +413,14 @@ async function openSession(id) {
           // Started elsewhere: no read token here to follow it with; show the text so far.
           setState(li, "done", "still running: reopen the conversation later for the rest");
           api("GET", `/v1/streams/${encodeURIComponent(turn.stream_id)}`)
-            .then((s) => { li.querySelector(".text").textContent = s.text; })
+            .then((s) => renderAnswer(li, s.text))
             .catch(() => {});
         } else {
           // Still generating: follow it from the start.
           follow(li, turn.stream_id, 0);
         }
       } else {
-        li.querySelector(".text").textContent = turn.content;
+        renderAnswer(li, turn.content);
         const label = turn.status === "completed" ? "" : turn.status || "";
         setState(li, turn.status === "cancelled" ? "cancelled" : "done", label);
       }
@@ -357,8 +445,9 @@ async function ask(content) {
     const s = await api("POST", "/v1/sessions", model ? { model } : {});
     sessionId = s.id;
     localStorage.setItem(CURRENT_KEY, s.id);
-    const title = content.length > 48 ? `${content.slice(0, 47)}…` : content;
-    remember([{ id: s.id, title, created_at: s.created_at }, ...remembered()]);
+    // Shown at once; the server's title (its first message) replaces it below.
+    sessions = [{ ...s, title: content }, ...sessions.filter((x) => x.id !== s.id)];
+    renderSessions();
   }
   const body = { content };
   if (model) body.model = model;
@@ -369,6 +458,7 @@ async function ask(content) {
   keepReadToken(stream.id, stream.read_token);
   addUser(content);
   follow(addAssistant(stream.id), stream.id, sentAt);
+  loadSessions();
 }
 
 // ---- wiring ---------------------------------------------------------------------------------
@@ -413,7 +503,7 @@ async function start() {
   } catch (err) {
     notice(`Could not list the models: ${err.message}`);
   }
-  renderSessions();
+  await loadSessions();
   const current = localStorage.getItem(CURRENT_KEY);
   if (current) await openSession(current);
   document.body.dataset.ready = "true";

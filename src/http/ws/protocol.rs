@@ -344,6 +344,7 @@ mod tests {
             Usage {
                 prompt_tokens: 2,
                 completion_tokens: 7,
+                session_turns: None,
             },
         );
         let v: Value = serde_json::from_str(&event_message("st_a", &done).unwrap()).unwrap();

@@ -7,10 +7,21 @@
 //! told it lagged and catches up from the store. So a slow socket never slows a
 //! generation or another socket, and memory per socket is bounded.
 //!
+//! A peer that sends but never reads cannot stall the read loop: the server's own
+//! replies (`started`, `error`, `pong`) wait at most the pong timeout for room in the
+//! queue, and past it the socket is closed as a dead peer; once the read loop has ended,
+//! the writer has [`FINAL_WRITE`] to flush. Shutdown and the pong timeout always apply.
+//!
+//! The stream limit (`SPOOL_WS_MAX_STREAMS`) counts the streams this socket follows and
+//! the generations it started and has not seen end, so `unsubscribe` frees no room
+//! while a generation runs on. The same record holds the `cancel_on_disconnect` streams,
+//! and is pruned as its streams end.
+//!
 //! **Architecture Invariant:** a socket closing never cancels its streams, except the
 //! ones generated with `"cancel_on_disconnect": true`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
@@ -22,10 +33,11 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::protocol::{self, Incoming};
-use crate::engine::{Access, Follow, Started, Via};
+use crate::engine::{Access, Follow, Started, StreamEnding, Via};
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::params::StreamParams;
 use crate::http::sessions::SessionParams;
+use crate::http::sse::FINAL_WRITE;
 use crate::http::state::HttpState;
 
 /// What the writer sends: a text message, a Ping, or the closing frame.
@@ -50,15 +62,31 @@ pub async fn run(
         out,
         followers: JoinSet::new(),
         following: HashMap::new(),
-        cancel_on_disconnect: HashSet::new(),
+        generated: HashMap::new(),
+        stalled: AtomicBool::new(false),
     };
-    let writer = write_loop(sink, out_rx);
+    let read_done = tokio_util::sync::CancellationToken::new();
     // The reader owns the connection, so that its end drops the last sender of the
     // writer's queue: the writer then closes the socket (else a peer that closed, or
     // broke the protocol, would leave the socket and its permit held for good).
-    let reader = async move {
-        connection.read_loop(frames).await;
-        connection.finish().await;
+    let reader = {
+        let read_done = read_done.clone();
+        async move {
+            connection.read_loop(frames).await;
+            connection.finish().await;
+            read_done.cancel();
+        }
+    };
+    // A peer that does not read blocks the writer in `send`: once the reader is done,
+    // the writer gets a bounded time to flush, then the socket is dropped.
+    let writer = async {
+        tokio::select! {
+            _ = write_loop(sink, out_rx) => {}
+            _ = async {
+                read_done.cancelled().await;
+                tokio::time::sleep(FINAL_WRITE).await;
+            } => tracing::debug!("the peer reads nothing; dropping the socket"),
+        }
     };
     tokio::join!(reader, writer);
     state.metrics().ws_closed();
@@ -96,7 +124,19 @@ struct Connection {
     /// One task per followed stream; each returns its stream id when it ends.
     followers: JoinSet<String>,
     following: HashMap<String, AbortHandle>,
-    cancel_on_disconnect: HashSet<String>,
+    /// The generations this socket started whose end it has not seen (pruned as they
+    /// end): they count against the stream limit whether followed or not.
+    generated: HashMap<String, Generated>,
+    /// A reply found no room in the queue within the pong timeout: the peer does not
+    /// read, and the read loop closes the socket.
+    stalled: AtomicBool,
+}
+
+/// A generation this socket started.
+struct Generated {
+    ending: StreamEnding,
+    /// Cancelled when the socket closes.
+    cancel_on_disconnect: bool,
 }
 
 impl Connection {
@@ -138,7 +178,14 @@ impl Connection {
                     };
                     heard = Instant::now();
                     match message {
-                        Message::Text(text) => self.on_text(text.as_str()).await,
+                        Message::Text(text) => {
+                            self.on_text(text.as_str()).await;
+                            if self.stalled.load(Ordering::Relaxed) {
+                                self.state.metrics().ws_timed_out();
+                                tracing::info!("closing a socket whose peer reads nothing");
+                                return;
+                            }
+                        }
                         Message::Binary(_) => {
                             self.send(protocol::error(
                                 ErrorCode::UnsupportedFrame.as_str(),
@@ -153,6 +200,7 @@ impl Connection {
                     }
                 }
                 _ = ping.tick() => {
+                    self.prune();
                     if heard.elapsed() > config.pong_timeout {
                         self.state.metrics().ws_timed_out();
                         self.close(close_code::POLICY, "no pong within the timeout").await;
@@ -165,28 +213,54 @@ impl Connection {
                     if let Ok(id) = done {
                         self.following.remove(&id);
                     }
+                    self.prune();
                 }
             }
         }
+    }
+
+    /// Forgets the generations that have ended.
+    fn prune(&mut self) {
+        self.generated.retain(|_, g| !g.ending.is_over());
     }
 
     /// Stops every follower and cancels the streams that asked for it.
     async fn finish(&mut self) {
         self.followers.abort_all();
         while self.followers.join_next().await.is_some() {}
-        for id in self.cancel_on_disconnect.drain() {
+        let cancel = self
+            .generated
+            .drain()
+            .filter(|(_, g)| g.cancel_on_disconnect && !g.ending.is_over());
+        for (id, _) in cancel {
             if let Err(e) = self.state.engine().cancel(&id, self.owner.as_deref()).await {
                 tracing::warn!(stream_id = %id, error = %e, "cancel on disconnect failed");
             }
         }
     }
 
+    /// Queues a reply. It waits for room at most the pong timeout (a peer that reads
+    /// nothing fills the queue): past it the reply is dropped and the socket marked
+    /// stalled, for the read loop to close. At shutdown the reply is dropped (the read
+    /// loop closes the socket next); with the writer gone, so is the peer.
     async fn send(&self, text: String) {
-        let _ = self.out.send(Out::Text(text)).await;
+        if self.stalled.load(Ordering::Relaxed) {
+            return;
+        }
+        let shutdown = self.state.shutdown_token();
+        let timed_out = tokio::select! {
+            _ = self.out.send(Out::Text(text)) => false,
+            _ = tokio::time::sleep(self.state.ws().pong_timeout) => true,
+            _ = shutdown.cancelled() => false,
+        };
+        if timed_out {
+            self.stalled.store(true, Ordering::Relaxed);
+        }
     }
 
+    /// Queues the closing frame, if there is room within [`FINAL_WRITE`].
     async fn close(&self, code: u16, reason: &'static str) {
-        let _ = self.out.send(Out::Close(code, reason)).await;
+        let _ = tokio::time::timeout(FINAL_WRITE, self.out.send(Out::Close(code, reason))).await;
     }
 
     async fn send_error(&self, e: &ApiError, reference: Option<&str>, stream_id: Option<&str>) {
@@ -263,17 +337,41 @@ impl Connection {
         }
     }
 
-    fn room_for_one_more(&self) -> Result<(), ApiError> {
+    /// Whether the socket may take one more stream: it counts those it follows and the
+    /// generations it started that have not ended (followed or not). Following again a
+    /// generation it started (`again`) takes no more room.
+    fn room_for_one_more(&mut self, again: Option<&str>) -> Result<(), ApiError> {
+        self.prune();
+        if again.is_some_and(|id| self.generated.contains_key(id)) {
+            return Ok(());
+        }
         let max = self.state.ws().max_streams;
-        if self.following.len() >= max {
+        let unfollowed = self
+            .generated
+            .keys()
+            .filter(|id| !self.following.contains_key(*id))
+            .count();
+        if self.following.len() + unfollowed >= max {
             return Err(ApiError::new(
                 ErrorCode::TooManyStreams,
                 format!(
-                    "this socket follows its limit of {max} streams; unsubscribe from one first"
+                    "this socket has its limit of {max} streams (followed, or generated and \
+                     still running); unsubscribe from one, or wait for one to end"
                 ),
             ));
         }
         Ok(())
+    }
+
+    /// Records a generation this socket started, until it ends.
+    fn generated(&mut self, id: &str, cancel_on_disconnect: bool) {
+        if let Some(ending) = self.state.engine().end_of(id) {
+            let generated = Generated {
+                ending,
+                cancel_on_disconnect,
+            };
+            self.generated.insert(id.to_owned(), generated);
+        }
     }
 
     /// `generate`: a stream (or, with `session_id`, a session's turn) on the one start
@@ -284,15 +382,13 @@ impl Connection {
         cancel_on_disconnect: bool,
         params: Result<StreamParams, ApiError>,
     ) -> Result<(), ApiError> {
-        self.room_for_one_more()?;
+        self.room_for_one_more(None)?;
         let params = params?;
         let started = self
             .state
             .start(params, self.owner.clone(), Via::Socket)
             .await?;
-        if cancel_on_disconnect {
-            self.cancel_on_disconnect.insert(started.id.clone());
-        }
+        self.generated(&started.id, cancel_on_disconnect);
         self.started(reference, started).await;
         Ok(())
     }
@@ -304,7 +400,7 @@ impl Connection {
         session_id: Option<String>,
         params: Result<StreamParams, ApiError>,
     ) -> Result<(), ApiError> {
-        self.room_for_one_more()?;
+        self.room_for_one_more(None)?;
         let mut params = params?;
         let owner = self.owner.clone();
         let started = match session_id {
@@ -317,6 +413,7 @@ impl Connection {
                     model: params.model.clone(),
                     system: None,
                     metadata: None,
+                    title: None,
                 }
                 .validate(self.state.engine().models())?;
                 self.state
@@ -324,6 +421,7 @@ impl Connection {
                     .await?
             }
         };
+        self.generated(&started.id, false);
         self.started(reference, started).await;
         Ok(())
     }
@@ -354,7 +452,7 @@ impl Connection {
                 "this socket already follows that stream",
             ));
         }
-        self.room_for_one_more()?;
+        self.room_for_one_more(Some(stream_id))?;
         let access = Access::Owner(self.owner.as_deref());
         match self.state.engine().follow(stream_id, access, after).await? {
             Follow::Ended(row) => Err(ApiError::new(

@@ -26,7 +26,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Backend, BackendError, GenerateRequest, Output, TokenStream, Unsupported};
+use super::{
+    Backend, BackendError, GenerateRequest, Message, Output, PromptCost, TokenStream, Unsupported,
+};
 use sampler::SamplerConfig;
 use tokenizer::{ChatTokenizer, Detokenizer};
 use worker::{Job, Msg, WorkerSetup};
@@ -43,7 +45,9 @@ const PER_STREAM: usize = 256;
 #[derive(Clone)]
 pub enum LoadState {
     Loading,
-    Ready(Arc<ChatTokenizer>),
+    /// Loaded: its tokenizer, and the context it serves (the file's own context
+    /// length, at most [`model::MAX_CONTEXT`]), which prompts are checked against.
+    Ready(Arc<ChatTokenizer>, usize),
     Failed(String),
 }
 
@@ -51,7 +55,9 @@ pub enum LoadState {
 pub struct LocalBackend {
     state: watch::Receiver<LoadState>,
     jobs: mpsc::Sender<Msg>,
-    context: usize,
+    /// The most context a stream may use (`SPOOL_MODEL_CONTEXT`, at most
+    /// [`model::MAX_CONTEXT`]); the loaded model's own context may be smaller.
+    cap: usize,
 }
 
 /// Owns the model thread: stop it with [`LocalHandle::shutdown`].
@@ -63,8 +69,12 @@ pub struct LocalHandle {
 }
 
 impl LocalBackend {
-    /// Starts the model thread; loading happens there, in the background.
-    pub fn start(model_path: Option<PathBuf>) -> anyhow::Result<(LocalBackend, LocalHandle)> {
+    /// Starts the model thread; loading happens there, in the background. `context`
+    /// (`SPOOL_MODEL_CONTEXT`) caps the context a stream may use.
+    pub fn start(
+        model_path: Option<PathBuf>,
+        context: Option<usize>,
+    ) -> anyhow::Result<(LocalBackend, LocalHandle)> {
         let (jobs, rx) = mpsc::channel(QUEUE);
         let (state_tx, state) = watch::channel(LoadState::Loading);
         let stop = Arc::new(AtomicBool::new(false));
@@ -80,7 +90,7 @@ impl LocalBackend {
         let backend = LocalBackend {
             state: state.clone(),
             jobs: jobs.clone(),
-            context: model::MAX_CONTEXT,
+            cap: context.map_or(model::MAX_CONTEXT, |c| c.min(model::MAX_CONTEXT)),
         };
         let handle = LocalHandle {
             thread: Some(thread),
@@ -91,21 +101,23 @@ impl LocalBackend {
         Ok((backend, handle))
     }
 
-    fn tokenizer(&self) -> Option<Arc<ChatTokenizer>> {
+    /// The tokenizer of the loaded model, and the context a stream may use: the
+    /// model's own, within the cap.
+    fn tokenizer(&self) -> Option<(Arc<ChatTokenizer>, usize)> {
         match &*self.state.borrow() {
-            LoadState::Ready(t) => Some(t.clone()),
+            LoadState::Ready(t, context) => Some((t.clone(), (*context).min(self.cap))),
             _ => None,
         }
     }
+}
 
-    fn too_long(&self, prompt_tokens: usize, max_tokens: u32) -> Option<String> {
-        (prompt_tokens + max_tokens as usize > self.context).then(|| {
-            format!(
-                "the prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}: together more than the model's context of {} tokens",
-                self.context
-            )
-        })
-    }
+/// Why a prompt of `prompt_tokens` and `max_tokens` more do not fit in `context`.
+fn too_long(context: usize, prompt_tokens: usize, max_tokens: u32) -> Option<String> {
+    (prompt_tokens + max_tokens as usize > context).then(|| {
+        format!(
+            "the prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}: together more than the model's context of {context} tokens"
+        )
+    })
 }
 
 impl LocalHandle {
@@ -168,22 +180,38 @@ impl Backend for LocalBackend {
     }
 
     fn ready(&self) -> bool {
-        matches!(&*self.state.borrow(), LoadState::Ready(_))
+        matches!(&*self.state.borrow(), LoadState::Ready(..))
     }
 
     fn can_continue(&self) -> bool {
         true
     }
 
+    fn context_length(&self) -> Option<usize> {
+        Some(self.tokenizer().map_or(self.cap, |(_, context)| context))
+    }
+
+    /// Counted by the model's tokenizer; before it is loaded, one token per byte (a
+    /// byte-level BPE never makes more), so a fitted history still fits once it is.
+    fn prompt_cost(&self, messages: &[Message]) -> Option<PromptCost> {
+        let counted = self
+            .tokenizer()
+            .and_then(|(t, _)| t.prompt_cost(messages).ok());
+        Some(counted.unwrap_or_else(|| PromptCost {
+            fixed: 64 + tokenizer::DEFAULT_SYSTEM.len(),
+            messages: messages.iter().map(|m| m.content.len() + 8).collect(),
+        }))
+    }
+
     fn check(&self, request: &GenerateRequest) -> Result<(), Unsupported> {
         // Before the model is loaded its tokenizer is unknown: generate checks then.
-        let Some(tokenizer) = self.tokenizer() else {
+        let Some((tokenizer, context)) = self.tokenizer() else {
             return Ok(());
         };
         let prompt = tokenizer
             .chat_prompt(&request.prompt)
             .map_err(|e| Unsupported(format!("the prompt cannot be tokenized: {e}")))?;
-        match self.too_long(prompt.ids.len(), request.max_tokens) {
+        match too_long(context, prompt.ids.len(), request.max_tokens) {
             Some(message) => Err(Unsupported(message)),
             None => Ok(()),
         }
@@ -195,13 +223,13 @@ impl Backend for LocalBackend {
             let mut state = this.state.clone();
             let tokenizer = match state.wait_for(|s| !matches!(s, LoadState::Loading)).await {
                 Ok(s) => match &*s {
-                    LoadState::Ready(t) => Ok(t.clone()),
+                    LoadState::Ready(t, context) => Ok((t.clone(), (*context).min(this.cap))),
                     LoadState::Failed(e) => Err(format!("the local model could not be loaded: {e}")),
                     LoadState::Loading => Err("the local model is loading".to_owned()),
                 },
                 Err(_) => Err("the local model has stopped".to_owned()),
             };
-            let tokenizer = match tokenizer {
+            let (tokenizer, context) = match tokenizer {
                 Ok(t) => t,
                 Err(message) => {
                     yield Err(unavailable(message));
@@ -221,11 +249,11 @@ impl Backend for LocalBackend {
                 // Everything was generated before the crash; only the end was missing.
                 yield Ok(Output::Done {
                     reason: crate::event::FinishReason::Length,
-                    usage: Some(crate::event::Usage { prompt_tokens, completion_tokens: generated.len() as u32 }),
+                    usage: Some(crate::event::Usage { prompt_tokens, completion_tokens: generated.len() as u32, session_turns: None }),
                 });
                 return;
             }
-            if let Some(message) = this.too_long(prompt.ids.len(), request.max_tokens) {
+            if let Some(message) = too_long(context, prompt.ids.len(), request.max_tokens) {
                 yield Err(BackendError { code: "context_length_exceeded".into(), message });
                 return;
             }
@@ -233,7 +261,7 @@ impl Backend for LocalBackend {
             if request.max_tokens == 0 {
                 yield Ok(Output::Done {
                     reason: crate::event::FinishReason::Length,
-                    usage: Some(crate::event::Usage { prompt_tokens, completion_tokens: 0 }),
+                    usage: Some(crate::event::Usage { prompt_tokens, completion_tokens: 0, session_turns: None }),
                 });
                 return;
             }
@@ -263,5 +291,19 @@ impl Backend for LocalBackend {
             }
             yield Err(unavailable("the local model stopped before finishing the stream".to_owned()));
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_are_checked_against_the_loaded_models_context() {
+        // A model whose file declares 2048 refuses what one of 4096 takes.
+        assert!(too_long(4096, 2000, 100).is_none());
+        let refused = too_long(2048, 2000, 100).unwrap();
+        assert!(refused.contains("context of 2048 tokens"), "{refused}");
+        assert!(too_long(2048, 1948, 100).is_none());
     }
 }

@@ -15,7 +15,7 @@ use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::{PreTokenizerWrapper, Tokenizer};
 
-use crate::llm::{Message, Prompt, Role};
+use crate::llm::{Message, Prompt, PromptCost, Role};
 
 pub const END_OF_TEXT: u32 = 0;
 pub const IM_START: u32 = 1;
@@ -150,6 +150,33 @@ impl ChatTokenizer {
             answer_start = ids.len();
         }
         Ok(ChatPrompt { ids, answer_start })
+    }
+
+    /// What `messages` cost in [`ChatTokenizer::chat_prompt`]'s ids, message by message
+    /// (for a conversation whose last message is the user's): the sum is exactly the
+    /// length of its prompt, since each turn is tokenized on its own.
+    pub fn prompt_cost(&self, messages: &[Message]) -> anyhow::Result<PromptCost> {
+        let mut fixed = 1 + self.encode("assistant\n")?.len();
+        if messages.first().is_none_or(|m| m.role != Role::System) {
+            let mut ids = Vec::new();
+            self.turn(&mut ids, "system", DEFAULT_SYSTEM, true)?;
+            fixed += ids.len();
+        }
+        let mut costs = Vec::with_capacity(messages.len());
+        for m in messages {
+            let role = match m.role {
+                Role::System => "system",
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            };
+            let mut ids = Vec::new();
+            self.turn(&mut ids, role, &m.content, true)?;
+            costs.push(ids.len());
+        }
+        Ok(PromptCost {
+            fixed,
+            messages: costs,
+        })
     }
 
     fn turn(

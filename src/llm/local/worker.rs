@@ -104,6 +104,7 @@ impl Seq {
         Usage {
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.generated,
+            session_turns: None,
         }
     }
 
@@ -202,7 +203,7 @@ pub fn run(setup: WorkerSetup) {
             .unwrap_or_else(|_| "all physical cores (CANDLE_NUM_THREADS unset)".into()),
         "model loaded"
     );
-    state.send_replace(LoadState::Ready(tokenizer.clone()));
+    state.send_replace(LoadState::Ready(tokenizer.clone(), model.config.context));
     serve(&model, &tokenizer, &mut rx, &stop);
     // Jobs still queued end with an error rather than hanging their streams.
     rx.close();

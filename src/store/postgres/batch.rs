@@ -1,5 +1,6 @@
-//! The PostgreSQL writing of a group commit: one transaction per batch, every kind of
-//! row in one statement over arrays (`INSERT … SELECT * FROM UNNEST($1::text[], …)`,
+//! The PostgreSQL writing of a group commit: one transaction per batch, its [`Plan`]
+//! (one chunk row and one stream update per stream) and every other kind of row in one
+//! statement over arrays (`INSERT … SELECT * FROM UNNEST($1::text[], …)`,
 //! `UPDATE … FROM UNNEST(…)`), so a batch of any size is a handful of round trips.
 //!
 //! The same transaction sends the batch's notification on [`EVENTS_CHANNEL`]: the
@@ -14,10 +15,10 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
 use super::{EVENTS_CHANNEL, cluster};
-use crate::event::FinishReason;
 use crate::store::NewStream;
 use crate::store::batch::{Batch, CommitError, Outcome, Position, has_ended};
 use crate::store::health::Fault;
+use crate::store::plan::Plan;
 
 /// The writer's connection: re-established after it is lost, its every transaction
 /// fenced by this node's lease, and a `COMMIT` whose answer was lost looked up before
@@ -167,9 +168,9 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
     if !batch.sessions.is_empty() {
         let s: Vec<_> = batch.sessions.iter().map(|(s, _)| s).collect();
         sqlx::query(
-            "INSERT INTO sessions (id, owner, model, system, metadata, created_at) \
+            "INSERT INTO sessions (id, owner, model, system, metadata, created_at, title) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::bigint[])",
+             $6::bigint[], $7::text[])",
         )
         .bind(s.iter().map(|s| s.id.as_str()).collect::<Vec<_>>())
         .bind(s.iter().map(|s| s.owner.as_deref()).collect::<Vec<_>>())
@@ -177,6 +178,7 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
         .bind(s.iter().map(|s| s.system.as_deref()).collect::<Vec<_>>())
         .bind(s.iter().map(|s| s.metadata.as_deref()).collect::<Vec<_>>())
         .bind(s.iter().map(|s| s.created_at).collect::<Vec<_>>())
+        .bind(s.iter().map(|s| s.title.as_deref()).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
@@ -239,108 +241,11 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
         .await?;
     }
 
-    if batch.events > 0 {
-        let mut stream = Vec::with_capacity(batch.events);
-        let mut seq = Vec::with_capacity(batch.events);
-        let mut kind = Vec::with_capacity(batch.events);
-        let mut data = Vec::with_capacity(batch.events);
-        let mut ids = Vec::with_capacity(batch.events);
-        for s in batch.streams.iter().filter(|s| written(&s.id)) {
-            for (e, i) in s.events.iter().zip(&s.ids) {
-                stream.push(&*s.id);
-                seq.push(e.seq as i64);
-                kind.push(e.kind.as_str());
-                data.push(e.data.as_str());
-                ids.push(i.as_deref());
-            }
-        }
-        sqlx::query(
-            "INSERT INTO events (stream_id, seq, kind, data, ids) \
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bytea[])",
-        )
-        .bind(stream)
-        .bind(seq)
-        .bind(kind)
-        .bind(data)
-        .bind(ids)
-        .execute(&mut *conn)
-        .await?;
-    }
-
-    let mut progress: (Vec<&str>, Vec<i64>) = Default::default();
-    let mut ends = Ends::default();
-    for s in batch.streams.iter().filter(|s| written(&s.id)) {
-        let Some(last) = s.events.last() else {
-            continue;
-        };
-        let seq = last.seq as i64;
-        match &s.end {
-            None => {
-                progress.0.push(&s.id);
-                progress.1.push(seq);
-            }
-            Some(end) => {
-                ends.id.push(&s.id);
-                ends.seq.push(seq);
-                ends.status.push(end.status.as_str());
-                ends.finish_reason
-                    .push(end.finish_reason.map(FinishReason::as_str));
-                ends.code.push(end.error.as_ref().map(|(c, _)| c.as_str()));
-                ends.message
-                    .push(end.error.as_ref().map(|(_, m)| m.as_str()));
-                ends.prompt.push(i64::from(end.usage.prompt_tokens));
-                ends.completion.push(i64::from(end.usage.completion_tokens));
-                ends.finished_at.push(end.finished_at);
-                if let Some(text) = &end.turn_text {
-                    ends.turn_stream.push(&s.id);
-                    ends.turn_text.push(text.as_str());
-                }
-            }
-        }
-    }
-    if !progress.0.is_empty() {
-        sqlx::query(
-            "UPDATE streams SET last_seq = v.seq FROM UNNEST($1::text[], $2::bigint[]) \
-             AS v(id, seq) WHERE streams.id = v.id",
-        )
-        .bind(progress.0)
-        .bind(progress.1)
-        .execute(&mut *conn)
-        .await?;
-    }
-    if !ends.id.is_empty() {
-        sqlx::query(
-            "UPDATE streams SET last_seq = v.seq, status = v.status, finish_reason = v.reason, \
-             error_code = v.code, error_message = v.message, prompt_tokens = v.prompt, \
-             completion_tokens = v.completion, finished_at = v.finished_at, \
-             started_at = COALESCE(streams.started_at, v.finished_at) \
-             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
-             $6::text[], $7::bigint[], $8::bigint[], $9::bigint[]) \
-             AS v(id, seq, status, reason, code, message, prompt, completion, finished_at) \
-             WHERE streams.id = v.id",
-        )
-        .bind(&ends.id)
-        .bind(&ends.seq)
-        .bind(&ends.status)
-        .bind(&ends.finish_reason)
-        .bind(&ends.code)
-        .bind(&ends.message)
-        .bind(&ends.prompt)
-        .bind(&ends.completion)
-        .bind(&ends.finished_at)
-        .execute(&mut *conn)
-        .await?;
-        if !ends.turn_stream.is_empty() {
-            sqlx::query(
-                "UPDATE turns SET content = v.text FROM UNNEST($1::text[], $2::text[]) \
-                 AS v(id, text) WHERE turns.stream_id = v.id",
-            )
-            .bind(&ends.turn_stream)
-            .bind(&ends.turn_text)
-            .execute(&mut *conn)
-            .await?;
-        }
-    }
+    write_plan(
+        conn,
+        &Plan::of(batch.streams.iter().filter(|s| written(&s.id))),
+    )
+    .await?;
 
     let mut deleted = Vec::with_capacity(batch.deletes.len());
     for (id, _) in &batch.deletes {
@@ -365,6 +270,9 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
         .await?;
     }
 
+    let edits: Vec<_> = batch.session_edits.iter().map(|(e, _)| e).collect();
+    let edited = crate::store::sessions::edit_postgres(conn, &edits).await?;
+
     for payload in notifications(
         node,
         batch
@@ -382,8 +290,90 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
     Ok(Outcome {
         deleted,
         purged,
+        edited,
         conflicts,
     })
+}
+
+/// Writes a [`Plan`]'s rows: its chunks, then its streams' `last_seq` and ends (and
+/// the turn content of ended streams that answer a session's turn), one statement each
+/// over arrays.
+pub(in crate::store) async fn write_plan(
+    conn: &mut PgConnection,
+    plan: &Plan<'_>,
+) -> Result<(), sqlx::Error> {
+    if plan.is_empty() {
+        return Ok(());
+    }
+    let c = &plan.chunks;
+    // The key is looked up by id in the same statement (the stream's row may be new
+    // in this very batch).
+    sqlx::query(
+        "INSERT INTO chunks (stream_key, first_seq, last_seq, data) \
+         SELECT s.key, v.first_seq, v.last_seq, v.data \
+         FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bytea[]) \
+         AS v(id, first_seq, last_seq, data) JOIN streams s ON s.id = v.id",
+    )
+    .bind(c.iter().map(|c| c.stream).collect::<Vec<_>>())
+    .bind(c.iter().map(|c| c.first_seq).collect::<Vec<_>>())
+    .bind(c.iter().map(|c| c.last_seq).collect::<Vec<_>>())
+    .bind(c.iter().map(|c| c.data).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    if !plan.progress.is_empty() {
+        sqlx::query(
+            "UPDATE streams SET last_seq = v.seq FROM UNNEST($1::text[], $2::bigint[]) \
+             AS v(id, seq) WHERE streams.id = v.id",
+        )
+        .bind(plan.progress.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        .bind(
+            plan.progress
+                .iter()
+                .map(|(_, seq)| *seq)
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    let e = &plan.ends;
+    if !e.is_empty() {
+        sqlx::query(
+            "UPDATE streams SET last_seq = v.seq, status = v.status, finish_reason = v.reason, \
+             error_code = v.code, error_message = v.message, prompt_tokens = v.prompt, \
+             completion_tokens = v.completion, finished_at = v.finished_at, \
+             started_at = COALESCE(streams.started_at, v.finished_at) \
+             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+             $6::text[], $7::bigint[], $8::bigint[], $9::bigint[]) \
+             AS v(id, seq, status, reason, code, message, prompt, completion, finished_at) \
+             WHERE streams.id = v.id",
+        )
+        .bind(e.iter().map(|e| e.stream).collect::<Vec<_>>())
+        .bind(e.iter().map(|e| e.last_seq).collect::<Vec<_>>())
+        .bind(e.iter().map(|e| e.status).collect::<Vec<_>>())
+        .bind(e.iter().map(|e| e.finish_reason).collect::<Vec<_>>())
+        .bind(e.iter().map(|e| e.error_code).collect::<Vec<_>>())
+        .bind(e.iter().map(|e| e.error_message).collect::<Vec<_>>())
+        .bind(e.iter().map(|e| e.prompt_tokens).collect::<Vec<_>>())
+        .bind(e.iter().map(|e| e.completion_tokens).collect::<Vec<_>>())
+        .bind(e.iter().map(|e| e.finished_at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+        let turns: Vec<(&str, &str)> = e
+            .iter()
+            .filter_map(|e| Some((e.stream, e.turn_text?)))
+            .collect();
+        if !turns.is_empty() {
+            sqlx::query(
+                "UPDATE turns SET content = v.text FROM UNNEST($1::text[], $2::text[]) \
+                 AS v(id, text) WHERE turns.stream_id = v.id",
+            )
+            .bind(turns.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+            .bind(turns.iter().map(|(_, text)| *text).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 async fn insert_streams(
@@ -454,7 +444,7 @@ async fn delete_streams(conn: &mut PgConnection, ids: &[String]) -> Result<u64, 
         return Ok(0);
     }
     for sql in [
-        "DELETE FROM events WHERE stream_id = ANY($1)",
+        "DELETE FROM chunks WHERE stream_key IN (SELECT key FROM streams WHERE id = ANY($1))",
         "DELETE FROM idempotency_keys WHERE stream_id = ANY($1)",
     ] {
         sqlx::query(sql).bind(ids).execute(&mut *conn).await?;
@@ -505,21 +495,6 @@ pub fn parse_notification(payload: &str) -> Option<(&str, Vec<(&str, u64)>)> {
         })
         .collect();
     Some((node, pairs))
-}
-
-#[derive(Default)]
-struct Ends<'a> {
-    id: Vec<&'a str>,
-    seq: Vec<i64>,
-    status: Vec<&'static str>,
-    finish_reason: Vec<Option<&'static str>>,
-    code: Vec<Option<&'a str>>,
-    message: Vec<Option<&'a str>>,
-    prompt: Vec<i64>,
-    completion: Vec<i64>,
-    finished_at: Vec<i64>,
-    turn_stream: Vec<&'a str>,
-    turn_text: Vec<&'a str>,
 }
 
 #[cfg(test)]

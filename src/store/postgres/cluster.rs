@@ -2,16 +2,18 @@
 //! streams, cancel routing, and the `LISTEN` connection. The timing (when to renew,
 //! when to sweep, what to do with a notification) is [`crate::cluster`]'s.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Connection;
 use sqlx::postgres::{PgConnection, PgListener, PgPool, PgPoolOptions};
 
 use super::{CANCEL_CHANNEL, EVENTS_CHANNEL, batch};
-use crate::event::{Event, StreamStatus, now_ms};
+use crate::event::Event;
 use crate::hub::{DELIVER_MAX, ToDeliver};
-use crate::store::events::stored_event;
-use crate::store::{Db, INTERRUPTED, INTERRUPTED_MESSAGE, Store, StoreError, Unfinished};
+use crate::store::events::events_of;
+use crate::store::plan::{self, Plan};
+use crate::store::{Db, Store, StoreError, Unfinished};
 
 /// In a batch's transaction, before it writes: whether this process still holds its
 /// lease on `node` — its incarnation's, not expired — renewed for `renew` when given.
@@ -127,7 +129,7 @@ async fn end_or_claim<F: Fn(&str) -> bool + ?Sized>(
     continuable: &F,
     sweep: &mut Sweep,
 ) -> Result<(), sqlx::Error> {
-    let now = now_ms();
+    let mut ends: Vec<(Arc<str>, u64)> = Vec::new();
     for (id, model, params, last_seq) in open {
         let last_seq = last_seq.max(0) as u64;
         if continuable(&model) {
@@ -142,32 +144,18 @@ async fn end_or_claim<F: Fn(&str) -> bool + ?Sized>(
                 params,
                 last_seq,
             });
-            continue;
+        } else {
+            ends.push((Arc::from(id.as_str()), last_seq));
         }
-        let seq = last_seq + 1;
-        let event = Event::error(seq, INTERRUPTED, INTERRUPTED_MESSAGE);
-        sqlx::query("INSERT INTO events (stream_id, seq, kind, data) VALUES ($1, $2, $3, $4)")
-            .bind(&id)
-            .bind(seq as i64)
-            .bind(event.kind.as_str())
-            .bind(&event.data)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "UPDATE streams SET status = $1, error_code = $2, error_message = $3, \
-             finished_at = $4, started_at = COALESCE(started_at, $4), last_seq = $5 \
-             WHERE id = $6",
-        )
-        .bind(StreamStatus::Interrupted.as_str())
-        .bind(INTERRUPTED)
-        .bind(INTERRUPTED_MESSAGE)
-        .bind(now)
-        .bind(seq as i64)
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
-        sweep.ended.push(SweptStream { id, seq });
     }
+    let writes = plan::interrupted(&ends);
+    batch::write_plan(tx, &Plan::of(&writes)).await?;
+    sweep
+        .ended
+        .extend(ends.into_iter().map(|(id, last_seq)| SweptStream {
+            id: id.to_string(),
+            seq: last_seq + 1,
+        }));
     Ok(())
 }
 
@@ -279,22 +267,31 @@ impl Store {
         let Db::Postgres(pool) = &self.db else {
             return Ok(out);
         };
-        let rows: Vec<(i64, i64, String, String)> = sqlx::query_as(
-            "SELECT v.i, e.seq, e.kind, e.data \
+        // Per stream, the chunks that hold its next DELIVER_MAX events (see
+        // `store::events`), trimmed below.
+        let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT v.i, c.first_seq, c.data \
              FROM UNNEST($1::text[], $2::bigint[]) WITH ORDINALITY AS v(id, after, i) \
-             CROSS JOIN LATERAL (SELECT seq, kind, data FROM events \
-             WHERE stream_id = v.id AND seq > v.after ORDER BY seq LIMIT $3) e \
-             ORDER BY v.i, e.seq",
+             JOIN streams s ON s.id = v.id \
+             CROSS JOIN LATERAL (SELECT first_seq, last_seq, data FROM chunks \
+             WHERE stream_key = s.key AND last_seq > v.after AND first_seq <= v.after + $3 \
+             ORDER BY last_seq) c \
+             ORDER BY v.i, c.last_seq",
         )
         .bind(streams.iter().map(|d| &*d.stream_id).collect::<Vec<_>>())
         .bind(streams.iter().map(|d| d.after as i64).collect::<Vec<_>>())
         .bind(DELIVER_MAX as i64)
         .fetch_all(pool)
         .await?;
-        for (i, seq, kind, data) in rows {
-            let at = usize::try_from(i - 1).ok().filter(|&at| at < streams.len());
-            if let Some(at) = at {
-                out[at].push(stored_event(&streams[at].stream_id, seq, &kind, data)?);
+        let mut rows = rows.into_iter().peekable();
+        while let Some((i, first, data)) = rows.next() {
+            let mut of_stream = vec![(first, data)];
+            while let Some((_, first, data)) = rows.next_if(|(next, _, _)| *next == i) {
+                of_stream.push((first, data));
+            }
+            let at = usize::try_from(i - 1).ok();
+            if let Some((d, out)) = at.and_then(|at| streams.get(at).zip(out.get_mut(at))) {
+                events_of(&d.stream_id, &of_stream, d.after, DELIVER_MAX as usize, out)?;
             }
         }
         Ok(out)

@@ -16,7 +16,7 @@ use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 
-use super::Unfinished;
+use super::{StoreError, Unfinished, upgrade};
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -69,10 +69,20 @@ pub(super) async fn open(
         .connect()
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
-    MIGRATOR
-        .run(&mut write)
+    // Nodes starting together migrate (and convert) one at a time: the first does
+    // it, the others find it done. The check for nodes of an older release runs
+    // under the same lock, so it never sees a node that just upgraded as an old one.
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(UPGRADE_LOCK)
+        .execute(&mut write)
         .await
-        .with_context(|| format!("cannot migrate the PostgreSQL database at {shown}"))?;
+        .with_context(|| format!("cannot lock the PostgreSQL database at {shown}"))?;
+    let migrated = migrate(&mut write, node).await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(UPGRADE_LOCK)
+        .execute(&mut write)
+        .await;
+    migrated.with_context(|| format!("cannot migrate the PostgreSQL database at {shown}"))?;
     let read_token_secret = read_token_secret(&mut write)
         .await
         .context("the read-token secret")?;
@@ -106,6 +116,122 @@ pub(super) async fn open(
         read_token_secret,
         unfinished: recovered.claimed,
     })
+}
+
+/// Refuses an upgrade beside nodes of an older release, migrates, converts the old
+/// `events` table.
+async fn migrate(conn: &mut PgConnection, node: &str) -> anyhow::Result<()> {
+    refuse_mixed_upgrade(conn, node).await?;
+    MIGRATOR.run(&mut *conn).await?;
+    convert_events(conn)
+        .await
+        .context("converting the events table to chunks")?;
+    Ok(())
+}
+
+/// The migration that moves events to chunks (see docs/cluster.md, "Upgrading across
+/// the event log v2").
+const EVENT_LOG_V2: i64 = 20261215100001;
+
+/// Before a database written by an older release is migrated to the event log v2:
+/// no node of another id may hold a live lease. A running node of the old release
+/// writes `events` rows that the new one never reads (and loses them once the table
+/// is converted), so old and new nodes cannot run side by side: every node is
+/// stopped first, then the new release started. (An old release refuses to start on
+/// a migrated database by itself: sqlx finds a migration it does not know.)
+async fn refuse_mixed_upgrade(conn: &mut PgConnection, node: &str) -> anyhow::Result<()> {
+    let migrated: Option<bool> = sqlx::query_scalar(
+        "SELECT CASE WHEN to_regclass('_sqlx_migrations') IS NULL THEN NULL \
+         ELSE true END",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if migrated.is_none() {
+        return Ok(()); // a new database
+    }
+    let done: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = $1 AND success)",
+    )
+    .bind(EVENT_LOG_V2)
+    .fetch_one(&mut *conn)
+    .await?;
+    if done {
+        return Ok(());
+    }
+    let live: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM nodes WHERE expires_at > now() AND id <> $1 ORDER BY id",
+    )
+    .bind(node)
+    .fetch_all(&mut *conn)
+    .await?;
+    if !live.is_empty() {
+        anyhow::bail!(
+            "this release changes how events are stored, and nodes of the previous release \
+             still hold live leases ({}): stop every node first, then start the new \
+             release (see docs/cluster.md, \"Upgrading across the event log v2\")",
+            live.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Whether the old `events` table is still there.
+const LEGACY_EXISTS: &str = "SELECT to_regclass('events') IS NOT NULL";
+
+/// The advisory lock under which a node migrates (any number no other client of the
+/// database uses).
+const UPGRADE_LOCK: i64 = 0x7370_6f6f_6c5f_7632; // "spool_v2"
+
+/// Converts the `events` table of a database written before the event log v2 into
+/// chunks (see [`crate::store::upgrade`]), some streams per transaction, then drops
+/// it. Run under [`UPGRADE_LOCK`].
+async fn convert_events(conn: &mut PgConnection) -> Result<(), StoreError> {
+    let mut converted = upgrade::Converted::default();
+    loop {
+        let mut tx = conn.begin().await?;
+        if !sqlx::query_scalar::<_, bool>(LEGACY_EXISTS)
+            .fetch_one(&mut *tx)
+            .await?
+        {
+            return Ok(()); // nothing to convert
+        }
+        let ids: Vec<String> = sqlx::query_scalar("SELECT DISTINCT stream_id FROM events LIMIT $1")
+            .bind(upgrade::STREAMS_PER_TRANSACTION)
+            .fetch_all(&mut *tx)
+            .await?;
+        if ids.is_empty() {
+            sqlx::query("DROP TABLE events").execute(&mut *tx).await?;
+            tx.commit().await?;
+            converted.log();
+            return Ok(());
+        }
+        for id in &ids {
+            let rows: Vec<upgrade::LegacyEvent> = sqlx::query_as(
+                "SELECT seq, kind, data, ids FROM events WHERE stream_id = $1 ORDER BY seq",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+            let chunks = upgrade::chunks(id, &rows, &mut converted)?;
+            sqlx::query(
+                "INSERT INTO chunks (stream_key, first_seq, last_seq, data) \
+                 SELECT s.key, v.first_seq, v.last_seq, v.data \
+                 FROM UNNEST($2::bigint[], $3::bigint[], $4::bytea[]) \
+                 AS v(first_seq, last_seq, data) JOIN streams s ON s.id = $1",
+            )
+            .bind(id)
+            .bind(chunks.iter().map(|c| c.first_seq).collect::<Vec<_>>())
+            .bind(chunks.iter().map(|c| c.last_seq).collect::<Vec<_>>())
+            .bind(chunks.iter().map(|c| c.data.as_slice()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM events WHERE stream_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+    }
 }
 
 /// `url` without its password, for messages.

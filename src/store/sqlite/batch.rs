@@ -1,4 +1,6 @@
-//! The SQLite writing of a group commit, in a single `BEGIN IMMEDIATE` transaction.
+//! The SQLite writing of a group commit, in a single `BEGIN IMMEDIATE` transaction:
+//! the batch's sessions, streams and deletes, and its [`Plan`] (one chunk row and one
+//! stream update per stream), rendered in SQLite's SQL.
 //!
 //! Every kind of row is written with multi-row statements (`INSERT … VALUES (…), (…)`
 //! and `UPDATE … FROM (VALUES …)`), so a batch of any size costs a handful of round
@@ -15,9 +17,9 @@ use sqlx::query::Query;
 use sqlx::sqlite::{SqliteArguments, SqliteConnection};
 use sqlx::{Connection, Sqlite};
 
-use crate::event::{Event, FinishReason};
 use crate::store::NewStream;
 use crate::store::batch::{Batch, Outcome, Position, has_ended};
+use crate::store::plan::Plan;
 
 /// Runs the batch in one `BEGIN IMMEDIATE` transaction; rolls back on any error.
 pub(in crate::store) async fn commit(
@@ -68,8 +70,8 @@ pub(in crate::store) async fn positions(
 async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sqlx::Error> {
     for (s, _) in &batch.sessions {
         sqlx::query(
-            "INSERT INTO sessions (id, owner, model, system, metadata, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO sessions (id, owner, model, system, metadata, created_at, title) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&s.id)
         .bind(&s.owner)
@@ -77,6 +79,7 @@ async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sq
         .bind(&s.system)
         .bind(&s.metadata)
         .bind(s.created_at)
+        .bind(&s.title)
         .execute(&mut *conn)
         .await?;
     }
@@ -127,63 +130,7 @@ async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sq
     })
     .await?;
 
-    let events: Vec<(&str, &Event, Option<&[u8]>)> = batch
-        .streams
-        .iter()
-        .flat_map(|s| {
-            s.events
-                .iter()
-                .zip(&s.ids)
-                .map(move |(e, ids)| (&*s.id, e, ids.as_deref()))
-        })
-        .collect();
-    for_chunks(conn, Shape::InsertEvents, &events, |q, (id, e, ids)| {
-        q.bind(*id)
-            .bind(e.seq as i64)
-            .bind(e.kind.as_str())
-            .bind(e.data.as_str())
-            .bind(*ids)
-    })
-    .await?;
-
-    let mut progress = Vec::new();
-    let mut ends = Vec::new();
-    for s in &batch.streams {
-        let Some(last) = s.events.last() else {
-            continue;
-        };
-        let seq = last.seq as i64;
-        match &s.end {
-            None => progress.push((&*s.id, seq)),
-            Some(end) => ends.push((&*s.id, seq, end)),
-        }
-    }
-    for_chunks(conn, Shape::LastSeq, &progress, |q, (id, seq)| {
-        q.bind(*id).bind(*seq)
-    })
-    .await?;
-    for_chunks(conn, Shape::End, &ends, |q, (id, seq, end)| {
-        q.bind(*id)
-            .bind(*seq)
-            .bind(end.status.as_str())
-            .bind(end.finish_reason.map(FinishReason::as_str))
-            .bind(end.error.as_ref().map(|(code, _)| code.as_str()))
-            .bind(end.error.as_ref().map(|(_, message)| message.as_str()))
-            .bind(i64::from(end.usage.prompt_tokens))
-            .bind(i64::from(end.usage.completion_tokens))
-            .bind(end.finished_at)
-    })
-    .await?;
-
-    for (id, _, end) in &ends {
-        if let Some(text) = &end.turn_text {
-            sqlx::query("UPDATE turns SET content = ? WHERE stream_id = ?")
-                .bind(text)
-                .bind(*id)
-                .execute(&mut *conn)
-                .await?;
-        }
-    }
+    write_plan(conn, &Plan::of(&batch.streams)).await?;
 
     let mut deleted = Vec::with_capacity(batch.deletes.len());
     for (id, _) in &batch.deletes {
@@ -207,16 +154,60 @@ async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sq
             .execute(&mut *conn)
             .await?;
     }
+    let edits: Vec<_> = batch.session_edits.iter().map(|(e, _)| e).collect();
+    let edited = crate::store::sessions::edit_sqlite(conn, &edits).await?;
     Ok(Outcome {
         deleted,
         purged,
+        edited,
         conflicts: Vec::new(),
     })
 }
 
+/// Writes a [`Plan`]'s rows: its chunks, then its streams' `last_seq` and ends (and
+/// the turn content of ended streams that answer a session's turn).
+pub(in crate::store) async fn write_plan(
+    conn: &mut SqliteConnection,
+    plan: &Plan<'_>,
+) -> Result<(), sqlx::Error> {
+    for_chunks(conn, Shape::InsertChunks, &plan.chunks, |q, c| {
+        q.bind(c.stream)
+            .bind(c.first_seq)
+            .bind(c.last_seq)
+            .bind(c.data)
+    })
+    .await?;
+    for_chunks(conn, Shape::LastSeq, &plan.progress, |q, (id, seq)| {
+        q.bind(*id).bind(*seq)
+    })
+    .await?;
+    for_chunks(conn, Shape::End, &plan.ends, |q, end| {
+        q.bind(end.stream)
+            .bind(end.last_seq)
+            .bind(end.status)
+            .bind(end.finish_reason)
+            .bind(end.error_code)
+            .bind(end.error_message)
+            .bind(end.prompt_tokens)
+            .bind(end.completion_tokens)
+            .bind(end.finished_at)
+    })
+    .await?;
+    for end in &plan.ends {
+        if let Some(text) = end.turn_text {
+            sqlx::query("UPDATE turns SET content = ? WHERE stream_id = ?")
+                .bind(text)
+                .bind(end.stream)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 async fn delete_stream(conn: &mut SqliteConnection, id: &str) -> Result<bool, sqlx::Error> {
     for sql in [
-        "DELETE FROM events WHERE stream_id = ?",
+        "DELETE FROM chunks WHERE stream_key = (SELECT key FROM streams WHERE id = ?)",
         "DELETE FROM idempotency_keys WHERE stream_id = ?",
     ] {
         sqlx::query(sql).bind(id).execute(&mut *conn).await?;
@@ -233,7 +224,7 @@ async fn delete_stream(conn: &mut SqliteConnection, id: &str) -> Result<bool, sq
 enum Shape {
     CreateStreams,
     Running,
-    InsertEvents,
+    InsertChunks,
     LastSeq,
     End,
 }
@@ -242,7 +233,7 @@ impl Shape {
     const ALL: [Shape; 5] = [
         Shape::CreateStreams,
         Shape::Running,
-        Shape::InsertEvents,
+        Shape::InsertChunks,
         Shape::LastSeq,
         Shape::End,
     ];
@@ -259,10 +250,13 @@ impl Shape {
                 "(?, ?)",
                 ") AS v WHERE streams.id = v.column1 AND streams.status = 'queued'",
             ),
-            Shape::InsertEvents => (
-                "INSERT OR ROLLBACK INTO events (stream_id, seq, kind, data, ids) VALUES ",
-                "(?, ?, ?, ?, ?)",
-                "",
+            // The key is looked up by id in the same statement (the stream's row may
+            // be new in this very batch).
+            Shape::InsertChunks => (
+                "INSERT OR ROLLBACK INTO chunks (stream_key, first_seq, last_seq, data) \
+                 SELECT s.key, v.column2, v.column3, v.column4 FROM (VALUES ",
+                "(?, ?, ?, ?)",
+                ") AS v JOIN streams s ON s.id = v.column1",
             ),
             Shape::LastSeq => (
                 "UPDATE OR ROLLBACK streams SET last_seq = v.column2 FROM (VALUES ",
@@ -349,7 +343,8 @@ async fn for_chunks<'r, T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::batch::decode_ids;
+    use crate::event::Event;
+    use crate::store::chunk;
     use sqlx::ConnectOptions;
     use sqlx::sqlite::SqliteConnectOptions;
     use tokio::sync::oneshot;
@@ -386,51 +381,57 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_batch_writes_all_its_rows_or_none_and_the_connection_stays_usable() {
+    async fn a_batch_writes_one_chunk_per_stream_all_or_none_and_the_connection_stays_usable() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = open(&dir).await;
 
-        // 700 events over 3 streams: several chunk sizes, one UPDATE per kind.
+        // 700 streams of 3 events each: several statement sizes, one chunk row each.
         let mut good = Batch::default();
-        for id in ["a", "b", "c"] {
+        let ids: Vec<String> = (0..700).map(|i| format!("s{i}")).collect();
+        for id in &ids {
             create(&mut good, id);
         }
-        for seq in 1..=700u64 {
-            let id = ["a", "b", "c"][(seq % 3) as usize];
-            good.push_event(
-                Arc::from(id),
-                Event::token(seq, "x"),
-                vec![seq as u32],
-                None,
-            );
+        for seq in 1..=3u64 {
+            for id in &ids {
+                good.push_event(
+                    Arc::from(id.as_str()),
+                    Event::token(seq, "x"),
+                    vec![seq as u32],
+                    None,
+                );
+            }
         }
         commit(&mut conn, &good).await.unwrap();
-        assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM events").await, 700);
+        assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM chunks").await, 700);
         assert_eq!(
-            count(&mut conn, "SELECT last_seq FROM streams WHERE id = 'a'").await,
-            699
+            count(&mut conn, "SELECT last_seq FROM streams WHERE id = 's7'").await,
+            3
         );
 
-        // A duplicate (stream, seq) fails the whole batch: nothing of it is kept.
+        // A chunk that repeats a stored one fails the whole batch: nothing is kept.
         let mut bad = Batch::default();
         create(&mut bad, "d");
         bad.push_event(Arc::from("d"), Event::token(1, "y"), Vec::new(), None);
-        bad.push_event(Arc::from("a"), Event::token(3, "dup"), Vec::new(), None);
+        bad.push_event(Arc::from("s0"), Event::token(3, "dup"), Vec::new(), None);
         assert!(commit(&mut conn, &bad).await.is_err());
-        assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM events").await, 700);
-        assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM streams").await, 3);
+        assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM chunks").await, 700);
+        assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM streams").await, 700);
 
         // … and the next batch commits normally.
         let mut next = Batch::default();
-        next.push_event(Arc::from("a"), Event::token(1000, "z"), Vec::new(), None);
+        next.push_event(Arc::from("s0"), Event::token(4, "z"), vec![9], None);
         commit(&mut conn, &next).await.unwrap();
-        assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM events").await, 701);
-        let ids: Vec<u8> =
-            sqlx::query_scalar("SELECT ids FROM events WHERE stream_id = 'a' AND seq = 699")
-                .fetch_one(&mut conn)
-                .await
-                .unwrap();
-        assert_eq!(decode_ids(&ids), vec![699]);
+        assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM chunks").await, 701);
+        let (first, data): (i64, Vec<u8>) = sqlx::query_as(
+            "SELECT first_seq, data FROM chunks \
+             WHERE stream_key = (SELECT key FROM streams WHERE id = 's0') AND last_seq = 4",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        let back = chunk::read(&data, first as u64).unwrap();
+        assert_eq!(back[0].to_event(), Event::token(4, "z"));
+        assert_eq!(back[0].ids(), vec![9]);
     }
 
     #[tokio::test]
@@ -445,7 +446,7 @@ mod tests {
         assert!(commit(&mut conn, &batch).await.is_err());
         // The failed attempt ended the transaction: the retry commits.
         commit(&mut conn, &batch).await.unwrap();
-        assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM events").await, 1);
+        assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM chunks").await, 1);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod checkpoint;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -20,9 +21,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection};
 
-use super::{INTERRUPTED, INTERRUPTED_MESSAGE, StoreError, Unfinished};
+use super::plan::{self, Plan};
+use super::{StoreError, Unfinished, upgrade};
 use crate::config::Synchronous;
-use crate::event::{Event, StreamStatus, now_ms};
 
 pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -76,6 +77,9 @@ pub(super) async fn open(
         .run(&mut write)
         .await
         .with_context(|| format!("cannot migrate the SQLite database at {path}"))?;
+    convert_events(&mut write)
+        .await
+        .with_context(|| format!("cannot convert the events of {path} to chunks"))?;
     let read_token_secret = read_token_secret(&mut write)
         .await
         .context("the read-token secret")?;
@@ -172,6 +176,61 @@ async fn read_token_secret(conn: &mut SqliteConnection) -> anyhow::Result<Vec<u8
     Ok(secret)
 }
 
+/// Converts the `events` table of a database written before the event log v2 into
+/// chunks (see [`upgrade`]), some streams per transaction (each stream's events are
+/// deleted in the transaction that stores its chunks, so a conversion cut off
+/// resumes where it stopped), then drops it. Nothing to do on a database made since.
+async fn convert_events(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    let legacy: Option<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if legacy.is_none() {
+        return Ok(());
+    }
+    let mut converted = upgrade::Converted::default();
+    loop {
+        let mut tx = conn.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar("SELECT DISTINCT stream_id FROM events LIMIT ?")
+            .bind(upgrade::STREAMS_PER_TRANSACTION)
+            .fetch_all(&mut *tx)
+            .await?;
+        if ids.is_empty() {
+            sqlx::query("DROP TABLE events").execute(&mut *tx).await?;
+            tx.commit().await?;
+            break;
+        }
+        for id in &ids {
+            let rows: Vec<upgrade::LegacyEvent> = sqlx::query_as(
+                "SELECT seq, kind, data, ids FROM events WHERE stream_id = ? ORDER BY seq",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+            for c in upgrade::chunks(id, &rows, &mut converted)? {
+                sqlx::query(
+                    "INSERT INTO chunks (stream_key, first_seq, last_seq, data) \
+                     SELECT key, ?, ?, ? FROM streams WHERE id = ?",
+                )
+                .bind(c.first_seq)
+                .bind(c.last_seq)
+                .bind(&c.data)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query("DELETE FROM events WHERE stream_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+    }
+    converted.log();
+    Ok(())
+}
+
 /// Start-up recovery, before the writer starts (nothing else is writing): every stream
 /// left `queued` or `running` by a process that died either is returned to be
 /// continued (when `continuable(model)`) or gets a terminal `error` event with code
@@ -200,31 +259,13 @@ async fn recover(
     if open.is_empty() {
         return Ok((0, unfinished));
     }
-    let now = now_ms();
+    let ends: Vec<(Arc<str>, u64)> = open
+        .iter()
+        .map(|(id, _, _, last_seq)| (Arc::from(id.as_str()), (*last_seq).max(0) as u64))
+        .collect();
+    let writes = plan::interrupted(&ends);
     let mut tx = conn.begin().await?;
-    for (id, _, _, last_seq) in &open {
-        let seq = *last_seq as u64 + 1;
-        let event = Event::error(seq, INTERRUPTED, INTERRUPTED_MESSAGE);
-        sqlx::query("INSERT INTO events (stream_id, seq, kind, data) VALUES (?, ?, ?, ?)")
-            .bind(id)
-            .bind(seq as i64)
-            .bind(event.kind.as_str())
-            .bind(&event.data)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "UPDATE streams SET status = ?, error_code = ?, error_message = ?, finished_at = ?, \
-             last_seq = ? WHERE id = ?",
-        )
-        .bind(StreamStatus::Interrupted.as_str())
-        .bind(INTERRUPTED)
-        .bind(INTERRUPTED_MESSAGE)
-        .bind(now)
-        .bind(seq as i64)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    }
+    batch::write_plan(&mut tx, &Plan::of(&writes)).await?;
     tx.commit().await?;
     Ok((open.len(), unfinished))
 }

@@ -1,0 +1,3 @@
+-- A session's title, set by the client (PATCH /v1/sessions/{id}); NULL: the title is its
+-- first user message. Only the sessions table (see migrations/sqlite).
+ALTER TABLE sessions ADD COLUMN title TEXT;
