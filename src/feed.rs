@@ -3,7 +3,9 @@
 //!
 //! The order is what makes it exact. The feed subscribes to the hub *before* it reads
 //! the store, so an event committed in between is in one or the other (or both, and the
-//! copy with a seq already sent is skipped). Because the writer publishes only after
+//! copy with a seq already sent is skipped). The response that follows a stream it just
+//! started subscribed before the stream was even stored, so it begins on the live
+//! channel without reading the store. Because the writer publishes only after
 //! commit, anything a lagging reader missed live is already in the store to catch up
 //! from. A stream that is not live here (another node runs it, or it was left open by
 //! a failed commit) is followed through a [`crate::hub::Watch`]: the same kind of batches, read
@@ -53,16 +55,23 @@ const PAGE: u32 = 512;
 const POLL: Duration = Duration::from_millis(200);
 const POLL_SHARED: Duration = Duration::from_millis(1000);
 
-/// Follows `stream_id` from `after` (exclusive) to its terminal event.
+/// Follows `stream_id` from `after` (exclusive) to its terminal event. With `early`, a
+/// receiver subscribed before the stream's first event was stored, from the start
+/// without reading the store (unless it falls behind).
 pub fn follow(
     store: Store,
     hub: Arc<StreamHub>,
     metrics: Arc<Metrics>,
     stream_id: String,
     after: u64,
+    early: Option<tokio::sync::broadcast::Receiver<Published>>,
 ) -> impl Stream<Item = Result<Chunk, StoreError>> + Send + 'static {
     async_stream::try_stream! {
-        let mut live = hub.subscribe(&stream_id);
+        let from_start = early.is_some();
+        let mut live = match early {
+            Some(rx) => Some(rx),
+            None => hub.subscribe(&stream_id),
+        };
         // Not live here: follow the store, woken by other nodes' commits.
         let mut watch = live.is_none().then(|| hub.watch(&stream_id));
         let poll = if store.is_shared() { POLL_SHARED } else { POLL };
@@ -70,7 +79,7 @@ pub fn follow(
 
         // Read the store at the start, and again only after a lag, a closed channel or
         // a poll tick: while a reader keeps up, live batches are all it needs.
-        let mut from_store = true;
+        let mut from_store = !from_start;
         loop {
             while from_store {
                 let events = store.events_after(&stream_id, cursor.last, PAGE).await?;

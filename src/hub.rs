@@ -1,7 +1,8 @@
 //! Live fan-out of committed events to the readers of each stream.
 //!
 //! One bounded `broadcast` channel per live stream carries whole committed batches
-//! (`Arc<[Event]>`, shared, never copied per reader). Publishing never waits: a reader
+//! ([`LiveBatch`], shared, never copied per reader; each format's frames of a batch are
+//! rendered once, by its first reader, for all of them). Publishing never waits: a reader
 //! that falls more than the channel's capacity behind is told it lagged and catches
 //! up from the store (see [`crate::feed`]). The writer opens nothing; the engine opens a
 //! stream's channel before its first event is written, and the writer closes it after
@@ -15,15 +16,68 @@
 //! it only wakes them ([`Woken::Wake`]) and each reads the store itself.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::event::Event;
 
-/// Events committed together for one stream, in seq order.
-pub type Published = Arc<[Event]>;
+/// Events committed together for one stream, in seq order, shared by all its readers.
+pub type Published = Arc<LiveBatch>;
+
+/// Formats whose frames a [`LiveBatch`] keeps, once rendered (see
+/// `crate::http::render::Render::shared`).
+pub const SHARED_FORMATS: usize = 2;
+
+/// A live batch: its events and, per format, their frames, rendered by the first
+/// reader that needs them and then copied out by every other (never re-rendered).
+pub struct LiveBatch {
+    events: Box<[Event]>,
+    frames: [OnceLock<Rendered>; SHARED_FORMATS],
+}
+
+/// A batch's frames in one format.
+pub struct Rendered {
+    pub text: String,
+    /// Where the frames of each event begin in `text`.
+    pub starts: Vec<usize>,
+}
+
+impl Rendered {
+    /// The frames of the events from index `skip` on.
+    pub fn from_event(&self, skip: usize) -> &str {
+        let at = self.starts.get(skip).copied().unwrap_or(self.text.len());
+        self.text.get(at..).unwrap_or("")
+    }
+}
+
+impl LiveBatch {
+    pub fn new(events: Vec<Event>) -> Published {
+        Arc::new(LiveBatch {
+            events: events.into_boxed_slice(),
+            frames: Default::default(),
+        })
+    }
+
+    /// The frames of format `slot`, rendered by `render` if no reader has yet; `None`
+    /// for a slot out of range.
+    pub fn rendered(
+        &self,
+        slot: usize,
+        render: impl FnOnce(&[Event]) -> Rendered,
+    ) -> Option<&Rendered> {
+        Some(self.frames.get(slot)?.get_or_init(|| render(&self.events)))
+    }
+}
+
+impl std::ops::Deref for LiveBatch {
+    type Target = [Event];
+
+    fn deref(&self) -> &[Event] {
+        &self.events
+    }
+}
 
 /// A notification's new events are read by the listener only while they are this
 /// many at most; past that the readers page through the store themselves.
@@ -39,6 +93,18 @@ pub struct StreamHub {
     /// events past the retry window) and not ended yet: their readers end their
     /// responses, to resume once the end is stored.
     aborted: Mutex<std::collections::HashSet<Arc<str>>>,
+}
+
+/// A stream's live channel, subscribed to before its first event was stored: its
+/// reader gets every batch from the first on, so it need not read the store to begin
+/// with. Taken once (by the response that follows the new stream).
+#[derive(Debug, Clone, Default)]
+pub struct Early(Arc<Mutex<Option<broadcast::Receiver<Published>>>>);
+
+impl Early {
+    pub fn take(&self) -> Option<broadcast::Receiver<Published>> {
+        self.0.lock().ok()?.take()
+    }
 }
 
 /// The live channel of a stream generated here.
@@ -194,7 +260,7 @@ impl StreamHub {
         match events.last() {
             Some(last) if contiguous && w.known == Some(d.after) => {
                 w.known = Some(last.seq);
-                let _ = w.tx.send(Woken::Events(Arc::from(events)));
+                let _ = w.tx.send(Woken::Events(LiveBatch::new(events)));
             }
             _ => {
                 let _ = w.tx.send(Woken::Wake);
@@ -242,6 +308,11 @@ impl StreamHub {
         let joined = Instant::now();
         self.channels()
             .insert(Arc::from(stream_id), Channel { tx, joined });
+    }
+
+    /// An [`Early`] subscription of a stream just opened.
+    pub fn subscribe_early(&self, stream_id: &str) -> Early {
+        Early(Arc::new(Mutex::new(self.subscribe(stream_id))))
     }
 
     /// A receiver of everything published from now on, or `None` if the stream is not
@@ -321,7 +392,7 @@ mod tests {
         assert!(hub.subscribe("s").is_none());
         hub.open("s");
         let mut rx = hub.subscribe("s").unwrap();
-        hub.publish("s", Arc::from(vec![Event::token(2, "a")]));
+        hub.publish("s", LiveBatch::new(vec![Event::token(2, "a")]));
         hub.close("s");
         assert_eq!(rx.recv().await.unwrap()[0].seq, 2);
         assert!(matches!(
@@ -461,7 +532,7 @@ mod tests {
         hub.open("s");
         let mut rx = hub.subscribe("s").unwrap();
         for seq in 1..=10 {
-            hub.publish("s", Arc::from(vec![Event::token(seq, "x")]));
+            hub.publish("s", LiveBatch::new(vec![Event::token(seq, "x")]));
         }
         assert!(matches!(
             rx.recv().await,

@@ -16,6 +16,8 @@ use tokio::time::Instant;
 const STARTUP: Duration = Duration::from_secs(20);
 /// How long a server may take to exit after SIGTERM before it is killed.
 const STOP: Duration = Duration::from_secs(12);
+/// The name prefix of sqlx's SQLite connection threads (`sqlx-sqlite-worker-N`).
+const STORE_THREADS: &str = "sqlx-sqlite";
 /// Warning/error log lines kept per server for the report.
 const KEEP_LINES: usize = 12;
 
@@ -266,6 +268,13 @@ impl Server {
         self.pid.and_then(cpu_secs)
     }
 
+    /// CPU of the store's connection threads (SQLite through sqlx: one thread per
+    /// connection), in seconds; 0 for a process that has none.
+    pub fn store_cpu_secs(&self) -> Option<f64> {
+        self.pid
+            .and_then(|pid| threads_cpu_secs(pid, STORE_THREADS))
+    }
+
     pub fn mem(&self) -> Option<Mem> {
         self.pid.and_then(mem)
     }
@@ -310,6 +319,21 @@ fn clock_ticks() -> f64 {
 /// utime + stime of a process, in seconds.
 pub fn cpu_secs(pid: u32) -> Option<f64> {
     stat_cpu(&Path::new("/proc").join(pid.to_string()).join("stat"))
+}
+
+/// utime + stime of the threads of `pid` whose name starts with `prefix` (Linux keeps
+/// 15 bytes of a thread's name), in seconds: e.g. `sqlx-sqlite` for the store's
+/// connection threads (the writer's, the checkpointer's and the readers').
+pub fn threads_cpu_secs(pid: u32, prefix: &str) -> Option<f64> {
+    let dir = Path::new("/proc").join(pid.to_string()).join("task");
+    let mut total = 0.0;
+    for task in std::fs::read_dir(dir).ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.starts_with(prefix) {
+            total += stat_cpu(&task.path().join("stat")).unwrap_or(0.0);
+        }
+    }
+    Some(total)
 }
 
 /// This process's own utime + stime, in seconds.

@@ -14,6 +14,11 @@ pub enum Target {
     Max(f64),
     /// spool's figure must be at least this.
     Min(f64),
+    /// spool's figure must be at most `ratio` × baseline + `plus`.
+    Within {
+        ratio: f64,
+        plus: f64,
+    },
 }
 
 impl Target {
@@ -24,6 +29,7 @@ impl Target {
             Target::RatioMax(x) => format!("ratio <= {x}"),
             Target::Max(x) => format!("<= {x}"),
             Target::Min(x) => format!(">= {x}"),
+            Target::Within { ratio, plus } => format!("<= {ratio}x base + {plus}"),
         }
     }
 }
@@ -67,6 +73,10 @@ impl Row {
             Target::RatioMax(x) => self.ratio().map(|r| r <= x),
             Target::Max(x) => self.spool.map(|v| v <= x),
             Target::Min(x) => self.spool.map(|v| v >= x),
+            Target::Within { ratio, plus } => self
+                .spool
+                .zip(self.base)
+                .map(|(s, b)| s <= ratio * b + plus),
         }
     }
 

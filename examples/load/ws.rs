@@ -377,6 +377,7 @@ async fn run_ws(
         obs: Observed {
             listen_drops: None,
             server_cpu: None,
+            store_cpu: None,
             client_cpu: None,
             mem: None,
             notes: Vec::new(),

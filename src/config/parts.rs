@@ -97,8 +97,9 @@ pub struct StoreConfig {
     )]
     pub sqlite_synchronous: Synchronous,
 
-    /// Group commit: the longest a batch stays open after its first event.
-    #[arg(long = "batch-window", env = "SPOOL_BATCH_WINDOW", default_value = "2ms", value_parser = humantime::parse_duration, global = true)]
+    /// Group commit: how long an idle writer waits for more after a first event (0:
+    /// not at all; batches form from what arrives while a commit runs).
+    #[arg(long = "batch-window", env = "SPOOL_BATCH_WINDOW", default_value = "0s", value_parser = humantime::parse_duration, global = true)]
     pub batch_window: Duration,
 
     /// Group commit: the most events in one transaction.

@@ -1,19 +1,43 @@
-//! The generation task of one stream: wait for a run permit, pull tokens from the
-//! backend, number and persist them, and end the stream with exactly one terminal event.
+//! The generation task of one stream: store a new stream (see [`Create`]), wait for a
+//! run permit, pull tokens from the backend, number and persist them, and end the
+//! stream with exactly one terminal event.
 //! It runs inside the stream's span (see the engine), and logs one line when the stream
 //! ends: how, with what usage, after how long.
 
 use std::sync::Arc;
 
 use futures_util::StreamExt;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::admission::Ticket;
+use super::admission::{Activation, RunPermit, Ticket};
 use super::{Engine, StopFilter};
 use crate::event::{Event, FinishReason, StreamStatus, ToolCallData, Usage, now_ms};
-use crate::llm::{Backend, BackendError, GenerateRequest, Output};
-use crate::store::{INTERRUPTED, INTERRUPTED_MESSAGE, StoreError, StreamEnd};
+use crate::llm::{Backend, BackendError, GenerateRequest, Output, TokenStream};
+use crate::store::{INTERRUPTED, INTERRUPTED_MESSAGE, NewStream, StoreError, StreamEnd};
+
+/// A new stream, which the generation stores before it writes anything else. Until
+/// that commit returns it only prepares: it waits for its run permit and opens the
+/// backend's stream, reading at most its first item (an upstream's first token).
+/// `reply` hears how the commit went; if it failed, the generation ends without
+/// writing anything.
+pub(super) struct Create {
+    pub stream: NewStream,
+    pub start: Event,
+    pub reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// What a generation readies while its stream is being stored.
+#[derive(Default)]
+struct Ready {
+    permit: Option<RunPermit>,
+    /// The admission queue is gone (shutdown): no permit will come.
+    lost: bool,
+    tokens: Option<TokenStream>,
+    /// The backend's first item, read ahead.
+    first: Option<Option<Result<Output, BackendError>>>,
+}
 
 pub(super) struct Generation {
     pub engine: Arc<Engine>,
@@ -39,6 +63,8 @@ enum Ending {
     /// The store refused an event (it has shut down, or the writer took the stream
     /// over after the retry window and ends it itself): nothing more is written.
     StoreGone,
+    /// The new stream could not be stored: it does not exist, and nothing is written.
+    NotStored,
 }
 
 struct Progress {
@@ -46,6 +72,8 @@ struct Progress {
     began: Instant,
     /// The seq of the last event handed to the writer (`start` is 1).
     seq: u64,
+    /// The seq of the first event this run appends (it skips the writer's queue).
+    first_seq: u64,
     prompt_tokens: u32,
     completion_tokens: u32,
     reported: Option<Usage>,
@@ -58,10 +86,11 @@ struct Progress {
 }
 
 impl Generation {
-    pub async fn run(self, ticket: Ticket) {
+    pub async fn run(self, ticket: Ticket, create: Option<Create>) {
         let mut progress = Progress {
             began: Instant::now(),
             seq: self.last_seq,
+            first_seq: self.last_seq + 1,
             prompt_tokens: 0,
             completion_tokens: 0,
             reported: None,
@@ -80,7 +109,12 @@ impl Generation {
                 .map(|c| c.unstored_text.clone())
                 .unwrap_or_default(),
         };
-        let ending = self.drive(ticket, &mut progress).await;
+        let ending = self.drive(ticket, create, &mut progress).await;
+        if matches!(ending, Ending::NotStored) {
+            self.engine.forget(&self.id);
+            self.ended.cancel();
+            return;
+        }
         self.end(ending, &progress).await;
         if self.engine.log.is_doomed(&self.id) {
             // The writer ends this stream (store_unavailable); it waits for this word
@@ -104,16 +138,91 @@ impl Generation {
         }
     }
 
-    async fn drive(&self, ticket: Ticket, progress: &mut Progress) -> Ending {
+    /// Stores a new stream (see [`Create`]) while getting ready to run it.
+    async fn store(
+        &self,
+        create: Option<Create>,
+        activation: &mut Activation<'_>,
+        ready: &mut Ready,
+    ) -> bool {
+        let Some(Create {
+            stream,
+            start,
+            reply,
+        }) = create
+        else {
+            return true;
+        };
+        let stored = {
+            let commit = self.engine.log.create(stream, start);
+            tokio::pin!(commit);
+            tokio::select! {
+                biased;
+                stored = &mut commit => stored,
+                () = self.get_ready(activation, ready) => commit.await,
+            }
+        };
+        let ok = stored.is_ok();
+        // The start path may have given up waiting (its client went away): the stream
+        // runs all the same, as one whose request returned.
+        let _ = reply.send(stored);
+        ok
+    }
+
+    /// Waits for the run permit, then opens the backend's stream and reads its first
+    /// item; then waits for ever (the caller stops waiting once the stream is stored).
+    /// Dropped at any await, what it got so far stays in `ready`.
+    async fn get_ready(&self, activation: &mut Activation<'_>, ready: &mut Ready) {
+        if ready.permit.is_none() && !ready.lost {
+            match activation.await {
+                Ok(p) => ready.permit = Some(p),
+                Err(_) => {
+                    ready.lost = true;
+                    return std::future::pending().await;
+                }
+            }
+        }
+        if self.cancel.is_cancelled() {
+            return std::future::pending().await;
+        }
+        let tokens = ready.tokens.get_or_insert_with(|| {
+            self.backend
+                .generate(self.request.clone(), self.cancel.clone())
+        });
+        if ready.first.is_none() {
+            ready.first = Some(tokens.next().await);
+        }
+        std::future::pending().await
+    }
+
+    async fn drive(
+        &self,
+        ticket: Ticket,
+        create: Option<Create>,
+        progress: &mut Progress,
+    ) -> Ending {
         let accepted = Instant::now();
-        let _permit = tokio::select! {
-            biased;
-            _ = self.cancel.cancelled() => return self.stopped(),
-            permit = ticket.activate() => match permit {
-                Ok(p) => p,
-                Err(_) => return Ending::Interrupted,
+        let mut ready = Ready::default();
+        // In the queue from now on (and in the same place until the permit comes).
+        let mut activation = ticket.activate();
+        if !self.store(create, &mut activation, &mut ready).await {
+            return Ending::NotStored;
+        }
+        let _permit = match ready.permit.take() {
+            Some(p) => p,
+            None if ready.lost => return Ending::Interrupted,
+            None => tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return self.stopped(),
+                permit = &mut activation => match permit {
+                    Ok(p) => p,
+                    Err(_) => return Ending::Interrupted,
+                },
             },
         };
+        if self.cancel.is_cancelled() {
+            return self.stopped();
+        }
         if self
             .engine
             .log
@@ -128,14 +237,20 @@ impl Generation {
             "stream running"
         );
         let mut stop = StopFilter::new(&self.request.stop);
-        let mut tokens = self
-            .backend
-            .generate(self.request.clone(), self.cancel.clone());
+        let mut tokens = match ready.tokens.take() {
+            Some(tokens) => tokens,
+            None => self
+                .backend
+                .generate(self.request.clone(), self.cancel.clone()),
+        };
+        let mut read_ahead = ready.first.take();
         let mut first = true;
         // A backend that is slow to yield must not keep a stream the writer took over.
         let mut doomed = self.engine.log.doom_changes();
         loop {
-            let item = tokio::select! {
+            let item = match read_ahead.take() {
+                Some(item) => item,
+                None => tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => return self.stopped(),
                 Ok(()) = doomed.changed() => {
@@ -145,6 +260,7 @@ impl Generation {
                     continue;
                 }
                 item = tokens.next() => item,
+                },
             };
             let text = match item {
                 Some(Ok(Output::Token { text, id })) => {
@@ -197,7 +313,7 @@ impl Generation {
                 first = false;
                 self.engine.metrics.observe_ttft(accepted.elapsed());
             }
-            let filtered = stop.push(&text);
+            let filtered = stop.push(text);
             // Ids go with an event only when it leaves no text of theirs held back.
             let complete = !stop.is_holding();
             if let Err(e) = self.emit(filtered.text, complete, progress).await {
@@ -230,11 +346,13 @@ impl Generation {
             Vec::new()
         };
         let event = Event::token(progress.seq, &text);
-        self.engine
-            .log
-            .append_with_ids(self.id.clone(), event, ids, None)
-            .await
-            .map_err(|_: StoreError| Ending::StoreGone)
+        let log = &self.engine.log;
+        if progress.seq == progress.first_seq {
+            log.append_first(self.id.clone(), event, ids, None).await
+        } else {
+            log.append_with_ids(self.id.clone(), event, ids, None).await
+        }
+        .map_err(|_: StoreError| Ending::StoreGone)
     }
 
     /// Queues one event for a part of the answer other than text.
@@ -260,11 +378,15 @@ impl Generation {
             Output::Token { .. } | Output::Prompt { .. } | Output::Done { .. } => return Ok(()),
         };
         progress.seq = seq;
-        self.engine
-            .log
-            .append(self.id.clone(), event, None)
-            .await
-            .map_err(|_: StoreError| Ending::StoreGone)
+        let log = &self.engine.log;
+        if seq == progress.first_seq {
+            // The run's first event skips the writer's queue, whatever part it is.
+            log.append_first(self.id.clone(), event, Vec::new(), None)
+                .await
+        } else {
+            log.append(self.id.clone(), event, None).await
+        }
+        .map_err(|_: StoreError| Ending::StoreGone)
     }
 
     /// Writes the one terminal event (none once the engine is halted: the stream
@@ -322,7 +444,7 @@ impl Generation {
                 None,
                 Some((e.code, e.message)),
             ),
-            Ending::HandedOn => return,
+            Ending::HandedOn | Ending::NotStored => return,
             Ending::StoreGone => {
                 tracing::error!(
                     "the store refused this stream's events; start-up recovery will end it"

@@ -98,6 +98,9 @@ pub struct Started {
     /// The key's owner that started it (`None` without keys): read tokens are bound
     /// to it.
     pub owner: Option<String>,
+    /// The live channel, subscribed to before the stream was stored (none for a
+    /// retried request's earlier stream).
+    pub early: crate::hub::Early,
 }
 
 /// What a cancel request found.
@@ -323,6 +326,7 @@ impl Engine {
             stream.last_seq,
             ticket,
             span,
+            None,
         );
         Ok(())
     }

@@ -138,12 +138,25 @@ impl Engine {
         id: &str,
         after: u64,
     ) -> impl Stream<Item = Result<Chunk, StoreError>> + Send + 'static + use<> {
+        self.feed_early(id, after, None)
+    }
+
+    /// [`Engine::feed`] from the first event of a stream just started, on the live
+    /// channel its start subscribed to (see [`crate::hub::Early`]): nothing is read
+    /// from the store unless the reader falls behind.
+    pub fn feed_early(
+        &self,
+        id: &str,
+        after: u64,
+        early: Option<tokio::sync::broadcast::Receiver<crate::hub::Published>>,
+    ) -> impl Stream<Item = Result<Chunk, StoreError>> + Send + 'static + use<> {
         feed::follow(
             self.store.clone(),
             self.hub.clone(),
             self.metrics.clone(),
             id.to_owned(),
             after,
+            early.filter(|_| after == 0),
         )
     }
 }

@@ -15,7 +15,12 @@
 //!    `KeyBusy`, and within the global limits, else `Busy`.
 //!
 //! Only then is anything stored: the stream row and its `start` event, committed before
-//! this returns, and the generation task is spawned.
+//! this returns. The generation task is spawned first and stores them itself: while
+//! that commit runs it already waits for its run permit and opens the backend (an
+//! upstream request is sent, the first token read), so a stream's first token does not
+//! wait for two round trips in turn. Nothing of the generation is written, and nothing
+//! reaches a reader, before the stream is stored; if it is not, the generation stops
+//! without a trace (a backend's request is dropped).
 
 use std::sync::Arc;
 
@@ -188,6 +193,7 @@ impl Engine {
 
         // Live before the first event exists, so no reader can miss it.
         self.hub.open(&id);
+        let early = self.hub.subscribe_early(&id);
         self.live().insert(id.clone(), live.clone());
         let stream = NewStream {
             id: id.clone(),
@@ -199,7 +205,33 @@ impl Engine {
             idempotency: idempotency.clone(),
         };
         let start = Event::start(1, &id, &request.model, &rfc3339(created_at));
-        if let Err(e) = self.log.create(stream, start).await {
+        let started = Started {
+            id: id.clone(),
+            model: request.model.clone(),
+            created_at,
+            session_id: request.session_id.clone(),
+            new_session,
+            owner,
+            early,
+        };
+        let max_tokens = request.max_tokens;
+        let (reply, stored) = tokio::sync::oneshot::channel();
+        self.spawn_generation(
+            &id,
+            request,
+            backend,
+            live,
+            1,
+            ticket,
+            span.clone(),
+            Some(generation::Create {
+                stream,
+                start,
+                reply,
+            }),
+        );
+        let stored = stored.await.unwrap_or(Err(StoreError::Closed));
+        if let Err(e) = stored {
             self.hub.close(&id);
             self.live().remove(&id);
             if let (StoreError::Conflict, Some(key)) = (&e, &idempotency) {
@@ -218,22 +250,12 @@ impl Engine {
         self.metrics.stream_started();
         span.in_scope(|| {
             tracing::info!(
-                model = %request.model,
-                max_tokens = request.max_tokens,
-                session_id = request.session_id.as_deref(),
+                model = %started.model,
+                max_tokens,
+                session_id = started.session_id.as_deref(),
                 "stream started"
             );
         });
-
-        let started = Started {
-            id: id.clone(),
-            model: request.model.clone(),
-            created_at,
-            session_id: request.session_id.clone(),
-            new_session,
-            owner,
-        };
-        self.spawn_generation(&id, request, backend, live, 1, ticket, span);
         Ok(started)
     }
 
@@ -263,6 +285,7 @@ impl Engine {
             created_at: row.created_at,
             session_id: request.session_id,
             new_session: false,
+            early: Default::default(),
             owner: Some(key.owner.clone()).filter(|o| !o.is_empty()),
         }))
     }
@@ -278,7 +301,8 @@ impl Engine {
             })
     }
 
-    /// Runs a stream's generation in a tracked task, after its event `last_seq`.
+    /// Runs a stream's generation in a tracked task, after its event `last_seq`; with
+    /// `create`, a new stream that the task stores first.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn spawn_generation(
         self: &Arc<Self>,
@@ -289,6 +313,7 @@ impl Engine {
         last_seq: u64,
         ticket: super::admission::Ticket,
         span: tracing::Span,
+        create: Option<generation::Create>,
     ) {
         let generation = generation::Generation {
             engine: self.clone(),
@@ -299,7 +324,8 @@ impl Engine {
             ended: live.ended,
             last_seq,
         };
-        self.tasks.spawn(generation.run(ticket).instrument(span));
+        self.tasks
+            .spawn(generation.run(ticket, create).instrument(span));
     }
 }
 

@@ -26,14 +26,15 @@ impl StopFilter {
         }
     }
 
-    pub fn push(&mut self, piece: &str) -> Filtered {
+    /// Takes the next piece of text; without stop sequences it is passed on as it is.
+    pub fn push(&mut self, piece: String) -> Filtered {
         if self.stops.is_empty() {
             return Filtered {
-                text: piece.to_owned(),
+                text: piece,
                 stopped: false,
             };
         }
-        self.pending.push_str(piece);
+        self.pending.push_str(&piece);
         if let Some(at) = self
             .stops
             .iter()
@@ -92,7 +93,7 @@ mod tests {
         let mut f = StopFilter::new(&stops);
         let mut out = String::new();
         for p in pieces {
-            let r = f.push(p);
+            let r = f.push((*p).to_owned());
             out.push_str(&r.text);
             if r.stopped {
                 return (out, true);

@@ -53,6 +53,28 @@ pub trait Render: Send + 'static {
 
     /// Appends the frames of the next stored event.
     fn render(&mut self, event: &Event, out: &mut Frames);
+
+    /// For a format whose frames of an event depend on nothing but the event and its
+    /// stream (no state of the reader's own): its slot among a live batch's rendered
+    /// frames ([`crate::hub::LiveBatch`], below [`crate::hub::SHARED_FORMATS`]). A live
+    /// batch is then rendered once for all the stream's readers in this format.
+    fn shared(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// The frames of `events` in `render`'s format, with where each event's begin.
+pub fn render_batch(render: &mut dyn Render, events: &[Event]) -> crate::hub::Rendered {
+    let mut out = Frames::new(None);
+    let mut starts = Vec::with_capacity(events.len());
+    for event in events {
+        starts.push(out.text.len());
+        render.render(event, &mut out);
+    }
+    crate::hub::Rendered {
+        text: out.take(),
+        starts,
+    }
 }
 
 /// What a renderer writes into: the bytes of one write to the socket, and the resume
@@ -98,6 +120,21 @@ impl Frames {
 
     pub fn is_empty(&self) -> bool {
         self.text.is_empty()
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Whether every frame is kept (no reader's resume point drops any).
+    pub fn keeps_all(&self) -> bool {
+        self.resumed_after.is_none()
+    }
+
+    /// Appends frames rendered elsewhere (a live batch's shared frames).
+    pub fn push_rendered(&mut self, text: &str) {
+        self.text.push_str(text);
     }
 }
 

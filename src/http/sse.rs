@@ -4,7 +4,10 @@
 //! Frames are written by hand rather than through a generic SSE type, because resume is
 //! promised byte for byte: `id:`, `event:`, one `data:` line of the stored JSON, a
 //! blank line. A live stream's events are written as soon as the feed yields them:
-//! whatever one chunk of the feed holds goes out in one write.
+//! whatever the feed has ready (one chunk or several, up to [`WRITE_MAX`] bytes) goes
+//! out in one write, and nothing waits for more. A live batch is rendered once per
+//! format for all its readers (see [`Render::shared`]); each reader copies the frames
+//! it has not sent yet.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,10 +16,10 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use super::render::{Frames, Render, itoa};
+use super::render::{Frames, Render, itoa, render_batch};
 use crate::event::Event;
 use crate::feed::Chunk;
 use crate::metrics::Metrics;
@@ -43,6 +46,27 @@ impl Render for Native {
         if let Some(text) = out.frame(Some(event.seq)) {
             write_event(text, event);
         }
+    }
+
+    fn shared(&self) -> Option<usize> {
+        Some(0)
+    }
+}
+
+/// The most bytes one write gathers from chunks the feed has ready at once.
+pub const WRITE_MAX: usize = 64 * 1024;
+
+/// Appends the frames of a feed's chunk: a live batch's shared frames when the format
+/// has them, else rendered here.
+fn write_chunk(chunk: &Chunk, render: &mut dyn Render, out: &mut Frames) {
+    if let (Chunk::Live(batch, skip), Some(slot), true) = (chunk, render.shared(), out.keeps_all())
+        && let Some(frames) = batch.rendered(slot, |events| render_batch(render, events))
+    {
+        out.push_rendered(frames.from_event(*skip));
+        return;
+    }
+    for event in chunk.events() {
+        render.render(event, out);
     }
 }
 
@@ -128,24 +152,36 @@ where
                     },
                 },
             };
-            match next {
-                None => break,
-                Some(Ok(chunk)) => {
-                    let events = chunk.events();
-                    for event in events {
-                        render.render(event, &mut out);
+            let mut next = next;
+            let mut ended = false;
+            // Everything the feed has ready goes into this one write.
+            loop {
+                match next {
+                    None => ended = true,
+                    Some(Ok(chunk)) => {
+                        write_chunk(&chunk, &mut *render, &mut out);
+                        options.metrics.events_delivered(chunk.events().len());
                     }
-                    options.metrics.events_delivered(events.len());
-                    if !out.is_empty() {
-                        yield Ok(Bytes::from(out.take()));
+                    Some(Err(e)) => {
+                        // No event can carry this (it would need an id); ending the
+                        // response lets the client resume from its last id.
+                        tracing::error!(error = %e, "reading a stream failed; ending the response");
+                        ended = true;
                     }
                 }
-                Some(Err(e)) => {
-                    // No event can carry this (it would need an id); ending the response
-                    // lets the client resume from its last id.
-                    tracing::error!(error = %e, "reading a stream failed; ending the response");
+                if ended || out.len() >= WRITE_MAX {
                     break;
                 }
+                match feed.next().now_or_never() {
+                    Some(more) => next = more,
+                    None => break,
+                }
+            }
+            if !out.is_empty() {
+                yield Ok(Bytes::from(out.take()));
+            }
+            if ended {
+                break;
             }
         }
     }

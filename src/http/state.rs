@@ -180,6 +180,26 @@ impl HttpState {
     /// The SSE response of stream `id` in the format of `render`, for a reader that
     /// has everything up to `after` (in the format's own numbering; `None`: nothing).
     pub(super) fn events(&self, id: &str, after: Option<u64>, render: Box<dyn Render>) -> Response {
+        self.events_early(id, after, render, None)
+    }
+
+    /// The SSE response of a stream just started, from its first event, on the live
+    /// channel its start subscribed to (no store read to begin with).
+    pub(super) fn events_started(
+        &self,
+        started: &crate::engine::Started,
+        render: Box<dyn Render>,
+    ) -> Response {
+        self.events_early(&started.id, None, render, started.early.take())
+    }
+
+    fn events_early(
+        &self,
+        id: &str,
+        after: Option<u64>,
+        render: Box<dyn Render>,
+        early: Option<tokio::sync::broadcast::Receiver<crate::hub::Published>>,
+    ) -> Response {
         // A format that numbers its own frames is rendered from the first event, and
         // the frames the reader has are dropped (see `render`).
         let (feed_after, resumed_after) = match render.numbering() {
@@ -187,7 +207,7 @@ impl HttpState {
             Numbering::Frames => (0, after),
         };
         sse::response(
-            self.engine().feed(id, feed_after),
+            self.engine().feed_early(id, feed_after, early),
             render,
             sse::BodyOptions {
                 heartbeat: self.server().heartbeat,

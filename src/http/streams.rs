@@ -82,7 +82,7 @@ struct Created<'a> {
 pub(super) fn started_response(state: &HttpState, started: &Started, wants_sse: bool) -> Response {
     let location = format!("/v1/streams/{}", started.id);
     if wants_sse {
-        let mut response = state.events(&started.id, None, Box::new(sse::Native));
+        let mut response = state.events_started(started, Box::new(sse::Native));
         set_header(&mut response, "x-stream-id", &started.id);
         set_header(&mut response, header::LOCATION.as_str(), &location);
         if let Some(session) = &started.session_id {

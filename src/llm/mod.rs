@@ -8,6 +8,7 @@
 pub mod local;
 pub mod mock;
 pub mod openai;
+pub mod sse_events;
 
 use std::collections::BTreeMap;
 use std::pin::Pin;

@@ -1,8 +1,10 @@
 //! The `openai` backend (SPEC §7): streams from any OpenAI-compatible upstream (vLLM,
 //! Ollama, llama.cpp's server, TGI, OpenAI) and makes its streams durable.
 //!
-//! One streaming `POST {base}/chat/completions` per stream, parsed with
-//! `eventsource-stream`. Faults become the stream's `error` event with a clear code:
+//! One streaming `POST {base}/chat/completions` per stream. Its body is read with
+//! [`super::sse_events`] and each chunk parsed into borrowed, typed structs: a token's
+//! text is the one thing copied out of the upstream's bytes (unless it holds escapes,
+//! nothing else is allocated per chunk). Faults become the stream's `error` event with a clear code:
 //! `upstream_timeout` (no connection, no first token within the TTFT timeout, or
 //! silence between chunks past the idle timeout) and `upstream_error` (a non-2xx answer
 //! with its status, an `error` chunk, a stream cut before it finished). Nothing is
@@ -14,13 +16,13 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use anyhow::Context;
-use eventsource_stream::Eventsource;
-use futures_util::StreamExt;
+use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::sse_events::{Next, SseEvents};
 use super::{
     Backend, BackendError, GenerateRequest, Message, Output, Prompt, Role, TokenStream,
     UpstreamOptions,
@@ -44,7 +46,7 @@ pub struct OpenAiBackend {
 #[derive(Deserialize)]
 struct ChunkIn<'a> {
     #[serde(default, borrow)]
-    choices: Vec<ChoiceIn<'a>>,
+    choices: Choices<'a>,
     #[serde(default)]
     usage: Option<UsageIn>,
     #[serde(default)]
@@ -156,6 +158,47 @@ impl<'a> MessageOut<'a> {
             tool_call_id: m.tool_call_id.as_deref(),
             name: m.name.as_deref(),
         }
+    }
+}
+
+/// A chunk's `choices`: spool asks for one (no `n`), so the first is kept in place
+/// and any others in a vector that allocates only if there are some.
+#[derive(Default)]
+struct Choices<'a> {
+    first: Option<ChoiceIn<'a>>,
+    more: Vec<ChoiceIn<'a>>,
+}
+
+impl<'a> Choices<'a> {
+    fn into_iter(self) -> impl Iterator<Item = ChoiceIn<'a>> {
+        self.first.into_iter().chain(self.more)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Choices<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Seq<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Seq<'a> {
+            type Value = Choices<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of choices")
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Choices::default())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Choices::default();
+                while let Some(choice) = seq.next_element::<ChoiceIn<'a>>()? {
+                    if out.first.is_none() {
+                        out.first = Some(choice);
+                    } else {
+                        out.more.push(choice);
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_any(Seq(std::marker::PhantomData))
     }
 }
 
@@ -354,21 +397,69 @@ impl Backend for OpenAiBackend {
                 return;
             }
 
-            let mut events = response.bytes_stream().eventsource();
+            let mut response = response;
+            let mut events = SseEvents::default();
             let mut got_token = false;
             let mut finish: Option<FinishReason> = None;
             let mut usage: Option<Usage> = None;
             let mut completion_tokens = 0u32;
             let mut done = false;
-            loop {
+            'body: loop {
+                // Every event the bytes read so far hold, then read more.
+                loop {
+                    let data = match events.next_event() {
+                        Next::Event(data) => data.trim_ascii(),
+                        Next::More => break,
+                        Next::TooLong => {
+                            yield Err(upstream_error("the upstream sent an event over 1 MiB".to_owned()));
+                            return;
+                        }
+                    };
+                    if data == b"[DONE]" {
+                        done = true;
+                        break 'body;
+                    }
+                    if data.is_empty() {
+                        continue;
+                    }
+                    let chunk = match serde_json::from_slice::<ChunkIn<'_>>(data) {
+                        Ok(chunk) => chunk,
+                        Err(_) => {
+                            yield Err(upstream_error("the upstream sent a chunk that is not a chat completion chunk".to_owned()));
+                            return;
+                        }
+                    };
+                    if let Some(error) = chunk.error {
+                        let message = error.message.unwrap_or_else(|| "unknown error".to_owned());
+                        yield Err(upstream_error(format!("the upstream failed: {message}")));
+                        return;
+                    }
+                    if let Some(u) = chunk.usage {
+                        usage = Some(Usage {
+                            prompt_tokens: u.prompt_tokens as u32,
+                            completion_tokens: u.completion_tokens as u32,
+                            session_turns: None,
+                        });
+                    }
+                    for choice in chunk.choices.into_iter() {
+                        for output in outputs(choice.delta) {
+                            got_token = true;
+                            completion_tokens += 1;
+                            yield Ok(output);
+                        }
+                        if let Some(reason) = choice.finish_reason.as_deref() {
+                            finish = Some(finish_reason(reason));
+                        }
+                    }
+                }
                 // Before the first token the TTFT deadline holds (chunks without text do
-                // not extend it); after it, each chunk must come within the idle timeout.
+                // not extend it); after it, each read must come within the idle timeout.
                 let deadline = if got_token {
                     Instant::now() + this.idle_timeout
                 } else {
                     first_token_by
                 };
-                let next = match tokio::time::timeout_at(deadline, events.next()).await {
+                match tokio::time::timeout_at(deadline, response.chunk()).await {
                     Err(_) if got_token => {
                         yield Err(timeout(format!("the upstream went silent for {:?}", this.idle_timeout)));
                         return;
@@ -377,51 +468,11 @@ impl Backend for OpenAiBackend {
                         yield Err(timeout(format!("no token from the upstream within {:?}", this.ttft_timeout)));
                         return;
                     }
-                    Ok(next) => next,
-                };
-                let event = match next {
-                    None => break,
-                    Some(Err(_)) => {
+                    Ok(Ok(Some(bytes))) => events.feed(&bytes),
+                    Ok(Ok(None)) => break,
+                    Ok(Err(_)) => {
                         yield Err(upstream_error("the upstream's stream broke off".to_owned()));
                         return;
-                    }
-                    Some(Ok(event)) => event,
-                };
-                let data = event.data.trim();
-                if data == "[DONE]" {
-                    done = true;
-                    break;
-                }
-                if data.is_empty() {
-                    continue;
-                }
-                let chunk = match serde_json::from_str::<ChunkIn<'_>>(data) {
-                    Ok(chunk) => chunk,
-                    Err(_) => {
-                        yield Err(upstream_error("the upstream sent a chunk that is not a chat completion chunk".to_owned()));
-                        return;
-                    }
-                };
-                if let Some(error) = chunk.error {
-                    let message = error.message.unwrap_or_else(|| "unknown error".to_owned());
-                    yield Err(upstream_error(format!("the upstream failed: {message}")));
-                    return;
-                }
-                if let Some(u) = chunk.usage {
-                    usage = Some(Usage {
-                        prompt_tokens: u.prompt_tokens as u32,
-                        completion_tokens: u.completion_tokens as u32,
-                        session_turns: None,
-                    });
-                }
-                for choice in chunk.choices {
-                    for output in outputs(choice.delta) {
-                        got_token = true;
-                        completion_tokens += 1;
-                        yield Ok(output);
-                    }
-                    if let Some(reason) = choice.finish_reason.as_deref() {
-                        finish = Some(finish_reason(reason));
                     }
                 }
             }

@@ -1,9 +1,10 @@
 //! The group-commit writer: the one task that writes to the store.
 //!
 //! Events of every stream arrive through one bounded channel. When the writer is idle
-//! it takes the first waiting operation and keeps collecting for at most
-//! `batch_window` or until `batch_max` events; then it commits the whole batch in one
-//! transaction (see [`super::batch`]; on PostgreSQL the same transaction checks this
+//! it takes the first waiting operation and whatever else is waiting (and, only if
+//! `batch_window` is set — it is 0 by default: nothing waits to be batched, SPEC §3 —
+//! what comes within that window), up to `batch_max` events; then it commits the whole
+//! batch in one transaction (see [`super::batch`]; on PostgreSQL the same transaction checks this
 //! node's lease and notifies the other nodes, see [`super::postgres::batch`]). While a
 //! commit runs it keeps collecting the next batch, which is committed as soon as the
 //! previous one is done: under load, batching costs no waiting at all. Only after
@@ -121,8 +122,11 @@ impl WriteOp {
 #[derive(Clone)]
 pub struct EventLog {
     tx: mpsc::Sender<WriteOp>,
-    /// New streams skip the queue of token events: a stream's first commit decides
-    /// its time to first token, and nothing sent on `tx` can depend on it.
+    /// The lane that skips the queue of token events: new streams, `running`, and each
+    /// generation's first event decide time to first token. Nothing sent on `tx` can
+    /// depend on what waits here, and the writer always takes this lane first. It is
+    /// read even while the next batch is full (see [`collect_while`]): what comes here
+    /// is a few operations per stream, so admission bounds it.
     creates: mpsc::Sender<WriteOp>,
     health: Arc<Health>,
 }
@@ -157,9 +161,13 @@ impl EventLog {
         ask(&self.tx, |reply| WriteOp::EditSession { edit, reply }).await
     }
 
-    /// Marks a queued stream as running.
+    /// Marks a queued stream as running. It skips the queue of token events, like the
+    /// stream's first token after it (see [`EventLog::append_first`]).
     pub async fn running(&self, stream_id: Arc<str>, at: i64) -> Result<(), StoreError> {
-        self.send(WriteOp::Running { stream_id, at }).await
+        self.creates
+            .send(WriteOp::Running { stream_id, at })
+            .await
+            .map_err(|_| StoreError::Closed)
     }
 
     /// Appends one event; with `end`, it is the stream's terminal event. Returns when
@@ -195,6 +203,31 @@ impl EventLog {
             end,
         })
         .await
+    }
+
+    /// [`EventLog::append_with_ids`] for the first event a generation appends: it skips
+    /// the queue of other streams' token events (a stream's first token decides its
+    /// time to first token). Its later events follow on the ordinary queue; they cannot
+    /// overtake it, since the writer always takes what waits on this lane first.
+    pub async fn append_first(
+        &self,
+        stream_id: Arc<str>,
+        event: Event,
+        ids: Vec<u32>,
+        end: Option<StreamEnd>,
+    ) -> Result<(), StoreError> {
+        if self.health.is_doomed(&stream_id) {
+            return Err(StoreError::Unavailable);
+        }
+        self.creates
+            .send(WriteOp::Append {
+                stream_id,
+                event,
+                ids,
+                end,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)
     }
 
     /// Deletes a stream and its events (the caller has made sure nothing writes to it).
@@ -426,6 +459,36 @@ impl Inbox {
         None
     }
 
+    /// The next operation and whether it came on the lane that skips the queue (see
+    /// [`EventLog::append_first`]); without `all`, of that lane only (it waits for
+    /// ever once that lane is closed). `None` once every sender is gone.
+    async fn recv_lane(&mut self, all: bool) -> Option<(WriteOp, bool)> {
+        if all {
+            while self.open {
+                tokio::select! {
+                    biased;
+                    op = self.creates.recv(), if self.creates_open => match op {
+                        Some(op) => return Some((op, true)),
+                        None => self.creates_open = false,
+                    },
+                    op = self.rx.recv() => match op {
+                        Some(op) => return Some((op, false)),
+                        None => self.open = false,
+                    },
+                }
+            }
+            return None;
+        }
+        if !self.creates_open {
+            return std::future::pending().await;
+        }
+        let op = self.creates.recv().await;
+        if op.is_none() {
+            self.creates_open = false;
+        }
+        op.map(|op| (op, true))
+    }
+
     /// An operation that is already waiting, new streams first.
     fn try_recv(&mut self) -> Option<WriteOp> {
         if let Ok(op) = self.creates.try_recv() {
@@ -465,12 +528,48 @@ enum Attempted {
     Fenced,
 }
 
+/// What arrives while a batch commits. While a batch of the ordinary queue commits,
+/// what comes on the lane that skips it (new streams, `running`, first events: see
+/// [`EventLog::append_first`]) is kept apart and committed first, in a transaction of
+/// its own, so that it waits for one large commit at most instead of riding in the
+/// next one. While that small one commits, everything joins the ordinary batch: the
+/// two alternate, so neither starves. Order holds: nothing on the lane depends on an
+/// ordinary operation, and a stream's ordinary operations come after its first ones.
+#[derive(Default)]
+struct Pending {
+    urgent: Batch,
+    rest: Batch,
+    /// Whether the commit in flight is of the ordinary queue (then the lane is kept
+    /// apart).
+    split: bool,
+}
+
+impl Pending {
+    /// The batch to commit next: the lane's, if it has anything, else the rest.
+    fn take(&mut self) -> Batch {
+        if self.urgent.is_empty() {
+            self.split = true;
+            std::mem::take(&mut self.rest)
+        } else {
+            self.split = false;
+            std::mem::take(&mut self.urgent)
+        }
+    }
+
+    fn target(&mut self, urgent: bool) -> &mut Batch {
+        if urgent && self.split {
+            &mut self.urgent
+        } else {
+            &mut self.rest
+        }
+    }
+}
+
 impl Writer {
     async fn run(mut self) {
-        // What arrived while the previous batch was committing.
-        let mut next = Batch::default();
+        let mut next = Pending::default();
         loop {
-            let mut batch = std::mem::take(&mut next);
+            let mut batch = next.take();
             if batch.is_empty() {
                 // Streams to end after an outage: try again after a pause even if
                 // nothing else comes.
@@ -520,13 +619,17 @@ impl Writer {
                 Attempted::Broken(e) => self.book.lose(batch, e),
                 Attempted::GaveUp => {
                     self.conn.forget();
-                    self.book.outage.give_up(batch, &mut next, &self.book.hub);
+                    self.book
+                        .outage
+                        .give_up(batch, &mut next.rest, &self.book.hub);
                 }
                 Attempted::Fenced => {
                     self.book.outage.fence();
                     self.book.refuse_all(batch, StoreError::Fenced);
                     self.book
-                        .refuse_all(std::mem::take(&mut next), StoreError::Fenced);
+                        .refuse_all(std::mem::take(&mut next.urgent), StoreError::Fenced);
+                    self.book
+                        .refuse_all(std::mem::take(&mut next.rest), StoreError::Fenced);
                 }
             }
             if close {
@@ -558,7 +661,7 @@ impl Writer {
         &mut self,
         batch: &mut Batch,
         ends: &[Arc<str>],
-        next: &mut Batch,
+        next: &mut Pending,
     ) -> Attempted {
         let mut positioned = ends.is_empty();
         let mut refused = false;
@@ -618,7 +721,7 @@ impl Writer {
         batch: &mut Batch,
         ends: &[Arc<str>],
         positioned: &mut bool,
-        next: &mut Batch,
+        next: &mut Pending,
     ) -> Result<(), CommitError> {
         if *positioned {
             return Ok(());
@@ -638,23 +741,25 @@ impl Writer {
 }
 
 /// Awaits `fut` while collecting the next batch (up to its bound: then the channel
-/// fills and senders wait).
+/// fills and senders wait; the lane that skips the queue is still read, so a new
+/// stream's first commit never waits behind a full batch of token events).
 async fn collect_while<F: Future>(
     fut: F,
     inbox: &mut Inbox,
     book: &mut Book,
-    next: &mut Batch,
+    next: &mut Pending,
     batch_max: usize,
 ) -> F::Output {
     tokio::pin!(fut);
     loop {
-        let more = inbox.open && !next.close && next.events < batch_max;
+        let open = inbox.open && !next.rest.close;
+        let more = open && next.rest.events < batch_max;
         tokio::select! {
             biased;
             out = &mut fut => return out,
-            op = inbox.recv(), if more => {
-                if let Some(op) = op {
-                    book.take(op, next);
+            op = inbox.recv_lane(more), if open => {
+                if let Some((op, urgent)) = op {
+                    book.take(op, next.target(urgent));
                 }
             }
         }
@@ -734,7 +839,8 @@ impl Book {
             }
             let terminal = stream.end.is_some();
             self.metrics.events_committed(stream.events.len());
-            self.hub.publish(&stream.id, Arc::from(stream.events));
+            self.hub
+                .publish(&stream.id, crate::hub::LiveBatch::new(stream.events));
             if terminal {
                 self.hub.close(&stream.id);
             }

@@ -18,13 +18,19 @@ pub const PING: &str = ": ping\n";
 /// What every chunk of one stream repeats.
 #[derive(Debug, Clone)]
 pub struct ChunkFormat {
-    pub stream_id: String,
-    pub model: String,
+    stream_id: String,
+    model: String,
     /// Unix seconds of the stream's creation.
-    pub created: i64,
+    created: i64,
     /// `stream_options.include_usage`: a last chunk with `usage` and no choices.
-    pub include_usage: bool,
+    include_usage: bool,
+    /// A token chunk's JSON up to its content's string, and what follows it: a token
+    /// whose stored text needs no escapes is written between them as stored, without
+    /// being decoded and encoded again (the bytes are the same; a test holds them).
+    token_head: String,
 }
+
+const TOKEN_TAIL: &str = "},\"logprobs\":null,\"finish_reason\":null}]}";
 
 /// `chat.completion.chunk`, member for member as OpenAI sends it.
 #[derive(Serialize)]
@@ -128,14 +134,72 @@ pub fn finish_reason(reason: FinishReason) -> &'static str {
 }
 
 impl ChunkFormat {
+    pub fn new(stream_id: String, model: String, created: i64, include_usage: bool) -> Self {
+        let mut format = ChunkFormat {
+            stream_id,
+            model,
+            created,
+            include_usage,
+            token_head: String::new(),
+        };
+        // Everything before the content's string: the chunk of an empty token, cut at
+        // its `""`.
+        let mut probe = String::new();
+        format.write_chunk(
+            &mut probe,
+            None,
+            Delta {
+                content: Some(""),
+                ..Delta::default()
+            },
+            None,
+        );
+        let json = probe
+            .strip_prefix("data: ")
+            .and_then(|p| p.strip_suffix("\n\n"))
+            .and_then(|p| p.strip_suffix(TOKEN_TAIL))
+            .and_then(|p| p.strip_suffix("\"\""));
+        format.token_head = json.unwrap_or_default().to_owned();
+        format
+    }
+
     /// The format of a stored stream, for a resume with `?format=openai`.
     pub fn of(row: &StreamRow) -> Result<Self, StoreError> {
-        Ok(ChunkFormat {
-            stream_id: row.id.clone(),
-            model: row.model.clone(),
-            created: row.created_at / 1000,
-            include_usage: row.request()?.include_usage,
-        })
+        Ok(ChunkFormat::new(
+            row.id.clone(),
+            row.model.clone(),
+            row.created_at / 1000,
+            row.request()?.include_usage,
+        ))
+    }
+
+    /// A token chunk written from the stored data's JSON string as it is, when that
+    /// string has no escapes (then decoding and encoding it again gives the same
+    /// bytes). False when it cannot be.
+    fn write_token_as_stored(&self, out: &mut String, seq: u64, data: &str) -> bool {
+        let Some(literal) = data
+            .strip_prefix("{\"text\":")
+            .and_then(|d| d.strip_suffix('}'))
+        else {
+            return false;
+        };
+        let inner = literal
+            .strip_prefix('"')
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap_or("\\");
+        if self.token_head.is_empty() || inner.bytes().any(|b| b == b'\\' || b == b'"' || b < 0x20)
+        {
+            return false;
+        }
+        out.reserve(self.token_head.len() + literal.len() + TOKEN_TAIL.len() + 32);
+        out.push_str("id: ");
+        out.push_str(crate::http::render::itoa(seq).as_str());
+        out.push_str("\ndata: ");
+        out.push_str(&self.token_head);
+        out.push_str(literal);
+        out.push_str(TOKEN_TAIL);
+        out.push_str("\n\n");
+        true
     }
 
     fn chunk<'a>(&'a self, choices: &'a [Choice<'a>], usage: Option<OpenAiUsage>) -> Chunk<'a> {
@@ -178,6 +242,10 @@ impl Render for ChunkFormat {
         PING
     }
 
+    fn shared(&self) -> Option<usize> {
+        Some(1)
+    }
+
     /// The terminal event is followed by the usage chunk (if asked for) and
     /// `data: [DONE]`, which carry no id of their own.
     fn render(&mut self, event: &Event, frames: &mut Frames) {
@@ -185,6 +253,11 @@ impl Render for ChunkFormat {
             return;
         };
         let id = Some(event.seq);
+        if event.kind == crate::event::EventKind::Token
+            && self.write_token_as_stored(out, event.seq, &event.data)
+        {
+            return;
+        }
         match event.data() {
             Some(EventData::Start(_)) => self.write_chunk(
                 out,
@@ -282,12 +355,7 @@ mod tests {
     use serde_json::{Value, json};
 
     fn format(include_usage: bool) -> ChunkFormat {
-        ChunkFormat {
-            stream_id: "st_x".into(),
-            model: "mock".into(),
-            created: 1,
-            include_usage,
-        }
+        ChunkFormat::new("st_x".into(), "mock".into(), 1, include_usage)
     }
 
     fn write(f: &mut ChunkFormat, out: &mut String, event: &Event) {
@@ -374,6 +442,44 @@ mod tests {
             out,
             "id: 4\ndata: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\",\"param\":null,\"code\":\"backend_error\"}}\n\ndata: [DONE]\n\n"
         );
+    }
+
+    /// A token written from its stored JSON is byte for byte the one decoded and
+    /// encoded again, for text with and without escapes.
+    #[test]
+    fn tokens_as_stored_are_the_same_bytes() {
+        let f = format(false);
+        for text in [
+            " hi",
+            "",
+            "é😀",
+            "a\"b",
+            "back\\slash",
+            "line\nbreak",
+            "\u{1}",
+            "</x>",
+        ] {
+            let event = Event::token(9, text);
+            let mut fast = String::new();
+            let took = f.write_token_as_stored(&mut fast, 9, &event.data);
+            let mut slow = String::new();
+            f.write_chunk(
+                &mut slow,
+                Some(9),
+                Delta {
+                    content: Some(text),
+                    ..Delta::default()
+                },
+                None,
+            );
+            assert_eq!(took, !event.data.contains('\\'), "{text:?}");
+            if took {
+                assert_eq!(fast, slow, "{text:?}");
+            }
+            let mut rendered = String::new();
+            write(&mut f.clone(), &mut rendered, &event);
+            assert_eq!(rendered, slow, "{text:?}");
+        }
     }
 
     #[test]

@@ -55,13 +55,13 @@ async fn complete(
     let include_usage = params.include_usage;
     let started = state.start(params, owner, Via::Http).await?;
     let mut response = if streaming {
-        let format = ChunkFormat {
-            stream_id: started.id.clone(),
-            model: started.model.clone(),
-            created: started.created_at / 1000,
+        let format = ChunkFormat::new(
+            started.id.clone(),
+            started.model.clone(),
+            started.created_at / 1000,
             include_usage,
-        };
-        state.events(&started.id, None, Box::new(format))
+        );
+        state.events_started(&started, Box::new(format))
     } else {
         wait_for_completion(&state, &started).await?
     };
