@@ -327,3 +327,14 @@ pub async fn cutting_proxy(target: SocketAddr, after: usize, cuts: usize, which:
     });
     format!("http://{addr}")
 }
+
+/// Serves `app` on a port of 127.0.0.1 for the rest of the test (a controlled upstream);
+/// returns its address.
+pub async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}

@@ -36,11 +36,15 @@ pub fn install() {
 }
 
 async fn run(program: PathBuf, script: PathBuf) {
-    install();
     let app = spawn_app().await;
-    let base = app.base.clone();
+    run_client(program, script, vec![app.base.clone()]).await;
+}
+
+/// Runs a client script with `args` (base URLs); it must exit 0 and say `: ok`.
+pub async fn run_client(program: PathBuf, script: PathBuf, args: Vec<String>) {
+    install();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(&program).arg(&script).arg(&base).output()
+        Command::new(&program).arg(&script).args(&args).output()
     })
     .await
     .unwrap()

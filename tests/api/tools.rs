@@ -8,7 +8,6 @@
 //! the upstream's own stream.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -144,12 +143,7 @@ async fn upstream() -> (Arc<Upstream>, String) {
         .route("/v1/chat/completions", post(completions))
         .route("/v1/models", get(models))
         .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (state, format!("http://{addr}/v1"))
+    (state, format!("http://{}/v1", serve(app).await))
 }
 
 async fn spool_in_front(base: &str) -> TestApp {
@@ -570,27 +564,9 @@ async fn the_websocket_sends_each_part_as_its_kind() {
 
 /// Runs an SDK script with spool's and the upstream's base URLs.
 async fn run_client(program: PathBuf, script: PathBuf) {
-    install();
     let (_, upstream_base) = upstream().await;
     let app = spool_in_front(&upstream_base).await;
-    let base = app.base.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(&program)
-            .arg(&script)
-            .arg(&base)
-            .arg(&upstream_base)
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("the client could not be started");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "client failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains(": ok"), "{stdout}");
+    crate::sdk::run_client(program, script, vec![app.base.clone(), upstream_base]).await;
 }
 
 #[tokio::test]

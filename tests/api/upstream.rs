@@ -101,12 +101,7 @@ async fn upstream() -> (Arc<Upstream>, String) {
         .route("/v1/chat/completions", post(completions))
         .route("/v1/models", get(models))
         .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (state, format!("http://{addr}/v1"))
+    (state, format!("http://{}/v1", serve(app).await))
 }
 
 async fn spool_in_front(base: &str, models: &[&str]) -> TestApp {
