@@ -347,6 +347,19 @@ impl Backend for OpenAiBackend {
         self.models.clone()
     }
 
+    /// Everything is passed on but log-probabilities: the upstream would send them and
+    /// the stream could not keep them (token events carry text only), so asking for
+    /// them is refused rather than silently answered without.
+    fn check(&self, request: &GenerateRequest) -> Result<(), super::Unsupported> {
+        if request.options.logprobs == Some(true) {
+            return Err(super::Unsupported::parameter("logprobs", "openai"));
+        }
+        if request.options.top_logprobs.is_some_and(|n| n > 0) {
+            return Err(super::Unsupported::parameter("top_logprobs", "openai"));
+        }
+        Ok(())
+    }
+
     fn generate(&self, request: GenerateRequest, _cancel: CancellationToken) -> TokenStream {
         let this = self.clone();
         Box::pin(async_stream::stream! {

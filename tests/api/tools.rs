@@ -371,6 +371,25 @@ async fn what_the_client_sent_reaches_the_upstream_unchanged() {
         }
         assert_eq!(sent["stream"], true);
     }
+
+    // Log-probabilities would come back and could not be kept: refused, nothing sent.
+    let before = up.bodies.lock().unwrap().len();
+    for body in [
+        json!({"model": "agent", "prompt": "hi", "logprobs": true}),
+        json!({"model": "agent", "prompt": "hi", "top_logprobs": 2}),
+    ] {
+        let r = app
+            .client
+            .post(app.url("/v1/streams"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "unsupported_parameter", "{e}");
+    }
+    assert_eq!(up.bodies.lock().unwrap().len(), before);
 }
 
 #[tokio::test]
