@@ -11,6 +11,7 @@ mod auth;
 mod error;
 mod extract;
 mod formats;
+mod listing;
 mod openai;
 mod ops;
 mod page;

@@ -15,9 +15,10 @@ use serde_json::{Map, Value};
 use super::auth::Owner;
 use super::error::ApiError;
 use super::extract::{JsonBody, QueryParams, RawBody, decode_json};
+use super::listing::{ListQuery, Page};
 use super::params::StreamParams;
 use super::state::HttpState;
-use super::streams::{CreateQuery, ListQuery, idempotency_header, started_response, wants_sse};
+use super::streams::{CreateQuery, idempotency_header, started_response, wants_sse};
 use crate::engine::{NewSessionRequest, SessionUpdate, Via};
 use crate::event::rfc3339;
 use crate::llm::Models;
@@ -148,14 +149,6 @@ async fn read(
     Ok(Json(SessionObject::of(&summary, Some(&turns))).into_response())
 }
 
-#[derive(Serialize)]
-struct SessionList<'a> {
-    object: &'static str,
-    data: Vec<SessionObject<'a>>,
-    has_more: bool,
-    last_id: Option<&'a str>,
-}
-
 /// `GET /v1/sessions`: the caller's sessions, newest first (by creation); `before` is
 /// the last id of the previous page, as for `GET /v1/streams`.
 async fn list(
@@ -165,25 +158,20 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let limit = query.limit()?;
     let before = query.before.as_deref();
-    let Some(mut rows) = state
+    let Some(rows) = state
         .engine()
         .list_sessions(owner.as_deref(), before, limit + 1)
         .await?
     else {
-        return Err(ApiError::invalid(format!(
-            "`before` is not a session: {:?}",
-            before.unwrap_or_default()
-        )));
+        return Err(query.unknown_before("session"));
     };
-    let has_more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let body = SessionList {
-        object: "list",
-        data: rows.iter().map(|r| SessionObject::of(r, None)).collect(),
-        has_more,
-        last_id: rows.last().map(|r| r.row.id.as_str()),
-    };
-    Ok(Json(body).into_response())
+    let page = Page::of(
+        &rows,
+        limit,
+        |r| r.row.id.as_str(),
+        |r| Ok(SessionObject::of(r, None)),
+    )?;
+    Ok(Json(page).into_response())
 }
 
 /// What `PATCH /v1/sessions/{id}` may change. An absent field stays; `null` clears it

@@ -14,6 +14,7 @@ use super::auth::{Owner, ReadGrant};
 use super::error::{ApiError, ErrorCode};
 use super::extract::{JsonBody, QueryParams};
 use super::formats::Format;
+use super::listing::{ListQuery, Page};
 use super::params::StreamParams;
 use super::sse;
 use super::state::HttpState;
@@ -254,36 +255,6 @@ async fn status(
     Ok(Json(body).into_response())
 }
 
-/// The query of a newest-first listing (`GET /v1/streams`, `GET /v1/sessions`).
-#[derive(Debug, Deserialize)]
-pub(super) struct ListQuery {
-    pub limit: Option<String>,
-    pub before: Option<String>,
-}
-
-impl ListQuery {
-    /// `limit`: 1 to 100, 20 if absent.
-    pub fn limit(&self) -> Result<u32, ApiError> {
-        match self.limit.as_deref() {
-            None => Ok(20),
-            Some(raw) => match raw.parse::<u32>() {
-                Ok(n @ 1..=100) => Ok(n),
-                _ => Err(ApiError::invalid(
-                    "`limit` must be an integer from 1 to 100",
-                )),
-            },
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct StreamList<'a> {
-    object: &'static str,
-    data: Vec<StreamObject<'a>>,
-    has_more: bool,
-    last_id: Option<&'a str>,
-}
-
 /// `GET /v1/streams`: newest first; `before` is the last id of the previous page.
 async fn list(
     State(state): State<HttpState>,
@@ -292,29 +263,15 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let limit = query.limit()?;
     let before = query.before.as_deref();
-    let Some(mut rows) = state
+    let Some(rows) = state
         .engine()
         .list_streams(owner.as_deref(), before, limit + 1)
         .await?
     else {
-        return Err(ApiError::invalid(format!(
-            "`before` is not a stream: {:?}",
-            before.unwrap_or_default()
-        )));
+        return Err(query.unknown_before("stream"));
     };
-    let has_more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
-    let data = rows
-        .iter()
-        .map(StreamObject::of)
-        .collect::<Result<Vec<_>, _>>()?;
-    let body = StreamList {
-        object: "list",
-        data,
-        has_more,
-        last_id: rows.last().map(|r| r.id.as_str()),
-    };
-    Ok(Json(body).into_response())
+    let page = Page::of(&rows, limit, |r| r.id.as_str(), StreamObject::of)?;
+    Ok(Json(page).into_response())
 }
 
 /// `POST /v1/streams/{id}/cancel`: `202` while it stops, `200` if it had ended.
