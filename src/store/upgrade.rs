@@ -46,6 +46,10 @@ pub(super) struct Converted {
 
 impl Converted {
     pub fn log(&self) {
+        if self.events == 0 && self.streams == 0 {
+            // A new database (or one with nothing stored yet): nothing was converted.
+            return;
+        }
         tracing::info!(
             streams = self.streams,
             events = self.events,
