@@ -256,12 +256,19 @@ mod tests {
         use clap::CommandFactory;
         let command = Cli::command();
         let mut settings = BTreeSet::new();
+        let mut defaults = std::collections::BTreeMap::new();
         let args = command
             .get_arguments()
             .chain(command.get_subcommands().flat_map(|c| c.get_arguments()));
         for arg in args {
             let Some(env) = arg.get_env() else { continue };
             let env = env.to_string_lossy().into_owned();
+            let default: Vec<String> = arg
+                .get_default_values()
+                .iter()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect();
+            defaults.insert(env.clone(), default.join(","));
             let long = arg.get_long().unwrap_or_default().to_owned();
             let expected = env
                 .strip_prefix("SPOOL_")
@@ -284,6 +291,19 @@ mod tests {
             })
             .map(str::to_owned)
             .collect();
+        // A setting given a value there (not commented out) shows its default.
+        for line in example.lines().filter(|l| !l.trim_start().starts_with('#')) {
+            let Some((name, value)) = line.split_once('=') else {
+                continue;
+            };
+            if let Some(default) = defaults.get(name.trim()) {
+                assert_eq!(
+                    value.trim(),
+                    default,
+                    ".env.example's value of {name} is not its default"
+                );
+            }
+        }
         // Read by libraries, not by spool's flags.
         let outside = ["CANDLE_NUM_THREADS", "RUST_LOG"];
         let listed: BTreeSet<String> = listed
