@@ -515,49 +515,37 @@ fn finish_reason(reason: &str) -> FinishReason {
 }
 
 /// The parts of one delta, in the order an answer reads: reasoning, text, refusal,
-/// tool calls. Empty pieces are dropped.
-fn outputs(delta: DeltaIn<'_>) -> Vec<Output> {
-    let mut out = Vec::new();
+/// tool calls. Empty pieces are dropped. An iterator, not a list: a chunk of text (the
+/// usual one) allocates nothing beyond its text.
+fn outputs(delta: DeltaIn<'_>) -> impl Iterator<Item = Output> + '_ {
+    let text = |t: Option<Cow<'_, str>>| t.filter(|t| !t.is_empty()).map(Cow::into_owned);
     let reasoning = [
         (delta.reasoning_content, ReasoningField::ReasoningContent),
         (delta.reasoning, ReasoningField::Reasoning),
-    ];
-    for (text, field) in reasoning {
-        if let Some(text) = text.filter(|t| !t.is_empty()) {
-            out.push(Output::Reasoning {
-                text: text.into_owned(),
-                field,
-            });
-        }
-    }
-    if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
-        out.push(Output::Token {
-            text: text.into_owned(),
-            id: None,
+    ]
+    .into_iter()
+    .filter_map(move |(t, field)| text(t).map(|text| Output::Reasoning { text, field }));
+    let content = text(delta.content).map(|text| Output::Token { text, id: None });
+    let refusal = text(delta.refusal).map(|text| Output::Refusal { text });
+    let calls = delta
+        .tool_calls
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(place, call)| {
+            let (name, arguments) = match call.function {
+                Some(f) => (f.name, f.arguments),
+                None => (None, None),
+            };
+            let id = call.id.filter(|i| !i.is_empty()).map(Cow::into_owned);
+            let name = name.filter(|n| !n.is_empty()).map(Cow::into_owned);
+            let arguments = arguments.map(Cow::into_owned).unwrap_or_default();
+            (id.is_some() || name.is_some() || !arguments.is_empty()).then(|| Output::ToolCall {
+                index: call.index.unwrap_or(place as u32),
+                id,
+                name,
+                arguments,
+            })
         });
-    }
-    if let Some(text) = delta.refusal.filter(|t| !t.is_empty()) {
-        out.push(Output::Refusal {
-            text: text.into_owned(),
-        });
-    }
-    for (place, call) in delta.tool_calls.into_iter().flatten().enumerate() {
-        let (name, arguments) = match call.function {
-            Some(f) => (f.name, f.arguments),
-            None => (None, None),
-        };
-        let id = call.id.filter(|i| !i.is_empty()).map(Cow::into_owned);
-        let name = name.filter(|n| !n.is_empty()).map(Cow::into_owned);
-        let arguments = arguments.map(Cow::into_owned).unwrap_or_default();
-        if id.is_none() && name.is_none() && arguments.is_empty() {
-            continue;
-        }
-        out.push(Output::ToolCall {
-            index: call.index.unwrap_or(place as u32),
-            id,
-            name,
-            arguments,
-        });
-    }
-    out
+    reasoning.chain(content).chain(refusal).chain(calls)
 }

@@ -546,26 +546,17 @@ async fn a_resume_inside_a_tool_calls_arguments_gives_the_unbroken_bytes() {
 
 #[tokio::test]
 async fn the_websocket_sends_each_part_as_its_kind() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
+    use crate::ws::{connect, next, send};
     let (_, base) = upstream().await;
     let app = spool_in_front(&base).await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", app.addr))
-        .await
-        .unwrap();
+    let mut ws = connect(&app).await;
     let generate = json!({"type": "generate", "ref": "r", "model": "agent", "tools": tools(),
                           "messages": [{"role": "user", "content": "Weather?"}]});
-    ws.send(Message::text(generate.to_string())).await.unwrap();
+    send(&mut ws, generate).await;
     let mut types = Vec::new();
     let mut arguments = String::new();
     loop {
-        let frame = tokio::time::timeout(DEADLINE, ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let Message::Text(t) = frame else { continue };
-        let m: Value = serde_json::from_str(t.as_str()).unwrap();
+        let m = next(&mut ws).await;
         let kind = m["type"].as_str().unwrap().to_owned();
         if kind == "tool_call" && m["index"] == 0 {
             arguments.push_str(m["arguments"].as_str().unwrap());

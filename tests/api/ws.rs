@@ -14,21 +14,21 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::helpers::*;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-async fn connect(app: &TestApp) -> Ws {
+pub(crate) async fn connect(app: &TestApp) -> Ws {
     let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", app.addr))
         .await
         .unwrap();
     ws
 }
 
-async fn send(ws: &mut Ws, v: Value) {
+pub(crate) async fn send(ws: &mut Ws, v: Value) {
     ws.send(Message::text(v.to_string())).await.unwrap();
 }
 
 /// The next JSON message (pings are answered by the client library as it reads).
-async fn next(ws: &mut Ws) -> Value {
+pub(crate) async fn next(ws: &mut Ws) -> Value {
     loop {
         let frame = tokio::time::timeout(DEADLINE, ws.next())
             .await
