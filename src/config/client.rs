@@ -10,9 +10,10 @@ Examples:
   echo \"a long prompt\" | spool generate -
 
 A dropped connection is resumed by itself (Last-Event-ID); a notice goes to stderr and
-the text on stdout is never repeated. Exit codes: 0 done, 3 cancelled, 4 the stream
-failed, 5 the server could not be reached or refused the request, 130 interrupted
-(stream left running).";
+the text on stdout is never repeated. Reasoning goes to stderr; tool calls and refusals
+get lines of their own on stdout ([tool call 0: name] {arguments}). Exit codes: 0 done,
+3 cancelled, 4 the stream failed, 5 the server could not be reached or refused the
+request, 6 the answer ends with tool calls, 130 interrupted (stream left running).";
 
 pub(super) const TAIL_EXAMPLES: &str = "\
 Examples:
