@@ -12,7 +12,8 @@
 //! - `GET /v1/chats/{id}/stream` replays the running answer from its start (`204` when
 //!   none runs), or after `Last-Event-ID`.
 //! - `POST /v1/chats/{id}/stop` cancels the running turn (`202`; `200` if none runs).
-//! - `GET /v1/chats/{id}` is `{id, messages}` as UIMessages ([`messages`]).
+//! - `GET /v1/chats/{id}` is `{id, messages}` as UIMessages ([`messages`]); a chat
+//!   not started yet has none.
 //! - `POST /v1/chats/{id}/token` (with a key) mints a chat token for a page.
 //!
 //! With keys, a request carries the key or a chat token of that chat
@@ -36,7 +37,6 @@ use super::extract::JsonBody;
 use super::state::HttpState;
 use super::streams::set_header;
 use crate::engine::{Cancel, NewSessionRequest, Via, valid_chat_id};
-use crate::store::SessionRow;
 use request::ChatRequest;
 use stream::UiStream;
 
@@ -77,18 +77,6 @@ fn check_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
-fn chat_not_found() -> ApiError {
-    ApiError::new(ErrorCode::NotFound, "no such chat")
-}
-
-async fn find(state: &HttpState, id: &str, owner: Option<&str>) -> Result<SessionRow, ApiError> {
-    state
-        .engine()
-        .find_chat(id, owner)
-        .await?
-        .ok_or_else(chat_not_found)
-}
-
 /// The UI message stream of stream `id`, from its start or after frame `after`.
 fn ui_stream(state: &HttpState, stream_id: &str, after: Option<u64>) -> Response {
     let mut response = state.events(stream_id, after, Box::new(UiStream::new(stream_id)));
@@ -107,18 +95,26 @@ async fn send(
     check_id(&body.id)?;
     let owner = caller(&state, owner, bearer, &body.id)?;
     let engine = state.engine();
-    let new = NewSessionRequest {
-        model: body.model.clone(),
-        system: body.system.clone(),
-        ..NewSessionRequest::default()
-    };
-    let session = engine.chat(&body.id, owner.as_deref(), new).await?;
-    let prompt = match body.regenerates() {
-        true => engine
+    let no_answer = || ApiError::invalid("this chat has no answer to regenerate");
+    // The turn is read before the chat is created: a bad one creates nothing.
+    let (session, prompt) = if body.regenerates() {
+        let session = engine
+            .find_chat(&body.id, owner.as_deref())
+            .await?
+            .ok_or_else(no_answer)?;
+        let prompt = engine
             .drop_last_exchange(&session, owner.as_deref())
             .await?
-            .ok_or_else(|| ApiError::invalid("this chat has no answer to regenerate"))?,
-        false => body.turn()?,
+            .ok_or_else(no_answer)?;
+        (session, prompt)
+    } else {
+        let prompt = body.turn()?;
+        let new = NewSessionRequest {
+            model: body.model.clone(),
+            system: body.system.clone(),
+            ..NewSessionRequest::default()
+        };
+        (engine.chat(&body.id, owner.as_deref(), new).await?, prompt)
     };
     let chat_id = body.id.clone();
     let params = body.into_params(session.id.clone(), prompt);
@@ -178,7 +174,9 @@ async fn stop(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let owner = caller(&state, owner, bearer, &id)?;
-    let session = find(&state, &id, owner.as_deref()).await?;
+    let Some(session) = state.engine().find_chat(&id, owner.as_deref()).await? else {
+        return Ok((StatusCode::OK, Json(json!({"id": id, "stopped": false}))).into_response());
+    };
     let turns = state.engine().turns(&session.id).await?;
     let last = turns
         .last()
@@ -207,8 +205,12 @@ async fn read(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let owner = caller(&state, owner, bearer, &id)?;
-    let session = find(&state, &id, owner.as_deref()).await?;
-    let messages = messages::of(state.engine(), &session).await?;
+    check_id(&id)?;
+    // A chat not started yet has no messages (a page opens it before its first turn).
+    let messages = match state.engine().find_chat(&id, owner.as_deref()).await? {
+        Some(session) => messages::of(state.engine(), &session).await?,
+        None => Vec::new(),
+    };
     Ok(Json(json!({"id": id, "messages": messages})).into_response())
 }
 
