@@ -298,7 +298,13 @@ pub async fn require_key(
                     }
                     _ => None,
                 };
+                // A chat token as the bearer, or (for an `EventSource`, which sends no
+                // header) as `?token=` on a chat's `GET`s.
                 let chat_token = key
+                    .or_else(|| {
+                        query_token(request.uri().query())
+                            .filter(|_| request.method() == axum::http::Method::GET)
+                    })
                     .filter(|k| k.starts_with(CHAT_TOKEN_PREFIX))
                     .filter(|_| path == "/v1/chats" || path.starts_with("/v1/chats/"))
                     .map(str::to_owned);
