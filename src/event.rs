@@ -19,6 +19,9 @@ pub enum EventKind {
     Refusal,
     Done,
     Error,
+    /// A Durable Streams append (`crate::ds`): bytes or JSON messages, with the
+    /// producer that sent them.
+    Message,
 }
 
 impl EventKind {
@@ -31,6 +34,7 @@ impl EventKind {
             EventKind::Refusal => "refusal",
             EventKind::Done => "done",
             EventKind::Error => "error",
+            EventKind::Message => "message",
         }
     }
 
@@ -43,6 +47,7 @@ impl EventKind {
             "refusal" => EventKind::Refusal,
             "done" => EventKind::Done,
             "error" => EventKind::Error,
+            "message" => EventKind::Message,
             _ => return None,
         })
     }
@@ -176,6 +181,8 @@ impl Event {
             EventKind::Refusal => EventData::Refusal(serde_json::from_str(&self.data).ok()?),
             EventKind::Done => EventData::Done(serde_json::from_str(&self.data).ok()?),
             EventKind::Error => EventData::Error(serde_json::from_str(&self.data).ok()?),
+            // Read by the Durable Streams surface only (`crate::ds::Message`).
+            EventKind::Message => return None,
         })
     }
 }

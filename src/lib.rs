@@ -30,6 +30,7 @@ pub mod app;
 pub mod cli;
 mod cluster;
 pub mod config;
+mod ds;
 mod engine;
 pub mod event;
 pub mod fatal;

@@ -18,6 +18,7 @@ mod abandon;
 mod admission;
 mod chats;
 mod cursor;
+mod ds;
 mod generation;
 mod rate;
 mod reads;
@@ -45,6 +46,7 @@ use crate::store::{
 pub use admission::Admission;
 pub use chats::valid_chat_id;
 pub use cursor::{FollowError, InvalidCursor, parse as parse_cursor};
+pub use ds::{Append, Appended, Created, DsConfig, DsError, DsLive, Read as DsRead};
 pub use rate::RateLimit;
 pub use reads::{Access, Follow};
 pub use sessions::{NewSessionRequest, SessionUpdate};
@@ -176,6 +178,8 @@ pub struct Engine {
     /// `SPOOL_SESSION_MAX_PROMPT_TOKENS`: a bound on a session turn's prompt besides
     /// the model's context (see `sessions::fit`).
     session_max_prompt_tokens: Option<u32>,
+    /// The Durable Streams met in this process (see `ds`).
+    ds: ds::DsCache,
 }
 
 impl Engine {
@@ -207,6 +211,7 @@ impl Engine {
             live: Mutex::new(HashMap::new()),
             starting: Mutex::new(Default::default()),
             session_max_prompt_tokens,
+            ds: ds::DsCache::default(),
         })
     }
 

@@ -218,6 +218,7 @@ impl Engine {
             created_at,
             turn: turn.map(|(turn, _)| turn),
             idempotency: idempotency.clone(),
+            ds: None,
         };
         let start = Event::start(1, &id, &request.model, &rfc3339(created_at));
         let started = Started {

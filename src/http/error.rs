@@ -39,6 +39,13 @@ pub enum ErrorCode {
     Overloaded,
     TurnInProgress,
     IdempotencyConflict,
+    /// A Durable Streams conflict: another configuration, a closed stream, a content
+    /// type, a `Stream-Seq` or a producer sequence gap.
+    Conflict,
+    /// A Durable Streams producer whose epoch is stale.
+    StaleProducerEpoch,
+    /// A Durable Stream that no longer exists.
+    Gone,
     ShuttingDown,
     StoreUnavailable,
     // The WebSocket.
@@ -76,6 +83,9 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::TurnInProgress => "turn_in_progress",
             ErrorCode::IdempotencyConflict => "idempotency_conflict",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::StaleProducerEpoch => "stale_producer_epoch",
+            ErrorCode::Gone => "gone",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::WebsocketRequired => "websocket_required",
@@ -116,7 +126,11 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::RateLimited | ErrorCode::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::TurnInProgress | ErrorCode::IdempotencyConflict => StatusCode::CONFLICT,
+            ErrorCode::TurnInProgress | ErrorCode::IdempotencyConflict | ErrorCode::Conflict => {
+                StatusCode::CONFLICT
+            }
+            ErrorCode::StaleProducerEpoch => StatusCode::FORBIDDEN,
+            ErrorCode::Gone => StatusCode::GONE,
             ErrorCode::ShuttingDown | ErrorCode::TooManySockets | ErrorCode::StoreUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -27,6 +27,7 @@ pub fn kind_code(kind: EventKind) -> u8 {
         EventKind::Reasoning => 5,
         EventKind::ToolCall => 6,
         EventKind::Refusal => 7,
+        EventKind::Message => 8,
     }
 }
 
@@ -39,6 +40,7 @@ fn kind_of(code: u8) -> Option<EventKind> {
         5 => EventKind::Reasoning,
         6 => EventKind::ToolCall,
         7 => EventKind::Refusal,
+        8 => EventKind::Message,
         _ => return None,
     })
 }

@@ -12,6 +12,7 @@
 pub mod batch;
 pub mod chunk;
 pub mod dialect;
+pub mod ds;
 pub mod events;
 pub mod health;
 pub mod idempotency;

@@ -21,6 +21,8 @@ pub struct NewStream {
     pub turn: Option<NewTurn>,
     /// Set when the request carried an `Idempotency-Key`.
     pub idempotency: Option<IdempotencyKey>,
+    /// Set for a Durable Stream: its name and configuration.
+    pub ds: Option<super::ds::NewDs>,
 }
 
 /// A stream as stored.

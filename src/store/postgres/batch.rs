@@ -196,6 +196,9 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
     if !plain.is_empty() {
         insert_streams(conn, &plain, node).await?;
     }
+    for s in plain.iter().filter(|s| s.ds.is_some()) {
+        insert_ds(conn, s).await?;
+    }
     let mut conflicts = Vec::new();
     for s in turns {
         sqlx::query("SAVEPOINT turn").execute(&mut *conn).await?;
@@ -445,6 +448,30 @@ async fn insert_turn(
     Ok(true)
 }
 
+/// A Durable Stream's row (a name another node took first is not an error: the engine
+/// reads back which stream the name belongs to).
+async fn insert_ds(conn: &mut PgConnection, s: &NewStream) -> Result<(), sqlx::Error> {
+    let Some(ds) = &s.ds else {
+        return Ok(());
+    };
+    sqlx::query(
+        "INSERT INTO ds_streams (name, owner, stream_id, content_type, ttl_seconds, \
+         expires_at, created_at, spool_events) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&ds.name)
+    .bind(&s.owner)
+    .bind(&s.id)
+    .bind(&ds.content_type)
+    .bind(ds.ttl_seconds)
+    .bind(ds.expires_at)
+    .bind(s.created_at)
+    .bind(ds.spool_events)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 async fn delete_streams(conn: &mut PgConnection, ids: &[String]) -> Result<u64, sqlx::Error> {
     if ids.is_empty() {
         return Ok(0);
@@ -452,6 +479,7 @@ async fn delete_streams(conn: &mut PgConnection, ids: &[String]) -> Result<u64, 
     for sql in [
         "DELETE FROM chunks WHERE stream_key IN (SELECT key FROM streams WHERE id = ANY($1))",
         "DELETE FROM idempotency_keys WHERE stream_id = ANY($1)",
+        "DELETE FROM ds_streams WHERE stream_id = ANY($1)",
     ] {
         sqlx::query(sql).bind(ids).execute(&mut *conn).await?;
     }

@@ -101,7 +101,8 @@ pub(in crate::store) async fn recover_own(
     let mut tx = conn.begin().await?;
     let open: Vec<OpenStream> = sqlx::query_as(
         "SELECT id, model, params, last_seq FROM streams \
-         WHERE node = $1 AND status IN ('queued', 'running') FOR UPDATE SKIP LOCKED",
+         WHERE node = $1 AND status IN ('queued', 'running') AND model <> 'durable-stream' \
+         FOR UPDATE SKIP LOCKED",
     )
     .bind(node)
     .fetch_all(&mut *tx)
@@ -229,7 +230,8 @@ impl Store {
         .await?;
         let open: Vec<OpenStream> = sqlx::query_as(
             "SELECT s.id, s.model, s.params, s.last_seq FROM streams s \
-             WHERE s.status IN ('queued', 'running') AND s.node IS DISTINCT FROM $1 \
+             WHERE s.status IN ('queued', 'running') AND s.model <> 'durable-stream' \
+             AND s.node IS DISTINCT FROM $1 \
              AND (s.node = ANY($2) OR s.node IS NULL \
                   OR NOT EXISTS (SELECT 1 FROM nodes n WHERE n.id = s.node)) \
              FOR UPDATE OF s SKIP LOCKED",

@@ -109,6 +109,25 @@ async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sq
                 .execute(&mut *conn)
                 .await?;
         }
+        if let Some(ds) = &s.ds {
+            // A name another request took first is not an error: the engine reads back
+            // which stream the name belongs to.
+            sqlx::query(
+                "INSERT INTO ds_streams (name, owner, stream_id, content_type, ttl_seconds, \
+                 expires_at, created_at, spool_events) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&ds.name)
+            .bind(&s.owner)
+            .bind(&s.id)
+            .bind(&ds.content_type)
+            .bind(ds.ttl_seconds)
+            .bind(ds.expires_at)
+            .bind(s.created_at)
+            .bind(ds.spool_events)
+            .execute(&mut *conn)
+            .await?;
+        }
         if let Some(turn) = &s.turn {
             sqlx::query(
                 "INSERT INTO turns (session_id, idx, role, content, messages, stream_id, \
@@ -215,6 +234,7 @@ async fn delete_stream(conn: &mut SqliteConnection, id: &str) -> Result<bool, sq
     for sql in [
         "DELETE FROM chunks WHERE stream_key = (SELECT key FROM streams WHERE id = ?)",
         "DELETE FROM idempotency_keys WHERE stream_id = ?",
+        "DELETE FROM ds_streams WHERE stream_id = ?",
     ] {
         sqlx::query(sql).bind(id).execute(&mut *conn).await?;
     }

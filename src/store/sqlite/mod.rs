@@ -240,7 +240,8 @@ async fn recover(
     continuable: &dyn Fn(&str) -> bool,
 ) -> Result<(usize, Vec<Unfinished>), StoreError> {
     let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-        "SELECT id, model, params, last_seq FROM streams WHERE status IN ('queued', 'running')",
+        "SELECT id, model, params, last_seq FROM streams WHERE status IN ('queued', 'running') \
+         AND model <> 'durable-stream'",
     )
     .fetch_all(&mut *conn)
     .await?;

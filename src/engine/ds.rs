@@ -1,0 +1,508 @@
+//! Durable Streams on the engine: named streams whose appends are `message` events of
+//! a spool stream, written through the one group-commit writer and announced by the
+//! hub like tokens (see `crate::ds` for the rules).
+//!
+//! **Architecture Invariant:** one writer per Durable Stream per process. Every
+//! operation on a name holds that name's lock (`DsCache`) from validation to commit,
+//! so producer checks, `Stream-Seq` checks and appends are serialized; what the
+//! stream's appends left (tail, producers, close) is rebuilt from its events the first
+//! time a process meets it. Appends return once committed. Several nodes may read a
+//! Durable Stream; its writes belong on one node at a time (two nodes appending to the
+//! same name would each trust their own view of its producers).
+//!
+//! TTL and expiry: a stream past its `Stream-Expires-At`, or idle (no read or write;
+//! `HEAD` does not count) for its `Stream-TTL`, is gone — deleted on the next access.
+//! Idleness is kept in memory: a restart counts from the restart.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use super::Engine;
+use crate::ds::{self, CloseData, Message, Offset, Producer, Writers};
+use crate::event::{Event, EventKind, FinishReason, StreamStatus, Usage, now_ms, rfc3339};
+use crate::ids::new_stream_id;
+use crate::store::ds::{DsRow, NewDs};
+use crate::store::{NewStream, StoreError, StreamEnd};
+
+/// At most this many Durable Streams are kept in memory; past it, those not in use
+/// are forgotten (and rebuilt from the store when met again).
+const CACHE_MAX: usize = 10_000;
+
+/// Events read per page when a stream is rebuilt or read.
+const PAGE: u32 = 1024;
+
+/// A Durable Stream as this process knows it.
+#[derive(Debug, Clone)]
+pub struct DsLive {
+    pub name: String,
+    pub owner: Option<String>,
+    pub stream_id: String,
+    pub content_type: String,
+    pub ttl_seconds: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub writers: Writers,
+    /// Last read or write (ms), for the sliding TTL.
+    pub last_access: i64,
+}
+
+impl DsLive {
+    pub fn tail(&self) -> String {
+        ds::offset(self.writers.tail)
+    }
+
+    fn expired(&self, now: i64) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+            || self
+                .ttl_seconds
+                .is_some_and(|ttl| self.last_access + ttl.saturating_mul(1000) <= now)
+    }
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<DsLive>>>;
+
+/// The lock and known state of each name met in this process.
+#[derive(Default)]
+pub struct DsCache(Mutex<HashMap<String, Slot>>);
+
+impl DsCache {
+    fn slot(&self, name: &str) -> Slot {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= CACHE_MAX {
+            map.retain(|_, slot| Arc::strong_count(slot) > 1);
+        }
+        map.entry(name.to_owned()).or_default().clone()
+    }
+}
+
+/// A new stream's configuration, from `PUT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DsConfig {
+    pub content_type: String,
+    pub ttl_seconds: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub closed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DsError {
+    #[error("no such stream")]
+    NotFound,
+    #[error("the stream exists with another configuration")]
+    ConfigConflict,
+    #[error("the body is not valid JSON")]
+    InvalidJson,
+    #[error("an empty JSON array appends nothing")]
+    EmptyArray,
+    #[error("the content type differs from the stream's")]
+    ContentType,
+    #[error("Stream-Seq must increase")]
+    StreamSeq,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a `PUT` did.
+pub enum Created {
+    New(DsLive),
+    /// It exists already with this configuration.
+    Existing(DsLive),
+}
+
+/// A `POST` (append, close, or both).
+#[derive(Debug, Clone, Default)]
+pub struct Append {
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+    pub close: bool,
+    pub producer: Option<(String, u64, u64)>,
+    pub stream_seq: Option<String>,
+}
+
+/// What a `POST` did.
+pub enum Appended {
+    /// Appended (and closed, if asked): the stream now.
+    Done(DsLive),
+    /// Closed already and this is not the append that closed it: `409`.
+    Closed(DsLive),
+    /// A producer's append that was refused or deduplicated.
+    Producer(Producer, DsLive),
+}
+
+/// A catch-up read.
+pub struct Read {
+    pub stream: DsLive,
+    pub messages: Vec<Message>,
+    /// The seq of the last message returned (the offset to go on from).
+    pub next: u64,
+    /// Everything there was is returned.
+    pub up_to_date: bool,
+}
+
+impl Engine {
+    /// Rebuilds what `name`'s events left, or `None` if there is no such stream (or it
+    /// expired: then it is deleted).
+    async fn ds_load(&self, name: &str, slot: &mut Option<DsLive>) -> Result<(), StoreError> {
+        if slot.is_none() {
+            let Some(row) = self.store.ds_stream(name).await? else {
+                return Ok(());
+            };
+            *slot = Some(self.ds_rebuild(row).await?);
+        }
+        if slot.as_ref().is_some_and(|s| s.expired(now_ms())) {
+            if let Some(gone) = slot.take() {
+                tracing::info!(name = %gone.name, "durable stream expired: deleting it");
+                self.hub.close(&gone.stream_id);
+                self.log.delete(gone.stream_id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn ds_rebuild(&self, row: DsRow) -> Result<DsLive, StoreError> {
+        let mut writers = Writers::default();
+        let mut after = 0;
+        loop {
+            let events = self.store.events_after(&row.stream_id, after, PAGE).await?;
+            for e in &events {
+                writers.replay(e);
+            }
+            match events.last() {
+                Some(last) if events.len() == PAGE as usize => after = last.seq,
+                _ => break,
+            }
+        }
+        if !writers.closed {
+            // Appends are announced live to this process's readers.
+            self.hub.open(&row.stream_id);
+        }
+        Ok(DsLive {
+            name: row.name,
+            owner: row.owner,
+            stream_id: row.stream_id,
+            content_type: row.content_type,
+            ttl_seconds: row.ttl_seconds,
+            expires_at: row.expires_at,
+            writers,
+            last_access: now_ms(),
+        })
+    }
+
+    /// The stream named `name`, if `owner` may see it (`touch`: a read or write, which
+    /// restarts its TTL).
+    pub async fn ds_get(
+        &self,
+        name: &str,
+        owner: Option<&str>,
+        touch: bool,
+    ) -> Result<Option<DsLive>, StoreError> {
+        let slot = self.ds.slot(name);
+        let mut guard = slot.lock().await;
+        self.ds_load(name, &mut guard).await?;
+        Ok(match guard.as_mut() {
+            Some(s) if s.owner.as_deref() == owner => {
+                if touch {
+                    s.last_access = now_ms();
+                }
+                Some(s.clone())
+            }
+            _ => None,
+        })
+    }
+
+    /// `PUT`: creates `name` (with `body` as its first append), or finds it with the
+    /// same configuration.
+    pub async fn ds_create(
+        &self,
+        name: &str,
+        owner: Option<&str>,
+        config: DsConfig,
+        body: &[u8],
+    ) -> Result<Created, DsError> {
+        let slot = self.ds.slot(name);
+        let mut guard = slot.lock().await;
+        self.ds_load(name, &mut guard).await?;
+        if let Some(s) = guard.as_mut() {
+            if s.owner.as_deref() != owner {
+                return Err(DsError::ConfigConflict);
+            }
+            let same = ds::media_type(&s.content_type) == ds::media_type(&config.content_type)
+                && s.ttl_seconds == config.ttl_seconds
+                && s.expires_at == config.expires_at
+                && s.writers.closed == config.closed;
+            if !same {
+                return Err(DsError::ConfigConflict);
+            }
+            s.last_access = now_ms();
+            return Ok(Created::Existing(s.clone()));
+        }
+        let first = Message::of(&config.content_type, body, true).map_err(|e| match e {
+            ds::BodyError::InvalidJson => DsError::InvalidJson,
+            ds::BodyError::EmptyArray => DsError::EmptyArray,
+        })?;
+        let id = new_stream_id().map_err(|_| StoreError::Closed)?;
+        let created_at = now_ms();
+        let stream = NewStream {
+            id: id.clone(),
+            owner: owner.map(str::to_owned),
+            model: ds::MODEL.to_owned(),
+            params:
+                serde_json::json!({"durable_stream": name, "content_type": config.content_type})
+                    .to_string(),
+            created_at,
+            turn: None,
+            idempotency: None,
+            ds: Some(NewDs {
+                name: name.to_owned(),
+                content_type: config.content_type.clone(),
+                ttl_seconds: config.ttl_seconds,
+                expires_at: config.expires_at,
+                spool_events: false,
+            }),
+        };
+        self.hub.open(&id);
+        let start = Event::start(1, &id, ds::MODEL, &rfc3339(created_at));
+        self.log.create(stream, start).await?;
+        let mut writers = Writers {
+            tail: 1,
+            last_seq: 1,
+            ..Writers::default()
+        };
+        if let Some(m) = first {
+            writers.last_seq += 1;
+            writers.tail = writers.last_seq;
+            let event = Event {
+                seq: writers.last_seq,
+                kind: EventKind::Message,
+                data: m.to_data(),
+            };
+            self.log.append(Arc::from(id.as_str()), event, None).await?;
+        }
+        if config.closed {
+            self.ds_close_event(&id, &mut writers, None).await?;
+        }
+        self.log.flush().await?;
+        // Another node may have taken the name first: the stored row says whose it is.
+        let row = self.store.ds_stream(name).await?;
+        if row.as_ref().is_none_or(|r| r.stream_id != id) {
+            self.log.delete(id).await?;
+            *guard = None;
+            return Err(DsError::ConfigConflict);
+        }
+        let live = DsLive {
+            name: name.to_owned(),
+            owner: owner.map(str::to_owned),
+            stream_id: id,
+            content_type: config.content_type,
+            ttl_seconds: config.ttl_seconds,
+            expires_at: config.expires_at,
+            writers,
+            last_access: now_ms(),
+        };
+        *guard = Some(live.clone());
+        Ok(Created::New(live))
+    }
+
+    /// Queues the terminal `done` of a close (the caller flushes).
+    async fn ds_close_event(
+        &self,
+        id: &str,
+        writers: &mut Writers,
+        closed_by: Option<(String, u64, u64)>,
+    ) -> Result<(), StoreError> {
+        writers.last_seq += 1;
+        let mut done = Event::done(writers.last_seq, FinishReason::Stop, Usage::default());
+        if closed_by.is_some() {
+            // The done event's own members, plus who closed it.
+            let mut value: serde_json::Value =
+                serde_json::from_str(&done.data).unwrap_or_else(|_| serde_json::json!({}));
+            if let Some(obj) = value.as_object_mut() {
+                let extra = serde_json::to_value(CloseData {
+                    closed_by: closed_by.clone(),
+                })
+                .unwrap_or_default();
+                if let Some(extra) = extra.as_object() {
+                    obj.extend(extra.clone());
+                }
+            }
+            done.data = value.to_string();
+        }
+        let end = StreamEnd {
+            status: StreamStatus::Completed,
+            finish_reason: Some(FinishReason::Stop),
+            error: None,
+            usage: Usage::default(),
+            finished_at: now_ms(),
+            turn_text: None,
+            turn_tool_calls: None,
+        };
+        self.log.append(Arc::from(id), done, Some(end)).await?;
+        writers.closed = true;
+        writers.closed_by = closed_by;
+        Ok(())
+    }
+
+    /// `POST`: appends, closes, or both, once validated; returns once committed.
+    pub async fn ds_append(
+        &self,
+        name: &str,
+        owner: Option<&str>,
+        append: Append,
+    ) -> Result<Appended, DsError> {
+        let slot = self.ds.slot(name);
+        let mut guard = slot.lock().await;
+        self.ds_load(name, &mut guard).await?;
+        let Some(s) = guard.as_mut().filter(|s| s.owner.as_deref() == owner) else {
+            return Err(DsError::NotFound);
+        };
+        s.last_access = now_ms();
+        if s.writers.closed {
+            // The retry of the append that closed it is a duplicate; a plain close-only
+            // is idempotent; anything else meets a closed stream.
+            if append.producer.is_some() && append.producer == s.writers.closed_by {
+                let last = append.producer.as_ref().map_or(0, |p| p.2);
+                return Ok(Appended::Producer(Producer::Duplicate { last }, s.clone()));
+            }
+            if append.body.is_empty() && append.close && append.producer.is_none() {
+                return Ok(Appended::Done(s.clone()));
+            }
+            return Ok(Appended::Closed(s.clone()));
+        }
+        let message = if append.body.is_empty() {
+            None
+        } else {
+            if let Some(ct) = &append.content_type
+                && ds::media_type(ct) != ds::media_type(&s.content_type)
+            {
+                return Err(DsError::ContentType);
+            }
+            Some(
+                Message::of(&s.content_type, &append.body, false).map_err(|e| match e {
+                    ds::BodyError::InvalidJson => DsError::InvalidJson,
+                    ds::BodyError::EmptyArray => DsError::EmptyArray,
+                })?,
+            )
+        };
+        if let Some((id, epoch, seq)) = &append.producer {
+            let verdict = ds::check_producer(s.writers.producers.get(id).copied(), *epoch, *seq);
+            if verdict != Producer::Accept {
+                return Ok(Appended::Producer(verdict, s.clone()));
+            }
+        }
+        if let Some(q) = &append.stream_seq
+            && s.writers.stream_seq.as_ref().is_some_and(|last| q <= last)
+        {
+            return Err(DsError::StreamSeq);
+        }
+        let id: Arc<str> = Arc::from(s.stream_id.as_str());
+        let mut writers = s.writers.clone();
+        if let Some(Some(mut m)) = message {
+            m.p = append.producer.clone();
+            m.q = append.stream_seq.clone();
+            writers.last_seq += 1;
+            writers.tail = writers.last_seq;
+            let event = Event {
+                seq: writers.last_seq,
+                kind: EventKind::Message,
+                data: m.to_data(),
+            };
+            self.log.append(id.clone(), event, None).await?;
+        }
+        if let Some((pid, epoch, seq)) = &append.producer {
+            writers.producers.insert(pid.clone(), (*epoch, *seq));
+        }
+        if append.stream_seq.is_some() {
+            writers.stream_seq = append.stream_seq.clone();
+        }
+        if append.close {
+            self.ds_close_event(&id, &mut writers, append.producer.clone())
+                .await?;
+        }
+        self.log.flush().await?;
+        s.writers = writers;
+        Ok(Appended::Done(s.clone()))
+    }
+
+    /// `DELETE`. `false`: no such stream of `owner`'s.
+    pub async fn ds_delete(&self, name: &str, owner: Option<&str>) -> Result<bool, StoreError> {
+        let slot = self.ds.slot(name);
+        let mut guard = slot.lock().await;
+        self.ds_load(name, &mut guard).await?;
+        match guard.take() {
+            Some(s) if s.owner.as_deref() == owner => {
+                self.hub.close(&s.stream_id);
+                self.log.delete(s.stream_id).await?;
+                Ok(true)
+            }
+            other => {
+                *guard = other;
+                Ok(false)
+            }
+        }
+    }
+
+    /// The messages of `name` after `from`, as far as one page goes.
+    pub async fn ds_read(
+        &self,
+        name: &str,
+        owner: Option<&str>,
+        from: Offset,
+    ) -> Result<Option<Read>, StoreError> {
+        let Some(stream) = self.ds_get(name, owner, true).await? else {
+            return Ok(None);
+        };
+        let after = match from {
+            Offset::Start => 0,
+            Offset::Now => stream.writers.tail,
+            Offset::After(seq) => seq,
+        };
+        let events = self
+            .store
+            .events_after(&stream.stream_id, after, PAGE)
+            .await?;
+        let mut messages = Vec::new();
+        let mut last = None;
+        for e in events.iter().filter(|e| e.kind == EventKind::Message) {
+            if let Some(m) = Message::parse(&e.data) {
+                messages.push(m);
+                last = Some(e.seq);
+            }
+        }
+        // With no message, the reader is at the tail.
+        let next = last.unwrap_or(stream.writers.tail);
+        Ok(Some(Read {
+            up_to_date: next >= stream.writers.tail,
+            stream,
+            messages,
+            next,
+        }))
+    }
+
+    /// Waits up to `timeout` for a message after `after` or the close of `stream_id`.
+    /// `true`: something happened (read again).
+    pub async fn ds_wait(&self, stream_id: &str, after: u64, timeout: Duration) -> bool {
+        let feed = self.feed(stream_id, after);
+        let mut feed = std::pin::pin!(feed);
+        let waited = tokio::time::timeout(timeout, async {
+            while let Some(chunk) = feed.next().await {
+                let Ok(chunk) = chunk else {
+                    return true;
+                };
+                if chunk
+                    .events()
+                    .iter()
+                    .any(|e| e.kind == EventKind::Message || e.kind.is_terminal())
+                {
+                    return true;
+                }
+            }
+            true
+        });
+        tokio::select! {
+            r = waited => r.unwrap_or(false),
+            _ = self.shutdown.cancelled() => false,
+        }
+    }
+}
