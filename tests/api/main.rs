@@ -32,6 +32,7 @@ mod lifecycle;
 mod logs;
 mod openai;
 mod ops;
+mod responses;
 mod resume;
 mod sdk;
 mod session_admin;

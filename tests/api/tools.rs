@@ -23,9 +23,9 @@ use crate::helpers::*;
 use crate::sdk::{clients_dir, install, repo};
 
 #[derive(Default)]
-struct Upstream {
+pub struct Upstream {
     /// Every request body, in order.
-    bodies: Mutex<Vec<Value>>,
+    pub bodies: Mutex<Vec<Value>>,
 }
 
 fn chunk(delta: Value, finish: Option<&str>) -> String {
@@ -137,7 +137,7 @@ async fn models() -> Json<Value> {
 }
 
 /// Starts the upstream; returns its state and its `/v1` base URL.
-async fn upstream() -> (Arc<Upstream>, String) {
+pub async fn upstream() -> (Arc<Upstream>, String) {
     let state = Arc::new(Upstream::default());
     let app = axum::Router::new()
         .route("/v1/chat/completions", post(completions))
@@ -146,7 +146,7 @@ async fn upstream() -> (Arc<Upstream>, String) {
     (state, format!("http://{}/v1", serve(app).await))
 }
 
-async fn spool_in_front(base: &str) -> TestApp {
+pub async fn spool_in_front(base: &str) -> TestApp {
     let base = base.to_owned();
     spawn_with(move |c| {
         c.backend = BackendKind::Openai;

@@ -1,0 +1,401 @@
+//! The OpenAI Responses API over spool's streams: `POST /v1/responses`, `GET
+//! /v1/responses/{id}` (the response object, or with `?stream=true` its events after
+//! `starting_after` / `Last-Event-ID`), `POST /v1/responses/{id}/cancel`, `DELETE
+//! /v1/responses/{id}` and `GET /v1/responses/{id}/input_items`, in the shapes the
+//! official SDKs send and parse.
+//!
+//! A response *is* a spool stream: its id is the stream id, it starts on the one start
+//! path, and it is persisted, listed, cancelled and resumed like any other (also from
+//! `/v1/streams/{id}`). `background: true` makes it unattended: it runs to its end
+//! whether or not anyone reads it, and stays resumable for as long as the store keeps
+//! it. `request` maps the body onto the native request; `events` is the wire format and
+//! the response object, both assembled from the stored events by one renderer.
+
+pub mod events;
+pub mod request;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::auth::{Owner, ReadGrant};
+use super::error::{ApiError, ErrorCode};
+use super::extract::{JsonBody, QueryParams};
+use super::render::{Frames, Render};
+use super::state::HttpState;
+use super::streams::{idempotency_header, set_header};
+use crate::engine::{Access, Cancel, Follow, Via, parse_cursor};
+use crate::event::StreamStatus;
+use crate::store::StreamRow;
+use events::ResponseFormat;
+use request::ResponsesRequest;
+
+pub fn router() -> Router<HttpState> {
+    Router::new()
+        .route("/v1/responses", post(create))
+        .route("/v1/responses/{id}", get(retrieve).delete(delete))
+        .route("/v1/responses/{id}/cancel", post(cancel))
+        .route("/v1/responses/{id}/input_items", get(input_items))
+}
+
+/// Every answer of this surface: errors in OpenAI's shape.
+fn openai(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(ApiError::into_openai)
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(ErrorCode::NotFound, format!("no response with id {id:?}"))
+}
+
+/// A sink that keeps no frame: feeding it only assembles the response.
+fn assembling() -> Frames {
+    Frames::new(Some(u64::MAX))
+}
+
+/// The object's status for a stream whose end is not stored yet.
+fn live_status(row: &StreamRow) -> Result<&'static str, ApiError> {
+    Ok(match row.status()? {
+        StreamStatus::Queued => "queued",
+        StreamStatus::Running => "in_progress",
+        StreamStatus::Cancelled => "cancelled",
+        StreamStatus::Completed => "completed",
+        StreamStatus::Failed | StreamStatus::Interrupted => "failed",
+    })
+}
+
+/// The response object of a stream, assembled from its stored events.
+async fn object_of(
+    state: &HttpState,
+    row: &StreamRow,
+) -> Result<(Value, ResponseFormat), ApiError> {
+    let mut format = ResponseFormat::of(row)?;
+    let mut sink = assembling();
+    for event in state.engine().events(&row.id).await? {
+        format.render(&event, &mut sink);
+    }
+    let mut object = format.object(live_status(row)?);
+    if let Some(fields) = object.as_object_mut() {
+        fields.insert("output_text".to_owned(), Value::from(format.output_text()));
+        if let Some(done) = row.finished_at.filter(|_| row.status == "completed") {
+            fields.insert("completed_at".to_owned(), Value::from(done / 1000));
+        }
+    }
+    Ok((object, format))
+}
+
+async fn find(state: &HttpState, id: &str, access: Access<'_>) -> Result<StreamRow, ApiError> {
+    state
+        .engine()
+        .stream(id, access)
+        .await?
+        .ok_or_else(|| not_found(id))
+}
+
+/// `POST /v1/responses`.
+async fn create(
+    State(state): State<HttpState>,
+    Owner(owner): Owner,
+    headers: HeaderMap,
+    body: Result<JsonBody<ResponsesRequest>, ApiError>,
+) -> Response {
+    openai(start(state, owner, &headers, body).await)
+}
+
+async fn start(
+    state: HttpState,
+    owner: Option<String>,
+    headers: &HeaderMap,
+    body: Result<JsonBody<ResponsesRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    let JsonBody(request) = body?;
+    let (streaming, background) = (request.streaming(), request.background());
+    let mut params = request.into_params()?;
+    params.idempotency_key = idempotency_header(headers)?;
+    let started = state.start(params, owner, Via::Http).await?;
+    let row = find(&state, &started.id, Access::Owner(started.owner.as_deref())).await?;
+    let mut response = if streaming {
+        state.events_started(&started, Box::new(ResponseFormat::of(&row)?))
+    } else if background {
+        // Answered at once; the client polls, or streams it by id.
+        Json(object_of(&state, &row).await?.0).into_response()
+    } else {
+        wait_for_end(&state, &row).await?
+    };
+    set_header(&mut response, "x-stream-id", &started.id);
+    if let Some(token) = state
+        .keys()
+        .read_token(&started.id, started.owner.as_deref())
+    {
+        set_header(&mut response, "x-read-token", &token);
+    }
+    Ok(response)
+}
+
+/// `stream: false` without `background`: reads the stream to its end and answers its
+/// object. The client going away does not cancel the generation.
+async fn wait_for_end(state: &HttpState, row: &StreamRow) -> Result<Response, ApiError> {
+    let mut feed = std::pin::pin!(state.engine().feed(&row.id, 0));
+    while let Some(chunk) = feed.next().await {
+        if chunk?.events().iter().any(|e| e.kind.is_terminal()) {
+            let row = find(state, &row.id, Access::Granted).await?;
+            return Ok(Json(object_of(state, &row).await?.0).into_response());
+        }
+    }
+    Err(ApiError::internal(
+        "responses",
+        &"the stream ended without a terminal event",
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct RetrieveQuery {
+    stream: Option<String>,
+    starting_after: Option<String>,
+}
+
+fn flag(name: &str, value: Option<&str>) -> Result<bool, ApiError> {
+    match value {
+        None | Some("false" | "0") => Ok(false),
+        Some("true" | "1") => Ok(true),
+        Some(other) => Err(ApiError::invalid(format!(
+            "`{name}` is {other:?}; expected true or false"
+        ))),
+    }
+}
+
+/// `GET /v1/responses/{id}`: the object, or with `?stream=true` its events after
+/// `starting_after` (or `Last-Event-ID`, which wins), by `sequence_number`. At the last
+/// frame of an ended response the stream ends at once; past the last frame is `400`.
+/// A read token for the stream opens it (a browser's `EventSource`).
+async fn retrieve(
+    State(state): State<HttpState>,
+    Owner(owner): Owner,
+    grant: Option<axum::Extension<ReadGrant>>,
+    Path(id): Path<String>,
+    QueryParams(query): QueryParams<RetrieveQuery>,
+    headers: HeaderMap,
+) -> Response {
+    openai(read(state, owner, grant, id, query, &headers).await)
+}
+
+async fn read(
+    state: HttpState,
+    owner: Option<String>,
+    grant: Option<axum::Extension<ReadGrant>>,
+    id: String,
+    query: RetrieveQuery,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let streaming = flag("stream", query.stream.as_deref())?;
+    let access = match grant {
+        Some(axum::Extension(ReadGrant(granted))) if granted == id => Access::Granted,
+        _ => Access::Owner(owner.as_deref()),
+    };
+    let cursor = match headers.get("last-event-id") {
+        Some(v) => Some(parse_cursor(v.to_str().map_err(|_| {
+            ApiError::new(ErrorCode::InvalidCursor, "Last-Event-ID is not text")
+        })?)?),
+        None => query
+            .starting_after
+            .as_deref()
+            .map(parse_cursor)
+            .transpose()?,
+    };
+    let row = find(&state, &id, access).await?;
+    let (object, format) = object_of(&state, &row).await?;
+    if !streaming {
+        return Ok(Json(object).into_response());
+    }
+    let after = match cursor {
+        None => None,
+        Some(cursor) => match state.engine().follow_frames(row, cursor, format.frames())? {
+            Follow::Ended(_) => return Ok(ended_stream()),
+            Follow::From { row: _, after } => Some(after),
+        },
+    };
+    let row = find(&state, &id, Access::Granted).await?;
+    Ok(state.events(&id, after, Box::new(ResponseFormat::of(&row)?)))
+}
+
+/// An event stream with nothing more to say: the reader has every frame.
+fn ended_stream() -> Response {
+    let mut response = Response::new(Body::empty());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    response
+}
+
+/// `POST /v1/responses/{id}/cancel`: stops a running response and answers its object
+/// once its end is stored (status `cancelled`). A response that ended otherwise cannot
+/// be cancelled (`400`, as OpenAI answers).
+async fn cancel(
+    State(state): State<HttpState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+) -> Response {
+    openai(stop(state, owner, id).await)
+}
+
+/// How long a cancel waits for the stream's end to be stored.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
+
+async fn stop(state: HttpState, owner: Option<String>, id: String) -> Result<Response, ApiError> {
+    let row = match state.engine().cancel(&id, owner.as_deref()).await? {
+        None => return Err(not_found(&id)),
+        Some(Cancel::AlreadyEnded(row)) => row,
+        Some(Cancel::Stopping(_)) => {
+            let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+            loop {
+                let row = find(&state, &id, Access::Owner(owner.as_deref())).await?;
+                if row.status()?.is_terminal() || tokio::time::Instant::now() >= deadline {
+                    break row;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let status = row.status()?;
+    if status.is_terminal() && status != StreamStatus::Cancelled {
+        return Err(ApiError::invalid(format!(
+            "this response has already ended ({}); only a queued or running response can be cancelled",
+            status.as_str()
+        )));
+    }
+    Ok(Json(object_of(&state, &row).await?.0).into_response())
+}
+
+/// `DELETE /v1/responses/{id}`: cancels it if running, deletes it and its events, and
+/// answers OpenAI's deletion object.
+async fn delete(
+    State(state): State<HttpState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+) -> Response {
+    openai(remove(state, owner, id).await)
+}
+
+async fn remove(state: HttpState, owner: Option<String>, id: String) -> Result<Response, ApiError> {
+    if !state.engine().delete(&id, owner.as_deref()).await? {
+        return Err(not_found(&id));
+    }
+    Ok(Json(json!({"id": id, "object": "response", "deleted": true})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ItemsQuery {
+    limit: Option<String>,
+    order: Option<String>,
+    after: Option<String>,
+}
+
+/// The most input items one page holds, and the default.
+const MAX_ITEMS: usize = 100;
+const DEFAULT_ITEMS: usize = 20;
+
+/// `GET /v1/responses/{id}/input_items`: the input items as sent (each with an id),
+/// newest first unless `order=asc`, `limit` per page, `after` an item id.
+async fn input_items(
+    State(state): State<HttpState>,
+    Owner(owner): Owner,
+    Path(id): Path<String>,
+    QueryParams(query): QueryParams<ItemsQuery>,
+) -> Response {
+    openai(list_items(state, owner, id, query).await)
+}
+
+async fn list_items(
+    state: HttpState,
+    owner: Option<String>,
+    id: String,
+    query: ItemsQuery,
+) -> Result<Response, ApiError> {
+    let limit = match query.limit.as_deref() {
+        None => DEFAULT_ITEMS,
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(n) if (1..=MAX_ITEMS).contains(&n) => n,
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "`limit` must be an integer from 1 to {MAX_ITEMS}"
+                )));
+            }
+        },
+    };
+    let ascending = match query.order.as_deref() {
+        None | Some("desc") => false,
+        Some("asc") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "`order` is {other:?}; expected \"asc\" or \"desc\""
+            )));
+        }
+    };
+    let row = find(&state, &id, Access::Owner(owner.as_deref())).await?;
+    let format = ResponseFormat::of(&row)?;
+    let mut items: Vec<Value> = format
+        .options()
+        .input
+        .iter()
+        .enumerate()
+        .map(|(i, item)| input_item(&format, i, item))
+        .collect();
+    if !ascending {
+        items.reverse();
+    }
+    if let Some(after) = &query.after {
+        let Some(at) = items.iter().position(|i| i["id"] == after.as_str()) else {
+            return Err(ApiError::invalid(format!(
+                "`after` is {after:?}, which is not an input item of this response"
+            )));
+        };
+        items.drain(..=at);
+    }
+    let has_more = items.len() > limit;
+    items.truncate(limit);
+    let first_id = items.first().map(|i| i["id"].clone());
+    let last_id = items.last().map(|i| i["id"].clone());
+    Ok(Json(json!({
+        "object": "list",
+        "data": items,
+        "first_id": first_id,
+        "last_id": last_id,
+        "has_more": has_more,
+    }))
+    .into_response())
+}
+
+/// An input item as OpenAI lists it: a message's string content as one text part,
+/// and an id and status if the client gave none.
+fn input_item(format: &ResponseFormat, i: usize, item: &Value) -> Value {
+    let mut item = item.as_object().cloned().unwrap_or_default();
+    let kind = item
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("message")
+        .to_owned();
+    item.insert("type".to_owned(), Value::from(kind.as_str()));
+    if kind == "message"
+        && let Some(Value::String(text)) = item.get("content")
+    {
+        let part = if item.get("role").and_then(Value::as_str) == Some("assistant") {
+            json!({"type": "output_text", "text": text, "annotations": []})
+        } else {
+            json!({"type": "input_text", "text": text})
+        };
+        item.insert("content".to_owned(), json!([part]));
+    }
+    item.entry("id")
+        .or_insert_with(|| Value::from(format.input_item_id(&kind, i)));
+    item.entry("status")
+        .or_insert_with(|| Value::from("completed"));
+    Value::Object(item)
+}
