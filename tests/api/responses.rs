@@ -2,13 +2,16 @@
 //! parse, numbered by `sequence_number` with an equal SSE id, resumed exactly after
 //! every frame by `starting_after` and `Last-Event-ID`; background responses that run
 //! unread and are polled to their end; cancel, delete, input items; function calls
-//! from a controlled upstream; errors in OpenAI's shape; read tokens.
+//! from a controlled upstream; errors in OpenAI's shape; read tokens. Then the official
+//! Python and Node SDKs, unchanged but for the base URL, one script run each.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::helpers::*;
+use crate::sdk::{clients_dir, install, repo};
 use crate::tools::{spool_in_front, upstream};
 
 /// `POST /v1/responses`; returns the status and the body as text.
@@ -488,4 +491,30 @@ async fn with_keys_a_read_token_opens_one_responses_stream_and_nothing_else() {
     ] {
         assert_eq!(r.send().await.unwrap().status(), 401);
     }
+}
+
+/// Runs a Responses SDK script with a mock spool's base URL and one in front of the
+/// test's upstream.
+async fn run_responses_client(program: PathBuf, script: PathBuf) {
+    let (_, upstream_base) = upstream().await;
+    let agent = spool_in_front(&upstream_base).await;
+    let mock = spawn_with(|c| c.mock.rate = 100.0).await;
+    crate::sdk::run_client(program, script, vec![mock.base.clone(), agent.base.clone()]).await;
+}
+
+#[tokio::test]
+async fn the_python_sdk_streams_resumes_polls_cancels_and_runs_a_tool_loop() {
+    run_responses_client(
+        clients_dir().join("venv/bin/python"),
+        repo().join("tests/clients/responses_sdk.py"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_node_sdk_streams_resumes_polls_cancels_and_runs_a_tool_loop() {
+    install();
+    let script = clients_dir().join("node/responses_sdk.mjs");
+    std::fs::copy(repo().join("tests/clients/responses_sdk.mjs"), &script).unwrap();
+    run_responses_client(PathBuf::from("node"), script).await;
 }
