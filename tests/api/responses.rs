@@ -493,6 +493,70 @@ async fn with_keys_a_read_token_opens_one_responses_stream_and_nothing_else() {
     }
 }
 
+#[tokio::test]
+async fn a_response_resumes_by_sequence_number_across_a_restart() {
+    // No drain: the shutdown interrupts the running response at once.
+    let mut app = spawn_with(|c| {
+        c.mock.rate = 100.0;
+        c.server.drain_timeout = Duration::ZERO;
+    })
+    .await;
+    let (_, body, _) = post(
+        &app,
+        json!({"model": "mock", "input": "x", "max_output_tokens": 3, "background": true}),
+    )
+    .await;
+    let done_id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_object(&app, &done_id, ended).await;
+    let (_, before) = get(&app, &format!("/v1/responses/{done_id}?stream=true")).await;
+    let (_, body, _) = post(
+        &app,
+        json!({"model": "mock", "input": "x", "max_output_tokens": 2000, "background": true}),
+    )
+    .await;
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = format!("/v1/responses/{id}?stream=true");
+    let mut reader = SseReader::open(app.client.get(app.url(&url)), DEADLINE).await;
+    let first = reader.until(8).await;
+    drop(reader);
+    app.shutdown().await;
+    let _dir = app.take_dir();
+    let app = spawn_on(&app.db, |_| {}).await;
+
+    // A finished response is the same bytes after the restart.
+    let (_, after) = get(&app, &format!("/v1/responses/{done_id}?stream=true")).await;
+    assert_eq!(after, before);
+    // One the shutdown interrupted resumes after the last frame seen and says how it ended.
+    let last_seen = first.last().unwrap().id.unwrap();
+    let (status, rest) = get(&app, &format!("{url}&starting_after={last_seen}")).await;
+    assert_eq!(status, 200, "{rest}");
+    let rest = parse_sse(&rest);
+    assert_eq!(rest[0].id, Some(last_seen + 1));
+    assert_eq!(rest.last().unwrap().event, "response.failed");
+    let (_, whole) = get(&app, &url).await;
+    let joined: String = first
+        .iter()
+        .chain(rest.iter())
+        .map(|e| e.raw.as_str())
+        .collect();
+    assert_eq!(joined, whole);
+    let object = wait_object(&app, &id, ended).await;
+    assert_eq!(object["status"], "failed");
+    assert!(
+        object["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted"),
+        "{object}"
+    );
+}
+
 /// Runs a Responses SDK script with a mock spool's base URL and one in front of the
 /// test's upstream.
 async fn run_responses_client(program: PathBuf, script: PathBuf) {
