@@ -63,7 +63,12 @@ async fn one(backend: &LocalBackend, prompt: &str, max_tokens: u32, seed: u64) -
             Ok(Output::Done { .. }) => break,
             Ok(Output::Prompt { .. }) => {}
             // The local model writes text only.
-            Ok(Output::Reasoning { .. } | Output::ToolCall { .. } | Output::Refusal { .. }) => {}
+            Ok(
+                Output::Reasoning { .. }
+                | Output::ToolCall { .. }
+                | Output::Refusal { .. }
+                | Output::Logprobs { .. },
+            ) => {}
             Err(e) => {
                 eprintln!("error: {e}");
                 break;

@@ -17,6 +17,8 @@ pub struct Answer {
     /// The upstream's name for the reasoning (`None` until there is some).
     pub reasoning_field: Option<ReasoningField>,
     pub refusal: Option<String>,
+    /// The text's log-probabilities, when the stream has them.
+    pub logprobs: Vec<serde_json::Value>,
     calls: BTreeMap<u32, ToolCall>,
 }
 
@@ -39,7 +41,10 @@ impl Answer {
     /// Adds one event (events other than the answer's parts change nothing).
     pub fn push(&mut self, event: &Event) {
         match event.data() {
-            Some(EventData::Token(t)) => self.text.push_str(&t.text),
+            Some(EventData::Token(t)) => {
+                self.text.push_str(&t.text);
+                self.logprobs.extend(t.logprobs.into_iter().flatten());
+            }
             Some(EventData::Reasoning(r)) => {
                 self.reasoning.push_str(&r.text);
                 self.reasoning_field.get_or_insert(r.field);

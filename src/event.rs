@@ -75,7 +75,26 @@ impl Event {
     }
 
     pub fn token(seq: u64, text: &str) -> Self {
-        Event::of(seq, EventKind::Token, &TokenData { text: text.into() })
+        Event::of(
+            seq,
+            EventKind::Token,
+            &TokenData {
+                text: text.into(),
+                logprobs: None,
+            },
+        )
+    }
+
+    /// A token with the upstream's log-probabilities for its text.
+    pub fn token_with_logprobs(seq: u64, text: &str, logprobs: Vec<serde_json::Value>) -> Self {
+        Event::of(
+            seq,
+            EventKind::Token,
+            &TokenData {
+                text: text.into(),
+                logprobs: Some(logprobs),
+            },
+        )
     }
 
     /// A piece of the model's reasoning, under the name its upstream gave it.
@@ -97,7 +116,14 @@ impl Event {
 
     /// A piece of a refusal.
     pub fn refusal(seq: u64, text: &str) -> Self {
-        Event::of(seq, EventKind::Refusal, &TokenData { text: text.into() })
+        Event::of(
+            seq,
+            EventKind::Refusal,
+            &TokenData {
+                text: text.into(),
+                logprobs: None,
+            },
+        )
     }
 
     pub fn done(seq: u64, reason: FinishReason, usage: Usage) -> Self {
@@ -178,11 +204,15 @@ pub struct StartData<'a> {
     pub created_at: Cow<'a, str>,
 }
 
-/// `token`: `{"text"}`.
+/// `token`: `{"text"}`, and `"logprobs"` when the request asked for them and the
+/// upstream sent them: its `choices[].logprobs.content` entries for this text, as it
+/// sent them (`refusal` uses the same shape, without them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenData<'a> {
     #[serde(borrow)]
     pub text: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<serde_json::Value>>,
 }
 
 /// `reasoning`: `{"text","field"}` — `field` is the member the upstream sent it in

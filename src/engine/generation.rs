@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admission::{Activation, RunPermit, Ticket};
 use super::{Engine, StopFilter};
+use crate::answer::Answer;
 use crate::event::{Event, FinishReason, StreamStatus, ToolCallData, Usage, now_ms};
 use crate::llm::{Backend, BackendError, GenerateRequest, Output, TokenStream};
 use crate::store::{INTERRUPTED, INTERRUPTED_MESSAGE, NewStream, StoreError, StreamEnd};
@@ -77,10 +78,13 @@ struct Progress {
     prompt_tokens: u32,
     completion_tokens: u32,
     reported: Option<Usage>,
-    /// Everything emitted, kept only for a session's turn (its content at the end).
-    text: Option<String>,
+    /// Everything emitted, kept only for a session's turn: its text and tool calls are
+    /// the turn's content at the end.
+    turn: Option<Answer>,
     /// Token ids whose text is not in an event yet (see `Output::Token`).
     pending_ids: Vec<u32>,
+    /// Log-probabilities of text not in an event yet (see `Output::Logprobs`).
+    pending_logprobs: Vec<serde_json::Value>,
     /// A continued stream: text already stored that the backend generates again.
     skip: String,
 }
@@ -94,14 +98,17 @@ impl Generation {
             prompt_tokens: 0,
             completion_tokens: 0,
             reported: None,
-            text: self.request.session_id.as_ref().map(|_| {
-                self.request
-                    .continuation
-                    .as_ref()
-                    .map(|c| c.text.clone())
-                    .unwrap_or_default()
+            // A continued turn's text so far (backends that continue a stream emit
+            // no tool calls).
+            turn: self.request.session_id.as_ref().map(|_| {
+                let mut turn = Answer::default();
+                if let Some(c) = &self.request.continuation {
+                    turn.text.clone_from(&c.text);
+                }
+                turn
             }),
             pending_ids: Vec::new(),
+            pending_logprobs: Vec::new(),
             skip: self
                 .request
                 .continuation
@@ -271,6 +278,10 @@ impl Generation {
                     progress.prompt_tokens = tokens;
                     continue;
                 }
+                Some(Ok(Output::Logprobs { content })) => {
+                    progress.pending_logprobs.extend(content);
+                    continue;
+                }
                 Some(Ok(
                     part @ (Output::Reasoning { .. }
                     | Output::ToolCall { .. }
@@ -337,15 +348,20 @@ impl Generation {
             return Ok(());
         }
         progress.seq += 1;
-        if let Some(all) = &mut progress.text {
-            all.push_str(&text);
+        if let Some(turn) = &mut progress.turn {
+            turn.text.push_str(&text);
         }
         let ids = if complete {
             std::mem::take(&mut progress.pending_ids)
         } else {
             Vec::new()
         };
-        let event = Event::token(progress.seq, &text);
+        let event = if progress.pending_logprobs.is_empty() {
+            Event::token(progress.seq, &text)
+        } else {
+            let logprobs = std::mem::take(&mut progress.pending_logprobs);
+            Event::token_with_logprobs(progress.seq, &text, logprobs)
+        };
         let log = &self.engine.log;
         if progress.seq == progress.first_seq {
             log.append_first(self.id.clone(), event, ids, None).await
@@ -375,9 +391,15 @@ impl Generation {
                     arguments: arguments.into(),
                 },
             ),
-            Output::Token { .. } | Output::Prompt { .. } | Output::Done { .. } => return Ok(()),
+            Output::Token { .. }
+            | Output::Prompt { .. }
+            | Output::Logprobs { .. }
+            | Output::Done { .. } => return Ok(()),
         };
         progress.seq = seq;
+        if let Some(turn) = &mut progress.turn {
+            turn.push(&event);
+        }
         let log = &self.engine.log;
         if seq == progress.first_seq {
             // The run's first event skips the writer's queue, whatever part it is.
@@ -460,7 +482,15 @@ impl Generation {
             error,
             usage,
             finished_at,
-            turn_text: progress.text.clone(),
+            turn_text: progress.turn.as_ref().map(|t| t.text.clone()),
+            // Only a completed answer's calls are part of the history: a cut-off one's
+            // arguments may be half written.
+            turn_tool_calls: progress
+                .turn
+                .as_ref()
+                .map(Answer::tool_calls)
+                .filter(|calls| status == StreamStatus::Completed && !calls.is_empty())
+                .and_then(|calls| serde_json::to_string(&calls).ok()),
         };
         match self
             .engine

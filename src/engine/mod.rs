@@ -70,6 +70,10 @@ pub enum StartError {
     SessionNotFound,
     #[error("the previous turn of this session is still running")]
     TurnInProgress,
+    /// A turn that cannot follow the session's history (tool results that do not
+    /// answer its last answer's tool calls).
+    #[error("{0}")]
+    InvalidTurn(String),
     /// The idempotency key was used for a different request, or a request with it is
     /// being started right now.
     #[error("{0}")]
@@ -261,6 +265,7 @@ impl Engine {
                     usage: Usage::default(),
                     finished_at: now_ms(),
                     turn_text: None,
+                    turn_tool_calls: None,
                 };
                 let event = Event::error(stream.last_seq + 1, INTERRUPTED, INTERRUPTED_MESSAGE);
                 let _ = self
@@ -292,8 +297,8 @@ impl Engine {
                 .turns(session_id)
                 .await
                 .map_err(|e| format!("its session's turns are unreadable: {e}"))?;
-            let content = request.prompt.flat_text();
-            request.prompt = Prompt::Messages(sessions::prompt(&session, &turns, &content, &turn));
+            let input = sessions::turn_input(&request.prompt);
+            request.prompt = Prompt::Messages(sessions::prompt(&session, &turns, &input, &turn));
         }
         let continuation = self
             .store

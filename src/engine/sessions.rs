@@ -37,7 +37,7 @@ use std::time::Duration;
 use super::{Engine, StartError};
 use crate::event::{StreamStatus, now_ms};
 use crate::ids::{looks_like_session_id, new_session_id};
-use crate::llm::{Backend, Message, PromptCost, Role, SessionTurn};
+use crate::llm::{Backend, Message, Prompt, PromptCost, Role, SessionTurn};
 use crate::store::{
     NewSession, SessionCursor, SessionEdit, SessionRow, SessionSummary, StoreError, TurnRow,
 };
@@ -224,62 +224,221 @@ pub(super) fn running(turn: &TurnRow) -> bool {
         .is_some_and(|s| !s.is_terminal())
 }
 
+/// The messages a new turn adds: the user's message (a text prompt) or the tool
+/// results it was given as `messages`.
+pub(super) fn turn_input(prompt: &Prompt) -> Vec<Message> {
+    match prompt {
+        Prompt::Text(text) => vec![Message::text(Role::User, text.clone())],
+        Prompt::Messages(messages) => messages.clone(),
+    }
+}
+
+/// Whether `input` is tool results (else it is one user message).
+pub(super) fn is_tool_turn(input: &[Message]) -> bool {
+    input.first().is_some_and(|m| m.role == Role::Tool)
+}
+
+/// The ids of the tool calls of an assistant turn.
+fn call_ids(turn: &TurnRow) -> Vec<String> {
+    calls_of(turn)
+        .iter()
+        .filter_map(|c| c["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn calls_of(turn: &TurnRow) -> Vec<serde_json::Value> {
+    turn.tool_calls
+        .as_deref()
+        .and_then(|c| serde_json::from_str(c).ok())
+        .unwrap_or_default()
+}
+
+/// The messages a turn was given as (tool results, a user message with parts).
+fn results_of(turn: &TurnRow) -> Vec<Message> {
+    turn.messages
+        .as_deref()
+        .and_then(|m| serde_json::from_str(m).ok())
+        .unwrap_or_default()
+}
+
+/// Tool results answer the last answer's tool calls, each exactly once, all of them
+/// (an upstream refuses a call without its result): the message why not, if not.
+pub(super) fn check_tool_results(turns: &[TurnRow], input: &[Message]) -> Result<(), String> {
+    if !is_tool_turn(input) {
+        return Ok(());
+    }
+    let calls = turns
+        .last()
+        .filter(|t| t.role == "assistant")
+        .map(call_ids)
+        .unwrap_or_default();
+    if calls.is_empty() {
+        return Err(
+            "tool results answer the tool calls of the session's last answer, \
+                    and it made none that completed"
+                .to_owned(),
+        );
+    }
+    let mut answered: Vec<&str> = Vec::with_capacity(input.len());
+    for m in input {
+        let id = m.tool_call_id.as_deref().unwrap_or_default();
+        if !calls.iter().any(|c| c == id) {
+            return Err(format!(
+                "`tool_call_id` {id:?} is not one of the last answer's tool calls ({})",
+                calls.join(", ")
+            ));
+        }
+        if answered.contains(&id) {
+            return Err(format!("tool call {id:?} is answered twice"));
+        }
+        answered.push(id);
+    }
+    let missing: Vec<&str> = calls
+        .iter()
+        .map(String::as_str)
+        .filter(|c| !answered.contains(c))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "every tool call of the last answer needs its result in this turn; missing: {}",
+            missing.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// The prompt of `turn`: the system prompt, the turns `turn.from .. turn.idx` that
-/// have text, then the user's message. The same for the turn's start and for its
-/// continuation after a crash (earlier turns do not change once a later one exists).
+/// have text or tool calls, then the new turn's `input`. The same for the turn's start
+/// and for its continuation after a crash (earlier turns do not change once a later
+/// one exists).
 pub(super) fn prompt(
     session: &SessionRow,
     turns: &[TurnRow],
-    content: &str,
+    input: &[Message],
     turn: &SessionTurn,
 ) -> Vec<Message> {
-    let mut messages = Vec::with_capacity(turns.len() + 2);
+    let mut messages = Vec::with_capacity(turns.len() + input.len() + 1);
     if let Some(system) = &session.system {
         messages.push(Message::text(Role::System, system.clone()));
     }
-    for (_, role, text) in history(turns, turn.from, turn.idx) {
-        messages.push(Message::text(role, text.to_owned()));
+    for row in history(turns, turn.from, turn.idx, input) {
+        messages.extend(row.messages);
     }
-    messages.push(Message::text(Role::User, content.to_owned()));
+    messages.extend(input.iter().cloned());
     messages
 }
 
-/// The turns `from .. to` that have text, with their roles.
-fn history(turns: &[TurnRow], from: i64, to: i64) -> impl Iterator<Item = (i64, Role, &str)> {
-    turns
+/// One earlier turn as the model sees it.
+struct Past {
+    idx: i64,
+    role: Role,
+    messages: Vec<Message>,
+}
+
+/// The turns `from .. to` that have text or tool calls, each as its messages; `next`
+/// is turn `to` (the new turn's input). An assistant's tool calls go only with the
+/// results the next turn gives them, and results only after the calls they answer:
+/// upstreams refuse one without the other.
+fn history(turns: &[TurnRow], from: i64, to: i64, next: &[Message]) -> Vec<Past> {
+    let in_range: Vec<&TurnRow> = turns
         .iter()
-        .filter(move |t| t.idx >= from && t.idx < to)
-        .filter_map(|t| {
-            let role = match t.role.as_str() {
-                "user" => Role::User,
-                _ => Role::Assistant,
-            };
-            match t.content.as_deref() {
-                Some(text) if !text.is_empty() => Some((t.idx, role, text)),
-                _ => None,
+        .filter(|t| t.idx >= from && t.idx < to)
+        .collect();
+    let mut out = Vec::with_capacity(in_range.len());
+    for (i, t) in in_range.iter().enumerate() {
+        match t.role.as_str() {
+            "user" => {
+                // Given as a message (content parts): as it was given.
+                let given = results_of(t);
+                let messages = match t.content.as_deref() {
+                    _ if !given.is_empty() => given,
+                    Some(text) if !text.is_empty() => vec![Message::text(Role::User, text)],
+                    _ => continue,
+                };
+                out.push(Past {
+                    idx: t.idx,
+                    role: Role::User,
+                    messages,
+                });
             }
-        })
+            "tool" => {
+                let before = i.checked_sub(1).and_then(|j| in_range.get(j));
+                let calls = before.map(|b| call_ids(b)).unwrap_or_default();
+                let results: Vec<Message> = results_of(t)
+                    .into_iter()
+                    .filter(|m| {
+                        m.tool_call_id
+                            .as_deref()
+                            .is_some_and(|id| calls.iter().any(|c| c == id))
+                    })
+                    .collect();
+                if !results.is_empty() {
+                    out.push(Past {
+                        idx: t.idx,
+                        role: Role::Tool,
+                        messages: results,
+                    });
+                }
+            }
+            _ => {
+                let answered: Vec<String> = match in_range.get(i + 1) {
+                    Some(n) if n.role == "tool" => results_of(n)
+                        .into_iter()
+                        .filter_map(|m| m.tool_call_id)
+                        .collect(),
+                    Some(_) => Vec::new(),
+                    None => next
+                        .iter()
+                        .filter(|m| m.role == Role::Tool)
+                        .filter_map(|m| m.tool_call_id.clone())
+                        .collect(),
+                };
+                let calls: Vec<serde_json::Value> = calls_of(t)
+                    .into_iter()
+                    .filter(|c| {
+                        c["id"]
+                            .as_str()
+                            .is_some_and(|id| answered.iter().any(|a| a == id))
+                    })
+                    .collect();
+                let text = t.content.as_deref().unwrap_or_default();
+                if text.is_empty() && calls.is_empty() {
+                    continue;
+                }
+                let mut m = Message::text(Role::Assistant, text);
+                m.tool_calls = (!calls.is_empty()).then_some(calls);
+                out.push(Past {
+                    idx: t.idx,
+                    role: Role::Assistant,
+                    messages: vec![m],
+                });
+            }
+        }
+    }
+    out
 }
 
 /// How much of the history the prompt of turn `idx` holds: the most recent exchanges
-/// whose tokens, with the system prompt and `content`, fit both the model's context
-/// less `max_tokens` and `limit` (`SPOOL_SESSION_MAX_PROMPT_TOKENS`). Whole exchanges
-/// drop, oldest first (a kept history starts with a user turn); with no bound known,
-/// all of it stays.
+/// whose tokens, with the system prompt and the new turn's `input`, fit both the
+/// model's context less `max_tokens` and `limit` (`SPOOL_SESSION_MAX_PROMPT_TOKENS`).
+/// Whole exchanges drop, oldest first (a kept history starts with a user turn, so an
+/// answer's tool calls and their results stay together); tool results keep the
+/// exchange they belong to, whose calls they answer. With no bound known, all of it
+/// stays.
 pub(super) fn fit(
     session: &SessionRow,
     turns: &[TurnRow],
-    content: &str,
+    input: &[Message],
     idx: i64,
     backend: &dyn Backend,
     max_tokens: u32,
     limit: Option<u32>,
 ) -> SessionTurn {
-    let kept: Vec<(i64, Role)> = history(turns, 0, idx).map(|(i, r, _)| (i, r)).collect();
+    let past = history(turns, 0, idx, input);
     let all = |from: i64, dropped: usize| SessionTurn {
         idx,
         from,
-        used: (kept.len() - dropped + 1) as u32,
+        used: (past.len() - dropped + 1) as u32,
     };
     let context = backend
         .context_length()
@@ -296,29 +455,45 @@ pub(super) fn fit(
         from: 0,
         used: 0,
     };
-    let messages = prompt(session, turns, content, &whole);
+    let messages = prompt(session, turns, input, &whole);
     let cost = backend
         .prompt_cost(&messages)
         .filter(|c| c.messages.len() == messages.len())
         .unwrap_or_else(|| PromptCost::estimate(&messages));
-    // The system prompt (first, if any) and the new message (last) always stay.
-    let offset = messages.len() - kept.len() - 1;
-    let costs = &cost.messages;
-    let mut total: usize = cost.fixed + costs.iter().sum::<usize>();
+    // Each past turn's tokens; the system prompt (first, if any) and the new turn's
+    // messages (last) always stay.
+    let mut at = usize::from(session.system.is_some());
+    let costs: Vec<usize> = past
+        .iter()
+        .map(|p| {
+            let n = p.messages.len();
+            let c = cost.messages.iter().skip(at).take(n).sum();
+            at += n;
+            c
+        })
+        .collect();
+    // Tool results need the exchange they answer: it stays with them.
+    let keep = if is_tool_turn(input) {
+        past.iter().rposition(|p| p.role == Role::User).unwrap_or(0)
+    } else {
+        past.len()
+    };
+    let mut total: usize = cost.fixed + cost.messages.iter().sum::<usize>();
     let mut dropped = 0;
-    while total > budget && dropped < kept.len() {
-        // One exchange: a turn and every assistant turn after it.
+    while total > budget && dropped < keep {
+        // One exchange: a user turn and every turn after it up to the next.
         loop {
-            total -= costs.get(offset + dropped).copied().unwrap_or(0);
+            total -= costs.get(dropped).copied().unwrap_or(0);
             dropped += 1;
-            match kept.get(dropped) {
-                Some((_, Role::User)) | None => break,
+            match past.get(dropped) {
+                Some(p) if p.role == Role::User => break,
+                None => break,
                 Some(_) => {}
             }
         }
     }
-    match kept.get(dropped) {
-        Some(&(from, _)) => all(from, dropped),
+    match past.get(dropped) {
+        Some(p) => all(p.idx, dropped),
         None => all(idx, dropped),
     }
 }
@@ -336,7 +511,13 @@ mod tests {
             stream_id: (role == "assistant").then(|| "st_x".to_owned()),
             created_at: 0,
             status: status.map(str::to_owned),
+            tool_calls: None,
+            messages: None,
         }
+    }
+
+    fn new(text: &str) -> Vec<Message> {
+        vec![Message::text(Role::User, text)]
     }
 
     fn session(system: Option<&str>) -> SessionRow {
@@ -403,7 +584,7 @@ mod tests {
             from: 0,
             used: 4,
         };
-        let h = prompt(&session(Some("be brief")), &turns, "again", &all);
+        let h = prompt(&session(Some("be brief")), &turns, &new("again"), &all);
         let roles: Vec<Role> = h.iter().map(|m| m.role).collect();
         assert_eq!(
             roles,
@@ -417,7 +598,10 @@ mod tests {
         );
         assert_eq!(h.last().unwrap().content, "again");
         let later = SessionTurn { from: 2, ..all };
-        assert_eq!(prompt(&session(None), &turns, "again", &later).len(), 2);
+        assert_eq!(
+            prompt(&session(None), &turns, &new("again"), &later).len(),
+            2
+        );
         assert!(running(&turn(1, "assistant", None, Some("running"))));
         assert!(!running(&turn(1, "assistant", None, Some("cancelled"))));
         assert!(!running(&turn(1, "assistant", None, None)));
@@ -428,22 +612,30 @@ mod tests {
         let turns = exchanges(10);
         let s = session(Some("sys"));
         // No bound: everything.
-        let t = fit(&s, &turns, "new", 20, &Counting { context: None }, 10, None);
+        let t = fit(
+            &s,
+            &turns,
+            &new("new"),
+            20,
+            &Counting { context: None },
+            10,
+            None,
+        );
         assert_eq!((t.from, t.used), (0, 21));
         // 5 + sys 10 + new 10 = 25 always; a context of 100 less 10 for the answer
         // leaves 65: six messages, three exchanges.
         let backend = Counting { context: Some(100) };
-        let t = fit(&s, &turns, "new", 20, &backend, 10, None);
+        let t = fit(&s, &turns, &new("new"), 20, &backend, 10, None);
         assert_eq!((t.from, t.used), (14, 7));
-        let p = prompt(&s, &turns, "new", &t);
+        let p = prompt(&s, &turns, &new("new"), &t);
         assert_eq!(p.len(), 8);
         assert_eq!((p[0].role, p[1].role), (Role::System, Role::User));
         // The setting bounds it too, whichever is smaller.
-        let t = fit(&s, &turns, "new", 20, &backend, 10, Some(45));
+        let t = fit(&s, &turns, &new("new"), 20, &backend, 10, Some(45));
         assert_eq!((t.from, t.used), (18, 3));
         // Not even the new message fits: it goes alone with the system prompt (the
         // backend's own check then decides).
-        let t = fit(&s, &turns, "new", 20, &backend, 95, None);
+        let t = fit(&s, &turns, &new("new"), 20, &backend, 95, None);
         assert_eq!((t.from, t.used), (20, 1));
     }
 
@@ -460,11 +652,130 @@ mod tests {
         ];
         // 5 fixed + new 10 = 15; 40 leaves room for two messages: the last exchange.
         let backend = Counting { context: Some(50) };
-        let t = fit(&session(None), &turns, "new", 6, &backend, 10, None);
+        let t = fit(&session(None), &turns, &new("new"), 6, &backend, 10, None);
         assert_eq!((t.from, t.used), (4, 3));
         // 30 more: the lone question of turn 2 as well.
         let backend = Counting { context: Some(60) };
-        let t = fit(&session(None), &turns, "new", 6, &backend, 10, None);
+        let t = fit(&session(None), &turns, &new("new"), 6, &backend, 10, None);
         assert_eq!((t.from, t.used), (2, 4));
+    }
+
+    fn tool(id: &str, content: &str) -> Message {
+        let mut m = Message::text(Role::Tool, content);
+        m.tool_call_id = Some(id.to_owned());
+        m
+    }
+
+    fn calls(ids: &[&str]) -> Option<String> {
+        let calls: Vec<serde_json::Value> = ids
+            .iter()
+            .map(|id| {
+                serde_json::json!({"id": id, "type": "function",
+                                          "function": {"name": "f", "arguments": "{}"}})
+            })
+            .collect();
+        Some(serde_json::Value::from(calls).to_string())
+    }
+
+    /// q → answer with calls `ids` → their results → final answer, at `at`.
+    fn agent_exchange(at: i64, ids: &[&str]) -> Vec<TurnRow> {
+        let mut asked = turn(at + 1, "assistant", Some(""), Some("completed"));
+        asked.tool_calls = calls(ids);
+        let mut results = turn(at + 2, "tool", Some("r"), None);
+        let rs: Vec<Message> = ids.iter().map(|id| tool(id, "r")).collect();
+        results.messages = serde_json::to_string(&rs).ok();
+        vec![
+            turn(at, "user", Some("q"), None),
+            asked,
+            results,
+            turn(at + 3, "assistant", Some("a"), Some("completed")),
+        ]
+    }
+
+    #[test]
+    fn tool_results_must_answer_every_call_of_the_last_answer_once() {
+        let mut turns = agent_exchange(0, &["a", "b"]);
+        turns.truncate(2);
+        assert!(check_tool_results(&turns, &new("plain")).is_ok());
+        assert!(check_tool_results(&turns, &[tool("a", "1"), tool("b", "2")]).is_ok());
+        let e = check_tool_results(&turns, &[tool("a", "1")]).unwrap_err();
+        assert!(e.contains("missing: b"), "{e}");
+        let e = check_tool_results(&turns, &[tool("a", "1"), tool("a", "1")]).unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+        let e = check_tool_results(&turns, &[tool("z", "1"), tool("b", "2")]).unwrap_err();
+        assert!(e.contains("\"z\""), "{e}");
+        // An answer without calls, or a user turn last: nothing to answer.
+        turns[1].tool_calls = None;
+        assert!(check_tool_results(&turns, &[tool("a", "1")]).is_err());
+        assert!(check_tool_results(&turns[..1], &[tool("a", "1")]).is_err());
+    }
+
+    #[test]
+    fn the_history_holds_tool_calls_with_their_results_and_never_one_alone() {
+        let mut turns = agent_exchange(0, &["a", "b"]);
+        // A later answer made a call the user never answered: it asked something else.
+        let mut unanswered = turn(5, "assistant", Some("shall I?"), Some("completed"));
+        unanswered.tool_calls = calls(&["c"]);
+        turns.push(turn(4, "user", Some("q2"), None));
+        turns.push(unanswered);
+        let all = SessionTurn {
+            idx: 6,
+            from: 0,
+            used: 0,
+        };
+        let p = prompt(&session(None), &turns, &new("q3"), &all);
+        let shape: Vec<(Role, usize, Option<&str>)> = p
+            .iter()
+            .map(|m| {
+                (
+                    m.role,
+                    m.tool_calls.as_ref().map_or(0, Vec::len),
+                    m.tool_call_id.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                (Role::User, 0, None),
+                (Role::Assistant, 2, None),
+                (Role::Tool, 0, Some("a")),
+                (Role::Tool, 0, Some("b")),
+                (Role::Assistant, 0, None),
+                (Role::User, 0, None),
+                // Its text stays, its unanswered call does not.
+                (Role::Assistant, 0, None),
+                (Role::User, 0, None),
+            ]
+        );
+        // The same answer's call goes up when this turn answers it.
+        let p = prompt(&session(None), &turns, &[tool("c", "yes")], &all);
+        let n = p.len();
+        assert_eq!(p[n - 2].tool_calls.as_ref().map(Vec::len), Some(1));
+        assert_eq!(p[n - 1].tool_call_id.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn trimming_drops_whole_agent_exchanges_and_keeps_the_one_results_answer() {
+        // Three agent exchanges of four turns (the answer with calls, its results,
+        // the final answer), each message 10 tokens.
+        let turns: Vec<TurnRow> = (0..3).flat_map(|i| agent_exchange(4 * i, &["x"])).collect();
+        let s = session(None);
+        // 5 fixed + new 10; 60 leaves room for one exchange of four messages.
+        let backend = Counting { context: Some(70) };
+        let t = fit(&s, &turns, &new("q"), 12, &backend, 10, None);
+        assert_eq!((t.from, t.used), (8, 5));
+        // Results of a call of a fifth answer, with no room at all: the exchange they
+        // answer (its question and the calls) stays with them.
+        let mut turns = turns;
+        turns.push(turn(12, "user", Some("q"), None));
+        let mut asked = turn(13, "assistant", Some(""), Some("completed"));
+        asked.tool_calls = calls(&["y"]);
+        turns.push(asked);
+        let t = fit(&s, &turns, &[tool("y", "r")], 14, &backend, 60, None);
+        assert_eq!((t.from, t.used), (12, 3));
+        let p = prompt(&s, &turns, &[tool("y", "r")], &t);
+        let roles: Vec<Role> = p.iter().map(|m| m.role).collect();
+        assert_eq!(roles, [Role::User, Role::Assistant, Role::Tool]);
     }
 }

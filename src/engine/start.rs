@@ -29,7 +29,9 @@ use tracing::Instrument;
 use sha2::{Digest, Sha256};
 
 use super::admission::Refused;
-use super::sessions::{NewSessionRequest, Starting, fit, prompt, running};
+use super::sessions::{
+    NewSessionRequest, Starting, check_tool_results, fit, is_tool_turn, prompt, running, turn_input,
+};
 use super::{Engine, Live, StartError, Started, generation};
 use crate::event::{Event, now_ms, rfc3339};
 use crate::ids::new_stream_id;
@@ -139,25 +141,33 @@ impl Engine {
                 if turns.last().is_some_and(running) {
                     return Err(StartError::TurnInProgress);
                 }
-                let content = request.prompt.flat_text();
+                let input = turn_input(&request.prompt);
+                check_tool_results(&turns, &input).map_err(StartError::InvalidTurn)?;
                 let idx = turns.last().map_or(0, |t| t.idx + 1);
                 let fitted = fit(
                     session,
                     &turns,
-                    &content,
+                    &input,
                     idx,
                     backend.as_ref(),
                     request.max_tokens,
                     self.session_max_prompt_tokens,
                 );
-                request.prompt = Prompt::Messages(prompt(session, &turns, &content, &fitted));
-                request.session_id = Some(session.id.clone());
-                request.session_turn = Some(fitted);
-                Some(NewTurn {
+                let turn = NewTurn {
                     session_id: session.id.clone(),
                     idx,
-                    content,
-                })
+                    role: if is_tool_turn(&input) { "tool" } else { "user" },
+                    content: request.prompt.flat_text(),
+                    // Given as messages (tool results, content parts): kept as such.
+                    messages: match &request.prompt {
+                        Prompt::Messages(_) => serde_json::to_string(&input).ok(),
+                        Prompt::Text(_) => None,
+                    },
+                };
+                request.prompt = Prompt::Messages(prompt(session, &turns, &input, &fitted));
+                request.session_id = Some(session.id.clone());
+                request.session_turn = Some(fitted);
+                Some((turn, input))
             }
         };
         backend.check(&request).map_err(StartError::Unsupported)?;
@@ -179,9 +189,14 @@ impl Engine {
         // A session's turn is stored as its message alone (the history is in the
         // session): the prompt is rebuilt from it to continue after a crash.
         let params = match &turn {
-            Some(turn) => {
-                let history =
-                    std::mem::replace(&mut request.prompt, Prompt::Text(turn.content.clone()));
+            Some((turn, input)) => {
+                // The user's message as text (as it always was), or the messages
+                // the turn was given.
+                let stored = match turn.messages {
+                    Some(_) => Prompt::Messages(input.clone()),
+                    None => Prompt::Text(turn.content.clone()),
+                };
+                let history = std::mem::replace(&mut request.prompt, stored);
                 let stored = serde_json::to_string(&request);
                 request.prompt = history;
                 stored
@@ -201,7 +216,7 @@ impl Engine {
             model: request.model.clone(),
             params,
             created_at,
-            turn,
+            turn: turn.map(|(turn, _)| turn),
             idempotency: idempotency.clone(),
         };
         let start = Event::start(1, &id, &request.model, &rfc3339(created_at));

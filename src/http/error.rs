@@ -289,6 +289,7 @@ impl From<StartError> for ApiError {
                 None => ApiError::invalid(e.message),
             },
             StartError::SessionNotFound => ApiError::session_not_found(),
+            StartError::InvalidTurn(message) => ApiError::invalid(message),
             StartError::TurnInProgress => ApiError::new(
                 ErrorCode::TurnInProgress,
                 "the previous turn of this session is still running; wait for its end or cancel it",

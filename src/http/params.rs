@@ -22,8 +22,11 @@ pub struct StreamParams {
     pub stop: Option<StopParam>,
     pub metadata: Option<Map<String, Value>>,
     pub session_id: Option<String>,
-    /// A session turn's message (`prompt` is accepted too).
+    /// A session turn's message (`prompt` is accepted too), or a tool result's content.
     pub content: Option<String>,
+    /// A session turn that is one tool result: `"tool"`, with `tool_call_id`.
+    pub role: Option<String>,
+    pub tool_call_id: Option<String>,
     /// Tools, response format, penalties, logprobs, `user`: carried to the backend.
     #[serde(flatten)]
     pub options: UpstreamOptions,
@@ -104,21 +107,79 @@ impl StreamParams {
                 "`content` is for a session's turn; a stream takes `prompt` or `messages`",
             ));
         }
+        if self.role.is_some() || self.tool_call_id.is_some() {
+            return Err(ApiError::invalid(
+                "`role` and `tool_call_id` are for a session's turn; a stream takes `messages`",
+            ));
+        }
         self.validate_prompt(limits, models)
     }
 
-    /// Validates a session's turn: the user's message is `content` (or `prompt`);
-    /// `model` defaults to the session's.
+    /// Validates a session's turn: the user's message is `content` (or `prompt`), or
+    /// `messages` holding one user message or tool results only; one tool result may
+    /// also be given as `role: "tool"`, `tool_call_id` and `content`. `model` defaults
+    /// to the session's. (Whether tool results answer the last answer's calls is the
+    /// engine's check, against the history.)
     pub fn validate_turn(
         mut self,
         limits: &LimitsConfig,
         models: &Models,
         session_model: Option<&str>,
     ) -> Result<GenerateRequest, ApiError> {
-        if self.messages.is_some() {
-            return Err(ApiError::invalid(
-                "a session's turn takes `content` (the user's message), not `messages`: the session holds the history",
-            ));
+        match (self.role.take().as_deref(), self.tool_call_id.take()) {
+            (None | Some("user"), None) => {}
+            (Some("tool"), Some(id)) => {
+                if self.messages.is_some() || self.prompt.is_some() {
+                    return Err(ApiError::invalid(
+                        "a tool result takes `content`, not `prompt` or `messages`",
+                    ));
+                }
+                let content = self
+                    .content
+                    .take()
+                    .ok_or_else(|| ApiError::invalid("a tool result needs its `content`"))?;
+                self.messages = Some(vec![MessageParam {
+                    role: "tool".to_owned(),
+                    content: Some(Value::String(content)),
+                    tool_calls: None,
+                    tool_call_id: Some(id),
+                    name: None,
+                }]);
+            }
+            (Some("tool"), None) => {
+                return Err(ApiError::invalid(
+                    "a tool result needs the `tool_call_id` it answers",
+                ));
+            }
+            (None | Some("user"), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "`tool_call_id` belongs to a tool result (`role`: \"tool\")",
+                ));
+            }
+            (Some(other), _) => {
+                return Err(ApiError::invalid(format!(
+                    "a session's turn has `role` \"user\" or \"tool\", not {other:?}"
+                )));
+            }
+        }
+        if let Some(messages) = &self.messages {
+            if self.content.is_some() || self.prompt.is_some() {
+                return Err(ApiError::invalid(
+                    "give either `content` or `messages`, not both",
+                ));
+            }
+            let tools = messages.iter().filter(|m| m.role == "tool").count();
+            let one_user = messages.len() == 1 && messages[0].role == "user";
+            if !(one_user || (tools > 0 && tools == messages.len())) {
+                return Err(ApiError::invalid(
+                    "a session's turn in `messages` is one `user` message or tool results \
+                     (`role`: \"tool\") only: the session holds the rest of the history",
+                ));
+            }
+            if self.model.is_none() {
+                self.model = session_model.map(str::to_owned);
+            }
+            return self.validate_prompt(limits, models);
         }
         match (self.content.take(), &self.prompt) {
             (Some(_), Some(_)) => {

@@ -285,6 +285,36 @@ struct TurnObject<'a> {
     /// With `stream_id`: the stream's status, `deleted` once it is gone.
     #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<&'a str>,
+    /// An assistant turn's tool calls (once its stream completed), in OpenAI's shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Value>,
+    /// A `tool` turn's results: `[{"tool_call_id", "content"}]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_results: Option<Vec<ToolResult>>,
+}
+
+#[derive(Serialize)]
+struct ToolResult {
+    tool_call_id: String,
+    content: String,
+}
+
+/// A `tool` turn's results, from the messages it stored.
+fn tool_results(turn: &TurnRow) -> Option<Vec<ToolResult>> {
+    if turn.role != "tool" {
+        return None;
+    }
+    let messages: Vec<crate::llm::Message> =
+        serde_json::from_str(turn.messages.as_deref()?).ok()?;
+    Some(
+        messages
+            .into_iter()
+            .map(|m| ToolResult {
+                tool_call_id: m.tool_call_id.unwrap_or_default(),
+                content: m.content,
+            })
+            .collect(),
+    )
 }
 
 impl<'a> SessionObject<'a> {
@@ -317,6 +347,11 @@ impl<'a> SessionObject<'a> {
                             .stream_id
                             .as_ref()
                             .map(|_| t.status.as_deref().unwrap_or("deleted")),
+                        tool_calls: t
+                            .tool_calls
+                            .as_deref()
+                            .and_then(|c| serde_json::from_str(c).ok()),
+                        tool_results: tool_results(t),
                     })
                     .collect()
             }),

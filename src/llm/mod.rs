@@ -314,13 +314,22 @@ pub struct PromptCost {
 
 impl PromptCost {
     /// The estimate for a backend that cannot count: a quarter token per byte (rounded
-    /// up) and four tokens of framing per message, three for the prompt.
+    /// up) of the content and of any tool calls, and four tokens of framing per
+    /// message, three for the prompt.
     pub fn estimate(messages: &[Message]) -> PromptCost {
         PromptCost {
             fixed: 3,
             messages: messages
                 .iter()
-                .map(|m| m.content.len().div_ceil(4) + 4)
+                .map(|m| {
+                    let calls: usize = m
+                        .tool_calls
+                        .iter()
+                        .flatten()
+                        .map(|c| c.to_string().len())
+                        .sum();
+                    (m.content.len() + calls).div_ceil(4) + 4
+                })
                 .collect(),
         }
     }
@@ -363,6 +372,9 @@ pub enum Output {
     },
     /// A piece of a refusal.
     Refusal { text: String },
+    /// Log-probabilities (an upstream's `logprobs.content` entries) of the text that
+    /// comes next: stored with the token event that carries it.
+    Logprobs { content: Vec<serde_json::Value> },
     /// The backend finished by itself; `usage` if it counted.
     Done {
         reason: FinishReason,

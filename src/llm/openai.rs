@@ -57,8 +57,17 @@ struct ChunkIn<'a> {
 struct ChoiceIn<'a> {
     #[serde(default, borrow)]
     delta: DeltaIn<'a>,
+    /// Present when the request asked for `logprobs`.
+    #[serde(default)]
+    logprobs: Option<LogprobsIn>,
     #[serde(default, borrow)]
     finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct LogprobsIn {
+    #[serde(default)]
+    content: Option<Vec<serde_json::Value>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -347,19 +356,6 @@ impl Backend for OpenAiBackend {
         self.models.clone()
     }
 
-    /// Everything is passed on but log-probabilities: the upstream would send them and
-    /// the stream could not keep them (token events carry text only), so asking for
-    /// them is refused rather than silently answered without.
-    fn check(&self, request: &GenerateRequest) -> Result<(), super::Unsupported> {
-        if request.options.logprobs == Some(true) {
-            return Err(super::Unsupported::parameter("logprobs", "openai"));
-        }
-        if request.options.top_logprobs.is_some_and(|n| n > 0) {
-            return Err(super::Unsupported::parameter("top_logprobs", "openai"));
-        }
-        Ok(())
-    }
-
     fn generate(&self, request: GenerateRequest, _cancel: CancellationToken) -> TokenStream {
         let this = self.clone();
         Box::pin(async_stream::stream! {
@@ -455,6 +451,10 @@ impl Backend for OpenAiBackend {
                         });
                     }
                     for choice in chunk.choices.into_iter() {
+                        // Before the text they score, which carries them.
+                        if let Some(content) = choice.logprobs.and_then(|l| l.content).filter(|c| !c.is_empty()) {
+                            yield Ok(Output::Logprobs { content });
+                        }
                         for output in outputs(choice.delta) {
                             got_token = true;
                             completion_tokens += 1;

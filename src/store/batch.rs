@@ -24,6 +24,8 @@ pub struct StreamEnd {
     pub finished_at: i64,
     /// The stream answers a session's turn: its text, for the turn's content.
     pub turn_text: Option<String>,
+    /// With `turn_text`: the answer's tool calls (JSON), if it completed with some.
+    pub turn_tool_calls: Option<String>,
 }
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;

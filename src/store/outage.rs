@@ -77,6 +77,7 @@ pub(super) fn end_event(seq: u64) -> (Event, StreamEnd) {
         usage: Usage::default(),
         finished_at: now_ms(),
         turn_text: None,
+        turn_tool_calls: None,
     };
     (event, end)
 }

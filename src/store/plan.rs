@@ -42,6 +42,8 @@ pub struct EndRow<'a> {
     pub finished_at: i64,
     /// The stream answers a session's turn: its text, for the turn's content.
     pub turn_text: Option<&'a str>,
+    /// With `turn_text`: the answer's tool calls (JSON), if it completed with some.
+    pub turn_tool_calls: Option<&'a str>,
 }
 
 /// The rows of a batch's events.
@@ -100,6 +102,7 @@ fn end_row<'a>(stream: &'a str, last_seq: i64, end: &'a StreamEnd, no_usage: boo
         completion_tokens: usage.map(|u| i64::from(u.completion_tokens)),
         finished_at: end.finished_at,
         turn_text: end.turn_text.as_deref(),
+        turn_tool_calls: end.turn_tool_calls.as_deref(),
     }
 }
 
@@ -127,6 +130,7 @@ pub fn interrupted(open: &[(Arc<str>, u64)]) -> Vec<StreamWrites> {
                 usage: Usage::default(),
                 finished_at: now,
                 turn_text: None,
+                turn_tool_calls: None,
             });
             s.usage_unknown = true;
             s
@@ -158,6 +162,7 @@ mod tests {
             },
             finished_at: 5,
             turn_text: Some("y".into()),
+            turn_tool_calls: None,
         });
         let empty = StreamWrites::new(Arc::from("c"));
         let streams = [a, b, empty];

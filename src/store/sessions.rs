@@ -21,13 +21,18 @@ pub struct NewSession {
     pub created_at: i64,
 }
 
-/// The two turns a new stream of a session adds: the user's message (at `idx`) and
-/// the assistant's answer (at `idx + 1`), which is the stream.
+/// The two turns a new stream of a session adds: the user's message or the tool
+/// results (at `idx`) and the assistant's answer (at `idx + 1`), which is the stream.
 #[derive(Debug, Clone)]
 pub struct NewTurn {
     pub session_id: String,
     pub idx: i64,
+    /// `user` or `tool`.
+    pub role: &'static str,
+    /// The user's message; for tool results, their contents one per line.
     pub content: String,
+    /// A `tool` turn's results, as JSON (a list of tool messages).
+    pub messages: Option<String>,
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -76,6 +81,10 @@ pub struct TurnRow {
     pub created_at: i64,
     /// `None` if the stream was deleted.
     pub status: Option<String>,
+    /// An assistant turn's tool calls (JSON, OpenAI's shape), once its stream completed.
+    pub tool_calls: Option<String>,
+    /// A `tool` turn's results (JSON, a list of tool messages).
+    pub messages: Option<String>,
 }
 
 /// A change to a session the writer applies; answered with whether the session existed.
@@ -217,7 +226,8 @@ impl Store {
     pub async fn turns(&self, session_id: &str) -> Result<Vec<TurnRow>, StoreError> {
         let mut turns: Vec<TurnRow> = on_db!(
             &self.db,
-            "SELECT t.idx, t.role, t.content, t.stream_id, t.created_at, s.status \
+            "SELECT t.idx, t.role, t.content, t.stream_id, t.created_at, s.status, \
+             t.tool_calls, t.messages \
              FROM turns t LEFT JOIN streams s ON s.id = t.stream_id \
              WHERE t.session_id = ? ORDER BY t.idx",
             |pool, sql| sqlx::query_as::<_, TurnRow>(sql)

@@ -13,6 +13,7 @@ mod ready;
 mod sse;
 
 mod abandon;
+mod agent_loop;
 mod architecture;
 mod auth;
 mod bad_input;

@@ -156,7 +156,14 @@ async fn refusals_are_clear_and_change_nothing() {
             "invalid_request",
         ),
         (
-            json!({"messages": [{"role": "user", "content": "x"}]}),
+            // The session holds the history: a turn brings one message, or tool results.
+            json!({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}),
+            400,
+            "invalid_request",
+        ),
+        (
+            // No answer with tool calls to answer.
+            json!({"role": "tool", "tool_call_id": "call_1", "content": "42"}),
             400,
             "invalid_request",
         ),

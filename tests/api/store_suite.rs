@@ -149,6 +149,17 @@ impl Db {
 
     /// Ends a stream with `done` at `seq`.
     async fn done(&self, id: &str, seq: u64, turn_text: Option<String>) {
+        self.done_calling(id, seq, turn_text, None).await
+    }
+
+    /// Ends a stream with `done` at `seq`, its turn with `tool_calls` (JSON).
+    async fn done_calling(
+        &self,
+        id: &str,
+        seq: u64,
+        turn_text: Option<String>,
+        turn_tool_calls: Option<String>,
+    ) {
         let usage = Usage {
             prompt_tokens: 1,
             completion_tokens: (seq - 2) as u32,
@@ -165,6 +176,7 @@ impl Db {
                     usage,
                     finished_at: now_ms(),
                     turn_text,
+                    turn_tool_calls,
                 }),
             )
             .await
@@ -419,7 +431,9 @@ async fn sessions_keep_their_turns_and_answers(f: Fixture) {
     let turn = |idx: i64, content: &str| NewTurn {
         session_id: sid.clone(),
         idx,
+        role: "user",
         content: content.into(),
+        messages: None,
     };
     let first = db.create(Some("alice"), t, Some(turn(0, "one"))).await;
     db.tokens(&first, 2, 3).await;
@@ -484,6 +498,44 @@ async fn sessions_keep_their_turns_and_answers(f: Fixture) {
         .await;
     assert!(taken.is_err());
     assert_eq!(db.store.turns(&sid).await.unwrap().len(), 4);
+
+    // An answer with tool calls, and a turn of tool results: both kept as JSON.
+    db.done(&second, 4, Some(so_far.clone())).await;
+    let calls = r#"[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]"#;
+    let asks = db
+        .create(Some("alice"), t + 3, Some(turn(4, "call f")))
+        .await;
+    db.done_calling(&asks, 2, Some(String::new()), Some(calls.into()))
+        .await;
+    let results = r#"[{"role":"tool","content":"42","tool_call_id":"c1"}]"#;
+    let answered = NewTurn {
+        role: "tool",
+        messages: Some(results.into()),
+        ..turn(6, "42")
+    };
+    let last = db.create(Some("alice"), t + 4, Some(answered)).await;
+    db.done(&last, 2, Some(String::new())).await;
+    db.log.flush().await.unwrap();
+    let turns = db.store.turns(&sid).await.unwrap();
+    let view: Vec<_> = turns[4..]
+        .iter()
+        .map(|t| {
+            (
+                t.role.as_str(),
+                t.tool_calls.as_deref(),
+                t.messages.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        view,
+        [
+            ("user", None, None),
+            ("assistant", Some(calls), None),
+            ("tool", None, Some(results)),
+            ("assistant", None, None),
+        ]
+    );
     db.crash().await;
 }
 
@@ -511,7 +563,9 @@ async fn sessions_are_listed_renamed_and_deleted(f: Fixture) {
     let turn = NewTurn {
         session_id: ids[0].clone(),
         idx: 0,
+        role: "user",
         content: "hello there".into(),
+        messages: None,
     };
     let stream = db.create(Some("alice"), t + 10, Some(turn)).await;
     db.done(&stream, 2, Some(String::new())).await;

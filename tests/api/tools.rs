@@ -23,9 +23,9 @@ use crate::helpers::*;
 use crate::sdk::{clients_dir, install, repo};
 
 #[derive(Default)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     /// Every request body, in order.
-    pub bodies: Mutex<Vec<Value>>,
+    pub(crate) bodies: Mutex<Vec<Value>>,
 }
 
 fn chunk(delta: Value, finish: Option<&str>) -> String {
@@ -52,8 +52,8 @@ fn call_chunks(index: u32, id: &str, name: &str, arguments: &str) -> Vec<String>
     out
 }
 
-const WEATHER_ARGS: &str = r#"{"city":"Oslo","unit":"celsius"}"#;
-const TIME_ARGS: &str = r#"{"tz":"Europe/Oslo"}"#;
+pub(crate) const WEATHER_ARGS: &str = r#"{"city":"Oslo","unit":"celsius"}"#;
+pub(crate) const TIME_ARGS: &str = r#"{"tz":"Europe/Oslo"}"#;
 
 /// What the upstream streams for a request: by model, and for `agent` by whether the
 /// conversation ends with tool results.
@@ -99,6 +99,17 @@ fn script(body: &Value) -> Vec<String> {
             out.push(chunk(json!({"content": "Once upon"}), None));
             "content_filter"
         }
+        "scorer" => {
+            for (token, lp) in SCORED {
+                let c = json!({"id": "chatcmpl-up", "object": "chat.completion.chunk",
+                               "created": 1, "model": "scorer",
+                               "choices": [{"index": 0, "delta": {"content": token},
+                                            "logprobs": {"content": [logprob(token, lp)], "refusal": null},
+                                            "finish_reason": null}]});
+                out.push(format!("data: {c}\n\n"));
+            }
+            "stop"
+        }
         _ => {
             out.push(chunk(json!({"content": "plain"}), None));
             "stop"
@@ -132,12 +143,13 @@ async fn completions(State(up): State<Arc<Upstream>>, Json(body): Json<Value>) -
 async fn models() -> Json<Value> {
     Json(
         json!({"object": "list", "data": [{"id": "agent"}, {"id": "thinker"},
-                                           {"id": "refuser"}, {"id": "filtered"}]}),
+                                           {"id": "refuser"}, {"id": "filtered"},
+                                           {"id": "scorer"}]}),
     )
 }
 
 /// Starts the upstream; returns its state and its `/v1` base URL.
-pub async fn upstream() -> (Arc<Upstream>, String) {
+pub(crate) async fn upstream() -> (Arc<Upstream>, String) {
     let state = Arc::new(Upstream::default());
     let app = axum::Router::new()
         .route("/v1/chat/completions", post(completions))
@@ -146,7 +158,7 @@ pub async fn upstream() -> (Arc<Upstream>, String) {
     (state, format!("http://{}/v1", serve(app).await))
 }
 
-pub async fn spool_in_front(base: &str) -> TestApp {
+pub(crate) async fn spool_in_front(base: &str) -> TestApp {
     let base = base.to_owned();
     spawn_with(move |c| {
         c.backend = BackendKind::Openai;
@@ -166,7 +178,7 @@ const TOOLS: &str = r#"[
    "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]}}}
 ]"#;
 
-fn tools() -> Value {
+pub(crate) fn tools() -> Value {
     serde_json::from_str(TOOLS).unwrap()
 }
 
@@ -371,25 +383,114 @@ async fn what_the_client_sent_reaches_the_upstream_unchanged() {
         }
         assert_eq!(sent["stream"], true);
     }
+}
 
-    // Log-probabilities would come back and could not be kept: refused, nothing sent.
-    let before = up.bodies.lock().unwrap().len();
-    for body in [
-        json!({"model": "agent", "prompt": "hi", "logprobs": true}),
-        json!({"model": "agent", "prompt": "hi", "top_logprobs": 2}),
-    ] {
-        let r = app
-            .client
-            .post(app.url("/v1/streams"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 400, "{body}");
-        let e: Value = r.json().await.unwrap();
-        assert_eq!(e["error"]["code"], "unsupported_parameter", "{e}");
+/// The upstream's log-probability entry for `token`.
+fn logprob(token: &str, logprob: f64) -> Value {
+    json!({"token": token, "logprob": logprob, "bytes": token.as_bytes(),
+           "top_logprobs": [{"token": token, "logprob": logprob, "bytes": token.as_bytes()}]})
+}
+
+const SCORED: [(&str, f64); 3] = [("Hi", -0.25), (" there", -1.5), ("!", -0.125)];
+
+#[tokio::test]
+async fn log_probabilities_go_up_and_come_back_with_the_text_they_score() {
+    let (up, base) = upstream().await;
+    let app = spool_in_front(&base).await;
+    let entries: Vec<Value> = SCORED.iter().map(|(t, l)| logprob(t, *l)).collect();
+    let body = json!({"model": "scorer", "messages": [{"role": "user", "content": "hi"}],
+                      "logprobs": true, "top_logprobs": 1, "stream": true});
+    let r = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = r.headers()["x-stream-id"].to_str().unwrap().to_owned();
+    let text = r.text().await.unwrap();
+    let sent = up.bodies.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        (&sent["logprobs"], &sent["top_logprobs"]),
+        (&json!(true), &json!(1))
+    );
+    // Each chunk of text carries the entries that score it, in OpenAI's shape.
+    let mut seen = Vec::new();
+    for data in text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(data).unwrap();
+        let choice = &chunk["choices"][0];
+        if let Some(content) = choice["delta"]["content"]
+            .as_str()
+            .filter(|c| !c.is_empty())
+        {
+            assert_eq!(choice["logprobs"]["refusal"], Value::Null, "{chunk}");
+            let scored = choice["logprobs"]["content"].as_array().unwrap();
+            assert_eq!(scored.len(), 1, "{chunk}");
+            assert_eq!(scored[0]["token"], content);
+            seen.extend(scored.iter().cloned());
+        } else {
+            assert_eq!(choice["logprobs"], Value::Null, "{chunk}");
+        }
     }
-    assert_eq!(up.bodies.lock().unwrap().len(), before);
+    assert_eq!(seen, entries);
+    // The native token events keep them; a resume gives the same bytes.
+    let (_, native) = app.read_events(&id, None).await;
+    let tokens: Vec<Value> = parse_sse(&native)
+        .iter()
+        .filter(|e| e.event == "token")
+        .map(|e| e.json())
+        .collect();
+    assert_eq!(
+        tokens[1],
+        json!({"text": " there", "logprobs": [entries[1]]})
+    );
+    let resumed = app
+        .client
+        .get(app.url(&format!("/v1/streams/{id}/events?format=openai")))
+        .header("Last-Event-ID", "2")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let cut = text.find("id: 3\n").unwrap();
+    assert_eq!(resumed, text[cut..], "{resumed}");
+
+    // Not streaming: the completion's choice has them all.
+    let mut body = body;
+    body["stream"] = json!(false);
+    let c: Value = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(c["choices"][0]["message"]["content"], "Hi there!");
+    assert_eq!(
+        c["choices"][0]["logprobs"],
+        json!({"content": entries, "refusal": null})
+    );
+    // Without them asked for, there are none.
+    let plain: Value = app
+        .client
+        .post(app.url("/v1/chat/completions"))
+        .json(&json!({"model": "thinker", "messages": [{"role": "user", "content": "2+2"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(plain["choices"][0]["logprobs"], Value::Null, "{plain}");
 }
 
 #[tokio::test]

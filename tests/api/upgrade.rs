@@ -93,6 +93,9 @@ fn events_of(chunks: Vec<(String, i64, Vec<u8>)>) -> Vec<EventCols> {
 const CHUNKS: &str = "SELECT s.id, c.first_seq, c.data FROM chunks c \
     JOIN streams s ON s.key = c.stream_key ORDER BY s.id, c.last_seq";
 
+/// The versions of the event log v2 migration, SQLite's and PostgreSQL's.
+const V2_PREFIX: [&str; 2] = ["20261215000001", "20261215100001"];
+
 /// The previous release's migrations of `dialect`, alone in a directory.
 async fn old_migrator(dialect: &str, dir: &Path) -> Migrator {
     let from = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -101,7 +104,8 @@ async fn old_migrator(dialect: &str, dir: &Path) -> Migrator {
     for entry in std::fs::read_dir(&from).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        if !name.contains("event_log_v2") {
+        // Everything before the event log v2 (versions sort as their names do).
+        if name.as_str() < V2_PREFIX[usize::from(dialect == "postgres")] {
             std::fs::copy(&path, dir.join(name)).unwrap();
         }
     }

@@ -49,8 +49,16 @@ struct Chunk<'a> {
 struct Choice<'a> {
     index: u32,
     delta: Delta<'a>,
-    logprobs: Option<()>,
+    logprobs: Option<Logprobs<'a>>,
     finish_reason: Option<&'static str>,
+}
+
+/// A choice's `logprobs`, in OpenAI's shape: the text's entries as the upstream sent
+/// them (spool keeps none for a refusal).
+#[derive(Serialize)]
+pub(super) struct Logprobs<'a> {
+    pub content: &'a [serde_json::Value],
+    pub refusal: Option<()>,
 }
 
 /// A chunk's `delta`: one member set per chunk (one stored event), in OpenAI's shapes.
@@ -221,10 +229,21 @@ impl ChunkFormat {
         delta: Delta<'_>,
         finish: Option<&'static str>,
     ) {
+        self.write_choice(out, id, delta, finish, None);
+    }
+
+    fn write_choice(
+        &self,
+        out: &mut String,
+        id: Option<u64>,
+        delta: Delta<'_>,
+        finish: Option<&'static str>,
+        logprobs: Option<Logprobs<'_>>,
+    ) {
         let choices = [Choice {
             index: 0,
             delta,
-            logprobs: None,
+            logprobs,
             finish_reason: finish,
         }];
         write_json(out, id, &self.chunk(&choices, None));
@@ -269,7 +288,7 @@ impl Render for ChunkFormat {
                 },
                 None,
             ),
-            Some(EventData::Token(t)) => self.write_chunk(
+            Some(EventData::Token(t)) => self.write_choice(
                 out,
                 id,
                 Delta {
@@ -277,6 +296,10 @@ impl Render for ChunkFormat {
                     ..Delta::default()
                 },
                 None,
+                t.logprobs.as_deref().map(|content| Logprobs {
+                    content,
+                    refusal: None,
+                }),
             ),
             Some(EventData::Reasoning(r)) => {
                 let delta = match r.field {

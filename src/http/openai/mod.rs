@@ -85,7 +85,7 @@ struct Completion<'a> {
 struct CompletionChoice<'a> {
     index: u32,
     message: AssistantMessage<'a>,
-    logprobs: Option<()>,
+    logprobs: Option<chunks::Logprobs<'a>>,
     finish_reason: &'static str,
 }
 
@@ -141,7 +141,10 @@ async fn wait_for_completion(state: &HttpState, started: &Started) -> Result<Res
                         choices: [CompletionChoice {
                             index: 0,
                             message: AssistantMessage::of(&answer, &tool_calls),
-                            logprobs: None,
+                            logprobs: (!answer.logprobs.is_empty()).then(|| chunks::Logprobs {
+                                content: &answer.logprobs,
+                                refusal: None,
+                            }),
                             finish_reason: chunks::finish_reason(done.finish_reason),
                         }],
                         usage: done.usage.into(),

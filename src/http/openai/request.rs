@@ -25,6 +25,9 @@ pub struct ChatRequest {
     pub stream_options: Option<StreamOptions>,
     pub n: Option<u32>,
     pub metadata: Option<Map<String, Value>>,
+    /// spool's own: makes this a turn of that session, `messages` being the new turn
+    /// alone (one user message, or tool results).
+    pub session_id: Option<String>,
     #[serde(flatten)]
     pub options: UpstreamOptions,
 }
@@ -71,8 +74,10 @@ impl ChatRequest {
             seed: self.seed,
             stop: self.stop,
             metadata: self.metadata,
-            session_id: None,
+            session_id: self.session_id,
             content: None,
+            role: None,
+            tool_call_id: None,
             options: self.options,
             include_usage,
             idempotency_key: None,

@@ -255,6 +255,18 @@ function addUser(text) {
   scrollDown();
 }
 
+// A turn of tool results (an agent's answers to the model's tool calls), as text.
+function addToolResults(results) {
+  const li = el("li", "msg tool");
+  for (const r of results) {
+    const row = el("div", "tool-result");
+    row.append(el("span", "tool-id", r.tool_call_id), el("code", "tool-output", r.content));
+    li.append(row);
+  }
+  els.messages.append(li);
+  scrollDown();
+}
+
 // A part of an answer other than its text, as the events and the stream's status carry
 // it. Everything is set with textContent: nothing the model writes becomes HTML.
 function addReasoning(li, text) {
@@ -469,6 +481,8 @@ async function openSession(id) {
   for (const turn of session.turns) {
     if (turn.role === "user") {
       addUser(turn.content);
+    } else if (turn.role === "tool") {
+      addToolResults(turn.tool_results || []);
     } else if (turn.role === "assistant") {
       const li = addAssistant(turn.stream_id);
       if ((turn.status === "running" || turn.status === "queued") && turn.stream_id) {

@@ -358,17 +358,19 @@ pub(in crate::store) async fn write_plan(
         .bind(e.iter().map(|e| e.finished_at).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
-        let turns: Vec<(&str, &str)> = e
+        let turns: Vec<(&str, &str, Option<&str>)> = e
             .iter()
-            .filter_map(|e| Some((e.stream, e.turn_text?)))
+            .filter_map(|e| Some((e.stream, e.turn_text?, e.turn_tool_calls)))
             .collect();
         if !turns.is_empty() {
             sqlx::query(
-                "UPDATE turns SET content = v.text FROM UNNEST($1::text[], $2::text[]) \
-                 AS v(id, text) WHERE turns.stream_id = v.id",
+                "UPDATE turns SET content = v.text, tool_calls = v.calls \
+                 FROM UNNEST($1::text[], $2::text[], $3::text[]) \
+                 AS v(id, text, calls) WHERE turns.stream_id = v.id",
             )
-            .bind(turns.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-            .bind(turns.iter().map(|(_, text)| *text).collect::<Vec<_>>())
+            .bind(turns.iter().map(|(id, _, _)| *id).collect::<Vec<_>>())
+            .bind(turns.iter().map(|(_, text, _)| *text).collect::<Vec<_>>())
+            .bind(turns.iter().map(|(_, _, calls)| *calls).collect::<Vec<_>>())
             .execute(&mut *conn)
             .await?;
         }
@@ -425,14 +427,16 @@ async fn insert_turn(
     }
     if let Some(t) = &s.turn {
         sqlx::query(
-            "INSERT INTO turns (session_id, idx, role, content, stream_id, created_at) \
-             VALUES ($1, $2, 'user', $3, NULL, $4), ($1, $2 + 1, 'assistant', NULL, $5, $4)",
+            "INSERT INTO turns (session_id, idx, role, content, messages, stream_id, created_at) \
+             VALUES ($1, $2, $6, $3, $7, NULL, $4), ($1, $2 + 1, 'assistant', NULL, NULL, $5, $4)",
         )
         .bind(&t.session_id)
         .bind(t.idx)
         .bind(&t.content)
         .bind(s.created_at)
         .bind(&s.id)
+        .bind(t.role)
+        .bind(&t.messages)
         .execute(&mut *conn)
         .await?;
     }

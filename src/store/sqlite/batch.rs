@@ -108,12 +108,14 @@ async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sq
         }
         if let Some(turn) = &s.turn {
             sqlx::query(
-                "INSERT INTO turns (session_id, idx, role, content, stream_id, created_at) \
-                 VALUES (?, ?, 'user', ?, NULL, ?), (?, ?, 'assistant', NULL, ?, ?)",
+                "INSERT INTO turns (session_id, idx, role, content, messages, stream_id, \
+                 created_at) VALUES (?, ?, ?, ?, ?, NULL, ?), (?, ?, 'assistant', NULL, NULL, ?, ?)",
             )
             .bind(&turn.session_id)
             .bind(turn.idx)
+            .bind(turn.role)
             .bind(&turn.content)
+            .bind(&turn.messages)
             .bind(s.created_at)
             .bind(&turn.session_id)
             .bind(turn.idx + 1)
@@ -195,8 +197,9 @@ pub(in crate::store) async fn write_plan(
     .await?;
     for end in &plan.ends {
         if let Some(text) = end.turn_text {
-            sqlx::query("UPDATE turns SET content = ? WHERE stream_id = ?")
+            sqlx::query("UPDATE turns SET content = ?, tool_calls = ? WHERE stream_id = ?")
                 .bind(text)
+                .bind(end.turn_tool_calls)
                 .bind(end.stream)
                 .execute(&mut *conn)
                 .await?;
