@@ -217,6 +217,12 @@ pub struct ResponseOptions {
     /// `text` (its `format`), as sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<serde_json::Value>,
+    /// The response this one continues (its prompt holds that one's conversation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_response_id: Option<String>,
+    /// `store: false`: kept only while it runs, never continued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<bool>,
 }
 
 /// The request members an OpenAI-compatible upstream honours and spool carries as they

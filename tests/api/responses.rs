@@ -557,6 +557,139 @@ async fn a_response_resumes_by_sequence_number_across_a_restart() {
     );
 }
 
+#[tokio::test]
+async fn previous_response_id_continues_a_conversation_and_its_tool_loop() {
+    let (up, base) = upstream().await;
+    let app = spool_in_front(&base).await;
+    let tools = json!([{"type": "function", "name": "get_weather",
+                        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]);
+    let (status, body, _) = post(
+        &app,
+        json!({"model": "agent", "input": "Weather and time in Oslo?", "tools": tools,
+               "instructions": "Be brief."}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let first: Value = serde_json::from_str(&body).unwrap();
+    let first_id = first["id"].as_str().unwrap().to_owned();
+    let calls: Vec<Value> = first["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["type"] == "function_call")
+        .cloned()
+        .collect();
+    assert_eq!(calls.len(), 2, "{first}");
+    // Only the tool outputs go up: the conversation is the server's.
+    let outputs: Vec<Value> = calls
+        .iter()
+        .map(|c| json!({"type": "function_call_output", "call_id": c["call_id"], "output": "{\"temp\":21}"}))
+        .collect();
+    for _branch in 0..2 {
+        let (status, body, _) = post(
+            &app,
+            json!({"model": "agent", "previous_response_id": first_id, "input": outputs, "tools": tools}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            answer["output_text"], "It is 21°C and sunny in Oslo.",
+            "{answer}"
+        );
+        assert_eq!(answer["previous_response_id"], first_id.as_str());
+        let sent = up.bodies.lock().unwrap().last().cloned().unwrap();
+        let messages = sent["messages"].as_array().unwrap();
+        let roles: Vec<&str> = messages
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        // The first response's instructions are not carried over; its answer is.
+        assert_eq!(roles, ["user", "assistant", "tool", "tool"], "{sent}");
+        assert_eq!(messages[1]["content"], "Let me check.");
+        assert_eq!(messages[1]["tool_calls"][0]["id"], "call_w");
+        assert_eq!(messages[1]["tool_calls"][1]["function"]["name"], "get_time");
+        let id = answer["id"].as_str().unwrap();
+        let items = app
+            .client
+            .get(app.url(&format!("/v1/responses/{id}/input_items?order=asc")))
+            .send_json()
+            .await;
+        let kinds: Vec<&str> = items["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["function_call_output", "function_call_output"],
+            "{items}"
+        );
+    }
+
+    for (body, status) in [
+        (
+            json!({"model": "agent", "input": "x", "previous_response_id": "st_0123456789abcdef01234567"}),
+            404,
+        ),
+        (
+            json!({"model": "agent", "input": "x", "background": true, "store": false}),
+            400,
+        ),
+    ] {
+        let (got, text, _) = post(&app, body.clone()).await;
+        assert_eq!(got, status, "{body}: {text}");
+        let e: Value = serde_json::from_str(&text).unwrap();
+        assert!(e["error"]["param"].is_string(), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn a_response_with_store_false_is_gone_once_it_has_ended() {
+    let app = spawn_app().await;
+    let (status, body, _) = post(
+        &app,
+        json!({"model": "mock", "input": "hi", "max_output_tokens": 3, "store": false}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let object: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(object["store"], false);
+    assert_eq!(object["output_text"], mock_text(3));
+    let id = object["id"].as_str().unwrap().to_owned();
+    let until = tokio::time::Instant::now() + DEADLINE;
+    while get(&app, &format!("/v1/responses/{id}")).await.0 != 404 {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "a store: false response was kept"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, _, _) = post(
+        &app,
+        json!({"model": "mock", "input": "more", "previous_response_id": id}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    // Streamed, it is read whole live, then gone too.
+    let (status, body, headers) = post(
+        &app,
+        json!({"model": "mock", "input": "hi", "max_output_tokens": 3, "store": false, "stream": true}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(frames(&body).last().unwrap().1, "response.incomplete");
+    let id = headers["x-stream-id"].to_str().unwrap().to_owned();
+    while get(&app, &format!("/v1/responses/{id}")).await.0 != 404 {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "a store: false response was kept"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs a Responses SDK script with a mock spool's base URL and one in front of the
 /// test's upstream.
 async fn run_responses_client(program: PathBuf, script: PathBuf) {

@@ -3,7 +3,8 @@
 // and resumed with `retrieve(id, {stream: true, starting_after})`, its text equal to an
 // unbroken read; polling to the end; cancel; input items; delete; errors as the SDK's
 // exceptions; and, against spool in front of the test's upstream, the stream helper
-// with function calls and a tool loop. Exits non-zero on failure.
+// with function calls and a tool loop (the history sent, then `previous_response_id`).
+// Exits non-zero on failure.
 //
 //     node tests/clients/responses_sdk.mjs http://127.0.0.1:8080 http://127.0.0.1:8081
 import assert from "node:assert/strict";
@@ -117,4 +118,13 @@ const answer = await agent.responses.create({
 });
 assert.equal(answer.status, "completed");
 assert.equal(answer.output_text, "It is 21°C and sunny in Oslo.");
+// The same loop on the server: only the outputs go up, with previous_response_id.
+const chained = await agent.responses.create({
+  model: "agent",
+  tools,
+  previous_response_id: first.id,
+  input: calls.map((c) => ({ type: "function_call_output", call_id: c.call_id, output: results[c.name] })),
+});
+assert.equal(chained.previous_response_id, first.id);
+assert.equal(chained.output_text, "It is 21°C and sunny in Oslo.");
 console.log(`node responses (${id}): ok`);

@@ -3,7 +3,8 @@ base URL: a streamed create; a background response whose stream is dropped mid-a
 and resumed with `retrieve(id, stream=True, starting_after=n)`, its text equal to an
 unbroken read; polling a background response to its end; cancel; input items; delete;
 errors as the SDK's exceptions; and, against spool in front of a controlled upstream,
-function calls in a tool loop and reasoning. Exits non-zero on failure.
+function calls in a tool loop (sending the history, then with `previous_response_id`),
+reasoning, and `store=False`. Exits non-zero on failure.
 
     python3 tests/clients/responses_sdk.py http://127.0.0.1:8080 http://127.0.0.1:8081
 
@@ -151,4 +152,21 @@ loop += [{"type": "function_call_output", "call_id": c.call_id, "output": result
 answer = agent.responses.create(model="agent", input=loop, tools=tools)
 assert answer.status == "completed", answer
 assert answer.output_text == "It is 21°C and sunny in Oslo.", answer.output_text
+# The same loop on the server: only the outputs go up, with previous_response_id.
+outputs = [{"type": "function_call_output", "call_id": c.call_id, "output": results[c.name]} for c in calls]
+chained = agent.responses.create(model="agent", previous_response_id=first.id, input=outputs, tools=tools)
+assert chained.previous_response_id == first.id, chained
+assert chained.output_text == "It is 21°C and sunny in Oslo.", chained.output_text
+
+# store=False: answered, then not kept to be retrieved or continued.
+unstored = mock.responses.create(model="mock", input="hi", max_output_tokens=2, store=False)
+assert unstored.store is False and unstored.output_text == mock_text(2), unstored
+wait_gone = time.monotonic() + 20
+while True:
+    try:
+        mock.responses.retrieve(unstored.id)
+    except openai.NotFoundError:
+        break
+    assert time.monotonic() < wait_gone, "a store=False response was kept"
+    time.sleep(0.02)
 print(f"python responses ({response_id}): ok")

@@ -34,6 +34,8 @@ use super::state::HttpState;
 use super::streams::{idempotency_header, set_header};
 use crate::engine::{Access, Cancel, Follow, Via, parse_cursor};
 use crate::event::StreamStatus;
+use crate::http::params::MessageParam;
+use crate::llm::{Message, Prompt, Role};
 use crate::store::StreamRow;
 use events::ResponseFormat;
 use request::ResponsesRequest;
@@ -117,10 +119,20 @@ async fn start(
 ) -> Result<Response, ApiError> {
     let JsonBody(request) = body?;
     let (streaming, background) = (request.streaming(), request.background());
-    let mut params = request.into_params()?;
+    let stored = request.stored();
+    let history = match request.previous_response_id.as_deref() {
+        None => Vec::new(),
+        Some(previous) => history_of(&state, owner.as_deref(), previous).await?,
+    };
+    let mut params = request.into_params(history)?;
     params.idempotency_key = idempotency_header(headers)?;
     let started = state.start(params, owner, Via::Http).await?;
     let row = find(&state, &started.id, Access::Owner(started.owner.as_deref())).await?;
+    // `store: false`: deleted once it has ended and (not streamed) its object is made.
+    let (made, release) = tokio::sync::oneshot::channel::<()>();
+    if !stored {
+        forget_when_over(&state, &started, release);
+    }
     let mut response = if streaming {
         state.events_started(&started, Box::new(ResponseFormat::of(&row)?))
     } else if background {
@@ -129,6 +141,7 @@ async fn start(
     } else {
         wait_for_end(&state, &row).await?
     };
+    drop(made);
     set_header(&mut response, "x-stream-id", &started.id);
     if let Some(token) = state
         .keys()
@@ -137,6 +150,116 @@ async fn start(
         set_header(&mut response, "x-read-token", &token);
     }
     Ok(response)
+}
+
+/// The conversation a response continues (`previous_response_id`): that response's
+/// messages — without its instructions, which are not carried over, as OpenAI
+/// documents — and its answer (text and tool calls) as an assistant message. Each
+/// response's stored prompt holds its whole conversation, so a chain of any length,
+/// and branches from any response of it, need nothing else.
+async fn history_of(
+    state: &HttpState,
+    owner: Option<&str>,
+    previous: &str,
+) -> Result<Vec<MessageParam>, ApiError> {
+    let missing = || {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("no previous response with id {previous:?}"),
+        )
+        .with("param", Value::from("previous_response_id"))
+    };
+    let row = state
+        .engine()
+        .stream(previous, Access::Owner(owner))
+        .await?
+        .ok_or_else(missing)?;
+    let request = row.request()?;
+    let Some(options) = request.response.as_ref() else {
+        return Err(ApiError::invalid(format!(
+            "{previous:?} is a stream, not a response: only a response can be continued"
+        ))
+        .with("param", Value::from("previous_response_id")));
+    };
+    if options.store == Some(false) {
+        return Err(missing());
+    }
+    if !row.status()?.is_terminal() {
+        return Err(ApiError::invalid(format!(
+            "the previous response {previous:?} is still in progress: continue it once it has ended"
+        ))
+        .with("param", Value::from("previous_response_id")));
+    }
+    let mut messages = match request.prompt {
+        Prompt::Messages(messages) => messages,
+        Prompt::Text(text) => vec![Message::text(Role::User, text)],
+    };
+    if options.instructions.is_some() && messages.first().is_some_and(|m| m.role == Role::System) {
+        messages.remove(0);
+    }
+    let mut history: Vec<MessageParam> = messages.into_iter().map(param_of).collect();
+    let answer = state.engine().answer(previous).await?;
+    let calls: Vec<Value> = answer
+        .tool_calls()
+        .iter()
+        .filter_map(|c| serde_json::to_value(c).ok())
+        .collect();
+    if !answer.text.is_empty() || !calls.is_empty() {
+        history.push(MessageParam {
+            role: "assistant".to_owned(),
+            content: (!answer.text.is_empty()).then(|| Value::from(answer.text)),
+            tool_calls: (!calls.is_empty()).then_some(calls),
+            tool_call_id: None,
+            name: None,
+        });
+    }
+    Ok(history)
+}
+
+/// A stored message as the request message it came from.
+fn param_of(m: Message) -> MessageParam {
+    let content = match m.parts {
+        Some(parts) => Some(Value::Array(parts)),
+        None if m.content.is_empty() && m.tool_calls.is_some() => None,
+        None => Some(Value::from(m.content)),
+    };
+    MessageParam {
+        role: m.role.as_str().to_owned(),
+        content,
+        tool_calls: m.tool_calls,
+        tool_call_id: m.tool_call_id,
+        name: m.name,
+    }
+}
+
+/// `store: false`: the response is deleted once its end is written and `release`
+/// resolves (a waiting create has made its object; dropped, it resolves too). At
+/// shutdown it is left to retention: the task does not hold the shutdown up.
+fn forget_when_over(
+    state: &HttpState,
+    started: &crate::engine::Started,
+    release: tokio::sync::oneshot::Receiver<()>,
+) {
+    let engine = state.engine().clone();
+    let ending = engine.end_of(&started.id);
+    let shutdown = engine.shutdown_token();
+    let (id, owner) = (started.id.clone(), started.owner.clone());
+    let forget = engine.clone();
+    engine.spawn(async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = async {
+                if let Some(ending) = ending {
+                    ending.over().await;
+                }
+                let _ = release.await;
+            } => {}
+        }
+        match forget.delete(&id, owner.as_deref()).await {
+            Ok(_) => tracing::info!(stream_id = %id, "a response with store: false ended: deleted"),
+            Err(e) => tracing::warn!(stream_id = %id, error = %e, "deleting a response with store: false failed"),
+        }
+    });
 }
 
 /// `stream: false` without `background`: reads the stream to its end and answers its

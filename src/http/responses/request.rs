@@ -56,25 +56,26 @@ impl ResponsesRequest {
         self.background.unwrap_or(false)
     }
 
+    /// Whether the response is kept beyond its live stream (`store`, true by default).
+    pub fn stored(&self) -> bool {
+        self.store != Some(false)
+    }
+
     /// The native parameters this request means (validated on the start path).
-    pub fn into_params(self) -> Result<StreamParams, ApiError> {
-        if self.previous_response_id.is_some() {
-            return Err(unsupported(
-                "previous_response_id",
-                "`previous_response_id` is not supported yet: send the conversation as `input` items",
-            ));
-        }
+    /// `history` is the conversation of `previous_response_id` (its messages and its
+    /// answer), which comes after this request's instructions and before its input.
+    pub fn into_params(self, history: Vec<MessageParam>) -> Result<StreamParams, ApiError> {
         if self.conversation.is_some() {
             return Err(unsupported(
                 "conversation",
-                "`conversation` is not supported: send the conversation as `input` items",
+                "`conversation` is not supported: use `previous_response_id`, or send the conversation as `input` items",
             ));
         }
-        if self.store == Some(false) {
-            return Err(unsupported(
-                "store",
-                "`store: false` is not supported yet: every response is kept for the server's retention",
-            ));
+        if self.background() && !self.stored() {
+            return Err(ApiError::invalid(
+                "`background` needs `store`: a background response is kept to be read by its id",
+            )
+            .with("param", Value::from("store")));
         }
         let Some(input) = self.input else {
             return Err(ApiError::invalid("`input` is required"));
@@ -100,6 +101,7 @@ impl ResponsesRequest {
                 name: None,
             });
         }
+        messages.extend(history);
         for (i, item) in items.iter().enumerate() {
             push_item(&mut messages, i, item)?;
         }
@@ -129,6 +131,8 @@ impl ResponsesRequest {
                 .text
                 .and_then(|t| t.format)
                 .map(|f| json!({"format": f})),
+            previous_response_id: self.previous_response_id,
+            store: self.store,
         };
         Ok(StreamParams {
             prompt: None,
@@ -142,6 +146,8 @@ impl ResponsesRequest {
             metadata: self.metadata,
             session_id: None,
             content: None,
+            role: None,
+            tool_call_id: None,
             options: UpstreamOptions {
                 tools: (!chat_tools.is_empty()).then_some(chat_tools),
                 tool_choice,
@@ -405,7 +411,7 @@ mod tests {
     fn responses(bytes: &[u8]) -> Result<GenerateRequest, ApiError> {
         let (config, models) = &*SETUP;
         decode_json::<ResponsesRequest>(bytes)?
-            .into_params()?
+            .into_params(Vec::new())?
             .validate(config, models)
     }
 
@@ -463,7 +469,7 @@ mod tests {
         });
         let params = decode_json::<ResponsesRequest>(body.to_string().as_bytes())
             .unwrap()
-            .into_params()
+            .into_params(Vec::new())
             .unwrap();
         assert!(params.unattended);
         let options = params.options.clone();
@@ -494,7 +500,7 @@ mod tests {
             json!({"input": 3}),
             json!({"input": [{"type": "file_search_call"}]}),
             json!({"input": "hi", "tools": [{"type": "web_search"}]}),
-            json!({"input": "hi", "previous_response_id": "st_x"}),
+            json!({"input": "hi", "background": true, "store": false}),
         ] {
             let e = responses(bad.to_string().as_bytes()).unwrap_err();
             assert_eq!(e.status.as_u16(), 400, "{bad}");
