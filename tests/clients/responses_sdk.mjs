@@ -70,6 +70,13 @@ for await (const event of await mock.responses.retrieve(id, { stream: true })) {
 assert.equal(seen + rest, unbroken);
 assert.equal(unbroken, mockText(60));
 
+// The stream helper, resuming an existing response by id.
+let helped = "";
+const resumedHelper = mock.responses.stream({ response_id: id, starting_after: last });
+resumedHelper.on("response.output_text.delta", (e) => (helped += e.delta));
+await resumedHelper.done();
+assert.equal(helped, rest);
+
 // Background, polled to its end; input items; delete.
 let polled = await mock.responses.create({ model: "mock", input: [{ role: "user", content: "count" }], max_output_tokens: 10, background: true });
 polled = await wait(polled.id, ended, "the end of a background response");

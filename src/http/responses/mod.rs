@@ -333,19 +333,22 @@ async fn read(
             .transpose()?,
     };
     let row = find(&state, &id, access).await?;
-    let (object, format) = object_of(&state, &row).await?;
     if !streaming {
-        return Ok(Json(object).into_response());
+        return Ok(Json(object_of(&state, &row).await?.0).into_response());
     }
+    let format = ResponseFormat::of(&row)?;
     let after = match cursor {
         None => None,
-        Some(cursor) => match state.engine().follow_frames(row, cursor, format.frames())? {
-            Follow::Ended(_) => return Ok(ended_stream()),
-            Follow::From { row: _, after } => Some(after),
-        },
+        Some(cursor) => {
+            // The cursor rule, in frames: as many as the stored events make so far.
+            let frames = object_of(&state, &row).await?.1.frames();
+            match state.engine().follow_frames(row, cursor, frames)? {
+                Follow::Ended(_) => return Ok(ended_stream()),
+                Follow::From { row: _, after } => Some(after),
+            }
+        }
     };
-    let row = find(&state, &id, Access::Granted).await?;
-    Ok(state.events(&id, after, Box::new(ResponseFormat::of(&row)?)))
+    Ok(state.events(&id, after, Box::new(format)))
 }
 
 /// An event stream with nothing more to say: the reader has every frame.
