@@ -631,7 +631,7 @@ async fn previous_response_id_continues_a_conversation_and_its_tool_loop() {
     for (body, status) in [
         (
             json!({"model": "agent", "input": "x", "previous_response_id": "st_0123456789abcdef01234567"}),
-            404,
+            400,
         ),
         (
             json!({"model": "agent", "input": "x", "background": true, "store": false}),
@@ -642,6 +642,7 @@ async fn previous_response_id_continues_a_conversation_and_its_tool_loop() {
         assert_eq!(got, status, "{body}: {text}");
         let e: Value = serde_json::from_str(&text).unwrap();
         assert!(e["error"]["param"].is_string(), "{e}");
+        assert_eq!(e["error"]["type"], "invalid_request_error", "{e}");
     }
 }
 
@@ -671,7 +672,7 @@ async fn a_response_with_store_false_is_gone_once_it_has_ended() {
         json!({"model": "mock", "input": "more", "previous_response_id": id}),
     )
     .await;
-    assert_eq!(status, 404);
+    assert_eq!(status, 400);
     // Streamed, it is read whole live, then gone too.
     let (status, body, headers) = post(
         &app,

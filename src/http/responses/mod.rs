@@ -164,8 +164,8 @@ async fn history_of(
 ) -> Result<Vec<MessageParam>, ApiError> {
     let missing = || {
         ApiError::new(
-            ErrorCode::NotFound,
-            format!("no previous response with id {previous:?}"),
+            ErrorCode::PreviousResponseNotFound,
+            format!("previous response with id {previous:?} not found"),
         )
         .with("param", Value::from("previous_response_id"))
     };
