@@ -16,6 +16,7 @@
 
 mod abandon;
 mod admission;
+mod chats;
 mod cursor;
 mod generation;
 mod rate;
@@ -42,6 +43,7 @@ use crate::store::{
 };
 
 pub use admission::Admission;
+pub use chats::valid_chat_id;
 pub use cursor::{FollowError, InvalidCursor, parse as parse_cursor};
 pub use rate::RateLimit;
 pub use reads::{Access, Follow};

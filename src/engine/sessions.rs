@@ -49,6 +49,8 @@ pub struct NewSessionRequest {
     pub system: Option<String>,
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     pub title: Option<String>,
+    /// A `/v1/chats` chat's own id (see `engine::chats`).
+    pub chat_id: Option<String>,
 }
 
 /// What `PATCH /v1/sessions/{id}` changes: a field that is `Some` is set (`Some(None)`
@@ -111,6 +113,7 @@ impl Engine {
             metadata: metadata.clone(),
             title: request.title.clone(),
             created_at: now_ms(),
+            chat_id: request.chat_id.clone(),
         };
         let created_at = session.created_at;
         self.log.create_session(session).await?;
@@ -122,6 +125,7 @@ impl Engine {
             metadata,
             title: request.title,
             created_at,
+            chat_id: request.chat_id,
         })
     }
 
@@ -529,6 +533,7 @@ mod tests {
             metadata: None,
             title: None,
             created_at: 0,
+            chat_id: None,
         }
     }
 

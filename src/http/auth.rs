@@ -13,6 +13,10 @@
 //! in the store. It is accepted as `?token=` on that one stream's events URL, nowhere
 //! else, until it expires — and only while its key is still configured: removing a key
 //! from `SPOOL_API_KEYS` revokes its tokens too.
+//!
+//! A **chat token** (`chat.EXPIRY.KEYID.HMAC`, [`ApiKeys::chat_token`]) is the same for
+//! one `/v1/chats` chat: sent as `Authorization: Bearer`, it stands for its key on that
+//! chat's routes only, so a page never holds the key itself.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +46,14 @@ pub struct ApiKeys {
 #[derive(Debug, Clone)]
 pub struct ReadGrant(pub String);
 
+/// A chat token presented on a `/v1/chats` route (`Authorization: Bearer chat.…`): the
+/// chats surface checks it against the chat the request names ([`ApiKeys::chat_owner`]).
+#[derive(Debug, Clone)]
+pub struct ChatBearer(pub String);
+
+/// What every chat token starts with.
+const CHAT_TOKEN_PREFIX: &str = "chat.";
+
 impl ApiKeys {
     pub fn new(keys: &[String], metrics: bool, secret: Vec<u8>, token_ttl: Duration) -> Self {
         let digests: Vec<[u8; 32]> = keys
@@ -70,6 +82,55 @@ impl ApiKeys {
         let expires = unix_now() + self.token_ttl.as_secs();
         let mac = hex(&self.sign(stream_id, expires, key_id));
         Some(format!("{expires}.{key_id}.{mac}"))
+    }
+
+    /// A chat token for `owner`'s chat `chat_id` and when it expires (unix seconds):
+    /// `chat.EXPIRY.KEYID.HMAC`, the HMAC over the chat id, the expiry and the key's id.
+    /// It stands for its key on that one chat's routes until it expires, and only while
+    /// its key is configured. `None` without keys.
+    pub fn chat_token(&self, chat_id: &str, owner: Option<&str>) -> Option<(String, u64)> {
+        let key_id = owner?.strip_prefix(OWNER_PREFIX)?;
+        if !self.enabled() {
+            return None;
+        }
+        let expires = unix_now() + self.token_ttl.as_secs();
+        let mac = hex(&self.sign_chat(chat_id, expires, key_id));
+        Some((
+            format!("{CHAT_TOKEN_PREFIX}{expires}.{key_id}.{mac}"),
+            expires,
+        ))
+    }
+
+    fn sign_chat(&self, chat_id: &str, expires: u64, key_id: &str) -> [u8; 32] {
+        hmac_sha256(
+            &self.secret,
+            format!("chat:{chat_id}:{expires}:{key_id}").as_bytes(),
+        )
+    }
+
+    /// The owner a chat token speaks for on chat `chat_id`, if it is valid for it now.
+    pub fn chat_owner(&self, chat_id: &str, token: &str) -> Result<String, &'static str> {
+        let malformed = "the chat token is malformed";
+        let rest = token.strip_prefix(CHAT_TOKEN_PREFIX).ok_or(malformed)?;
+        let mut parts = rest.splitn(3, '.');
+        let (Some(expires), Some(key_id), Some(signature)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed);
+        };
+        let expires: u64 = expires.parse().map_err(|_| malformed)?;
+        let signature = unhex(signature).ok_or(malformed)?;
+        if !constant_time_eq(&self.sign_chat(chat_id, expires, key_id), &signature) {
+            return Err("the chat token is not valid for this chat");
+        }
+        let owner = format!("{OWNER_PREFIX}{key_id}");
+        if !self.owners.contains(&owner) {
+            return Err("the API key that made this chat token is no longer configured");
+        }
+        if expires <= unix_now() {
+            return Err("the chat token has expired; ask for a new one");
+        }
+        Ok(owner)
     }
 
     fn sign(&self, stream_id: &str, expires: u64, key_id: &str) -> [u8; 32] {
@@ -244,9 +305,25 @@ pub async fn require_key(
                     }
                     _ => None,
                 };
+                // A chat token as the bearer, or (for an `EventSource`, which sends no
+                // header) as `?token=` on a chat's `GET`s.
+                let chat_token = key
+                    .or_else(|| {
+                        query_token(request.uri().query())
+                            .filter(|_| request.method() == axum::http::Method::GET)
+                    })
+                    .filter(|k| k.starts_with(CHAT_TOKEN_PREFIX))
+                    .filter(|_| path == "/v1/chats" || path.starts_with("/v1/chats/"))
+                    .map(str::to_owned);
                 match grant {
                     Some(Ok(stream)) => {
                         request.extensions_mut().insert(ReadGrant(stream));
+                    }
+                    // Checked by the chats surface against the chat named.
+                    None if chat_token.is_some() => {
+                        if let Some(token) = chat_token {
+                            request.extensions_mut().insert(ChatBearer(token));
+                        }
                     }
                     Some(Err(why)) => return unauthorized(why),
                     None if key.is_some() => return unauthorized("the API key is not valid"),

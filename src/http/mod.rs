@@ -8,6 +8,7 @@
 //! generation logic; they reach the engine only through [`HttpState`].
 
 mod auth;
+mod chats;
 mod error;
 mod extract;
 mod formats;
@@ -53,6 +54,7 @@ pub fn router(state: HttpState) -> Router {
     let router = Router::new()
         .merge(streams::router())
         .merge(sessions::router())
+        .merge(chats::router())
         .merge(ws::router())
         .merge(openai::router())
         .merge(responses::router())
@@ -112,6 +114,8 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
             .expose_headers([
                 HeaderName::from_static("x-stream-id"),
                 HeaderName::from_static("x-session-id"),
+                HeaderName::from_static("x-chat-token"),
+                HeaderName::from_static("x-vercel-ai-ui-message-stream"),
                 header::LOCATION,
                 header::RETRY_AFTER,
                 request_id::HEADER,

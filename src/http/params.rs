@@ -10,7 +10,7 @@ use super::error::{ApiError, ErrorCode};
 use crate::config::LimitsConfig;
 use crate::llm::{GenerateRequest, Message, Models, Prompt, Role, UpstreamOptions};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct StreamParams {
     pub prompt: Option<String>,
     pub messages: Option<Vec<MessageParam>>,
@@ -80,6 +80,22 @@ pub struct MessageParam {
     pub tool_call_id: Option<String>,
     #[serde(default)]
     pub name: Option<String>,
+}
+
+impl From<Message> for MessageParam {
+    /// A validated message as a client would have sent it.
+    fn from(m: Message) -> Self {
+        MessageParam {
+            role: m.role.as_str().to_owned(),
+            content: Some(match m.parts {
+                Some(parts) => Value::Array(parts),
+                None => Value::String(m.content),
+            }),
+            tool_calls: m.tool_calls,
+            tool_call_id: m.tool_call_id,
+            name: m.name,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

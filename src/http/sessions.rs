@@ -102,6 +102,7 @@ impl SessionParams {
             system: self.system,
             metadata: self.metadata,
             title: self.title.as_deref().map(valid_title).transpose()?,
+            chat_id: None,
         })
     }
 }

@@ -19,6 +19,8 @@ pub struct NewSession {
     pub metadata: Option<String>,
     pub title: Option<String>,
     pub created_at: i64,
+    /// The chat id a `/v1/chats` client gave it (unique per owner).
+    pub chat_id: Option<String>,
 }
 
 /// The two turns a new stream of a session adds: the user's message or the tool
@@ -45,6 +47,8 @@ pub struct SessionRow {
     /// Set by the client; `None`: the first user message stands for it.
     pub title: Option<String>,
     pub created_at: i64,
+    /// The chat id of a `/v1/chats` chat.
+    pub chat_id: Option<String>,
 }
 
 /// A session as `GET /v1/sessions` lists it: its row, and what its turns say about it.
@@ -99,12 +103,16 @@ pub enum SessionEdit {
     },
     /// Deletes the session and its turns (its streams are deleted before, one by one).
     Delete { id: String },
+    /// Deletes the turns from `idx` on (a regenerated answer: its stream is deleted
+    /// before).
+    Truncate { id: String, idx: i64 },
 }
 
-const COLUMNS: &str = "id, owner, model, system, metadata, title, created_at";
+const COLUMNS: &str = "id, owner, model, system, metadata, title, created_at, chat_id";
 
 /// The summary columns, after `s.`-qualified [`COLUMNS`].
 const SUMMARY: &str = "s.id, s.owner, s.model, s.system, s.metadata, s.title, s.created_at, \
+     s.chat_id, \
      (SELECT t.content FROM turns t WHERE t.session_id = s.id AND t.idx = 0) AS first_message, \
      (SELECT t.created_at FROM turns t WHERE t.session_id = s.id \
       ORDER BY t.idx DESC LIMIT 1) AS last_turn_at, \
@@ -131,6 +139,23 @@ impl Store {
             SessionRow,
         >(sql)
         .bind(id)
+        .bind(owner)
+        .fetch_optional(pool)
+        .await?))
+    }
+
+    /// The session of `owner`'s chat `chat_id`, if it has been started.
+    pub async fn chat_session(
+        &self,
+        chat_id: &str,
+        owner: Option<&str>,
+    ) -> Result<Option<SessionRow>, StoreError> {
+        let text = format!("SELECT {COLUMNS} FROM sessions WHERE chat_id = ? AND owner IS ?");
+        Ok(on_db!(&self.db, text, |pool, sql| sqlx::query_as::<
+            _,
+            SessionRow,
+        >(sql)
+        .bind(chat_id)
         .bind(owner)
         .fetch_optional(pool)
         .await?))
@@ -277,11 +302,22 @@ fn edit_sql(edit: &SessionEdit) -> Vec<(&'static str, Vec<Bind<'_>>)> {
                 vec![Bind::Text(Some(id))],
             ),
         ],
+        SessionEdit::Truncate { id, idx } => vec![
+            (
+                "DELETE FROM turns WHERE session_id = ? AND idx >= ?",
+                vec![Bind::Text(Some(id)), Bind::Int(*idx)],
+            ),
+            (
+                "UPDATE sessions SET id = id WHERE id = ?",
+                vec![Bind::Text(Some(id))],
+            ),
+        ],
     }
 }
 
 enum Bind<'a> {
     Flag(bool),
+    Int(i64),
     Text(Option<&'a str>),
 }
 
@@ -299,6 +335,7 @@ pub(super) async fn edit_sqlite(
             for b in binds {
                 q = match b {
                     Bind::Flag(f) => q.bind(f),
+                    Bind::Int(i) => q.bind(i),
                     Bind::Text(t) => q.bind(t),
                 };
             }
@@ -324,6 +361,7 @@ pub(super) async fn edit_postgres(
             for b in binds {
                 q = match b {
                     Bind::Flag(f) => q.bind(f),
+                    Bind::Int(i) => q.bind(i),
                     Bind::Text(t) => q.bind(t),
                 };
             }

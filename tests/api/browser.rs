@@ -15,7 +15,7 @@ use crate::sdk::{clients_dir, install, repo};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-fn screenshots() -> PathBuf {
+pub(crate) fn screenshots() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .parent()
         .unwrap()

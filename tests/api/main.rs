@@ -18,6 +18,7 @@ mod architecture;
 mod auth;
 mod bad_input;
 mod browser;
+mod chats;
 mod cli;
 mod cluster;
 mod crash;

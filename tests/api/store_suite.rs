@@ -413,9 +413,38 @@ async fn sessions_keep_their_turns_and_answers(f: Fixture) {
             metadata: Some(r#"{"k":1}"#.into()),
             title: None,
             created_at: t,
+            chat_id: Some("chat-x".into()),
         })
         .await
         .unwrap();
+    // A second session for the same owner's chat id is not stored, and fails nothing:
+    // the chat is the first one.
+    db.log
+        .create_session(NewSession {
+            id: spool::ids::new_session_id().unwrap(),
+            owner: Some("alice".into()),
+            model: None,
+            system: None,
+            metadata: None,
+            title: None,
+            created_at: t,
+            chat_id: Some("chat-x".into()),
+        })
+        .await
+        .unwrap();
+    let chat = db
+        .store
+        .chat_session("chat-x", Some("alice"))
+        .await
+        .unwrap();
+    assert_eq!(chat.map(|c| c.id), Some(sid.clone()));
+    assert!(
+        db.store
+            .chat_session("chat-x", Some("bob"))
+            .await
+            .unwrap()
+            .is_none()
+    );
     let s = db
         .store
         .session(&sid, Some("alice"))
@@ -554,6 +583,7 @@ async fn sessions_are_listed_renamed_and_deleted(f: Fixture) {
                 metadata: None,
                 title: (i == 1).then(|| "Named".to_owned()),
                 created_at: t + i as i64,
+                chat_id: None,
             })
             .await
             .unwrap();

@@ -168,9 +168,10 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
     if !batch.sessions.is_empty() {
         let s: Vec<_> = batch.sessions.iter().map(|(s, _)| s).collect();
         sqlx::query(
-            "INSERT INTO sessions (id, owner, model, system, metadata, created_at, title) \
+            // A chat's session another node created first is not an error (see SQLite's).
+            "INSERT INTO sessions (id, owner, model, system, metadata, created_at, title, chat_id) \
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::bigint[], $7::text[])",
+             $6::bigint[], $7::text[], $8::text[]) ON CONFLICT DO NOTHING",
         )
         .bind(s.iter().map(|s| s.id.as_str()).collect::<Vec<_>>())
         .bind(s.iter().map(|s| s.owner.as_deref()).collect::<Vec<_>>())
@@ -179,6 +180,7 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
         .bind(s.iter().map(|s| s.metadata.as_deref()).collect::<Vec<_>>())
         .bind(s.iter().map(|s| s.created_at).collect::<Vec<_>>())
         .bind(s.iter().map(|s| s.title.as_deref()).collect::<Vec<_>>())
+        .bind(s.iter().map(|s| s.chat_id.as_deref()).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }

@@ -70,8 +70,10 @@ pub(in crate::store) async fn positions(
 async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sqlx::Error> {
     for (s, _) in &batch.sessions {
         sqlx::query(
-            "INSERT INTO sessions (id, owner, model, system, metadata, created_at, title) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            // A chat's session that another request created first is not an error:
+            // the caller reads back the one that exists.
+            "INSERT INTO sessions (id, owner, model, system, metadata, created_at, title, \
+             chat_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         )
         .bind(&s.id)
         .bind(&s.owner)
@@ -80,6 +82,7 @@ async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sq
         .bind(&s.metadata)
         .bind(s.created_at)
         .bind(&s.title)
+        .bind(&s.chat_id)
         .execute(&mut *conn)
         .await?;
     }
