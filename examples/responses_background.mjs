@@ -21,17 +21,22 @@ const response = await client.responses.create({
 });
 let last;
 let final;
+let failures = 0;
 while (!final) {
   const resume = last === undefined ? {} : { starting_after: last };
   try {
     for await (const event of await client.responses.retrieve(response.id, { stream: true, ...resume })) {
       last = event.sequence_number;
+      failures = 0;
       if (event.type === "response.output_text.delta") process.stdout.write(event.delta);
       else if (["response.completed", "response.incomplete", "response.failed"].includes(event.type)) final = event.response;
     }
   } catch (e) {
+    // The server said no (resuming would not help), or the connection keeps failing.
     if (e instanceof OpenAI.APIError && !(e instanceof OpenAI.APIConnectionError)) throw e;
+    if (++failures > 5) throw e;
     process.stderr.write(`\n[resuming after event ${last}: ${e.name}]\n`);
+    await new Promise((resolve) => setTimeout(resolve, 200 * failures));
   }
 }
 console.log(`\n[${final.status}, ${final.usage.output_tokens} tokens]`);

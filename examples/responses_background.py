@@ -10,6 +10,7 @@ stream, across restarts.
 
 import os
 import sys
+import time
 
 import openai
 from openai import OpenAI
@@ -26,12 +27,12 @@ response = client.responses.create(
     max_output_tokens=max_tokens,
     background=True,
 )
-last, final = None, None
+last, final, failures = None, None, 0
 while final is None:
     resume = {} if last is None else {"starting_after": last}
     try:
         for event in client.responses.retrieve(response.id, stream=True, **resume):
-            last = event.sequence_number
+            last, failures = event.sequence_number, 0
             if event.type == "response.output_text.delta":
                 print(event.delta, end="", flush=True)
             elif event.type in ("response.completed", "response.incomplete", "response.failed"):
@@ -39,6 +40,10 @@ while final is None:
     except openai.APIStatusError:
         raise  # the server said no: resuming would not help
     except Exception as e:  # the connection dropped (the SDK's HTTP client has its own error types)
+        failures += 1
+        if failures > 5:
+            raise
         print(f"\n[resuming after event {last}: {type(e).__name__}]", file=sys.stderr)
+        time.sleep(0.2 * failures)
 print()
 print(f"[{final.status}, {final.usage.output_tokens} tokens]")

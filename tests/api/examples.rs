@@ -113,3 +113,29 @@ async fn the_node_responses_example_resumes_exactly() {
     .unwrap();
     responses_example(std::path::PathBuf::from("node"), script).await;
 }
+
+/// docs/api.md shows the Responses examples as they are (what a test runs is what a
+/// reader pastes).
+#[test]
+fn the_docs_show_the_responses_examples_as_they_are() {
+    let docs = std::fs::read_to_string(crate::sdk::repo().join("docs/api.md")).unwrap();
+    for (file, from, fence) in [
+        (
+            "examples/responses_background.py",
+            "import os",
+            "```python\n",
+        ),
+        (
+            "examples/responses_background.mjs",
+            "import OpenAI",
+            "```js\n",
+        ),
+    ] {
+        let code = std::fs::read_to_string(crate::sdk::repo().join(file)).unwrap();
+        let body = &code[code.find(from).unwrap()..];
+        assert!(
+            docs.contains(&format!("{fence}{body}```")),
+            "docs/api.md does not show {file} as it is"
+        );
+    }
+}
