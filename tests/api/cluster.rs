@@ -1043,4 +1043,19 @@ async fn a_background_response_made_on_a_resumes_on_c_by_sequence_number() {
         .send_json()
         .await;
     assert_eq!(done["output_text"], mock_text(60));
+
+    // A cancel through c reaches a, and answers once the end is stored.
+    let long = cluster
+        .post("a", "/v1/responses")
+        .json(
+            &json!({"model": "mock", "input": "x", "max_output_tokens": 5000, "background": true}),
+        )
+        .send_json()
+        .await;
+    let long = long["id"].as_str().unwrap();
+    let cancelled = cluster
+        .post("c", &format!("/v1/responses/{long}/cancel"))
+        .send_json()
+        .await;
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
 }

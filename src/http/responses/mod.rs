@@ -381,6 +381,11 @@ async fn stop(state: HttpState, owner: Option<String>, id: String) -> Result<Res
         Some(Cancel::AlreadyEnded(row)) => row,
         Some(Cancel::Stopping(_)) => {
             let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+            // Generated here: its end is on its way to the store once this fires. On
+            // another node: the store says when it has ended.
+            if let Some(ending) = state.engine().end_of(&id) {
+                let _ = tokio::time::timeout_at(deadline, ending.over()).await;
+            }
             loop {
                 let row = find(&state, &id, Access::Owner(owner.as_deref())).await?;
                 if row.status()?.is_terminal() || tokio::time::Instant::now() >= deadline {
