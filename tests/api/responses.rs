@@ -174,8 +174,28 @@ async fn a_streamed_response_is_the_sdks_event_sequence_and_resumes_after_every_
     assert_eq!(e["error"]["code"], "cursor_out_of_range");
     assert_eq!(e["error"]["type"], "invalid_request_error");
 
-    // A response is a stream: the native surface has it too.
+    // A response is a stream: the native surface lists it, has its text, and reads it
+    // in the other formats.
     assert_eq!(app.status(&id).await["text"], mock_text(5));
+    let list = app.client.get(app.url("/v1/streams")).send_json().await;
+    assert_eq!(list["data"][0]["id"], id.as_str());
+    let (_, native) = app.read_events(&id, Some(2)).await;
+    assert_eq!(parse_sse(&native)[0].id, Some(3));
+    let chunks = app
+        .client
+        .get(app.url(&format!("/v1/streams/{id}/events?format=openai")))
+        .send_text()
+        .await;
+    let deltas: String = parse_sse(&chunks)
+        .iter()
+        .filter(|e| e.data != "[DONE]")
+        .filter_map(|e| {
+            e.json()["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(deltas, mock_text(5));
 }
 
 #[tokio::test]
