@@ -38,6 +38,7 @@ fn request(prompt: &str, max_tokens: u32, seed: u64) -> GenerateRequest {
         include_usage: false,
         options: Default::default(),
         unattended: false,
+        response: None,
         continuation: None,
     }
 }

@@ -148,6 +148,11 @@ impl StreamEnding {
     pub fn is_over(&self) -> bool {
         self.0.is_cancelled()
     }
+
+    /// Resolves once the stream's terminal event is written (or it stopped here).
+    pub async fn over(&self) {
+        self.0.cancelled().await;
+    }
 }
 
 pub struct Engine {

@@ -7,6 +7,7 @@ use futures_util::Stream;
 
 use super::Engine;
 use super::cursor::{self, FollowError, Resume};
+use crate::event::Event;
 use crate::feed::{self, Chunk};
 use crate::ids::{looks_like_session_id, looks_like_stream_id};
 use crate::store::{ListCursor, SessionRow, StoreError, StreamRow, TurnRow};
@@ -52,17 +53,22 @@ impl Engine {
 
     /// The stream's answer so far, assembled from its stored events.
     pub async fn answer(&self, id: &str) -> Result<crate::answer::Answer, StoreError> {
+        Ok(crate::answer::Answer::of(&self.events(id).await?))
+    }
+
+    /// Every stored event of a stream so far, in order.
+    pub async fn events(&self, id: &str) -> Result<Vec<Event>, StoreError> {
         const PAGE: u32 = 4096;
-        let mut answer = crate::answer::Answer::default();
+        let mut all = Vec::new();
         let mut after = 0;
         loop {
             let events = self.store.events_after(id, after, PAGE).await?;
-            for event in &events {
-                answer.push(event);
-            }
-            match events.last() {
-                Some(last) if events.len() == PAGE as usize => after = last.seq,
-                _ => return Ok(answer),
+            let full = events.len() == PAGE as usize;
+            let last = events.last().map(|e| e.seq);
+            all.extend(events);
+            match last {
+                Some(last) if full => after = last,
+                _ => return Ok(all),
             }
         }
     }
@@ -127,6 +133,25 @@ impl Engine {
                 if cursor.is_some() {
                     self.metrics.resumed();
                 }
+                Ok(Follow::From { row, after })
+            }
+        }
+    }
+
+    /// The cursor rule for a format that numbers its own frames (the Responses API's
+    /// `sequence_number`): `frames` is how many frames the stream's stored events make,
+    /// so its last frame is `frames - 1`. Counts a resume.
+    pub fn follow_frames(
+        &self,
+        row: StreamRow,
+        cursor: u64,
+        frames: u64,
+    ) -> Result<Follow, FollowError> {
+        let ended = row.status()?.is_terminal();
+        match cursor::resolve(cursor, frames.saturating_sub(1), ended)? {
+            Resume::Ended => Ok(Follow::Ended(row)),
+            Resume::After(after) => {
+                self.metrics.resumed();
                 Ok(Follow::From { row, after })
             }
         }

@@ -235,11 +235,15 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// `/v1/streams/{id}/events` → `id`.
-fn events_path_stream(path: &str) -> Option<&str> {
-    path.strip_prefix("/v1/streams/")?
-        .strip_suffix("/events")
-        .filter(|id| !id.contains('/'))
+/// The stream a read token may open at `path`: `/v1/streams/{id}/events`, or a
+/// `GET` of `/v1/responses/{id}` (its object, or its events with `?stream=true`).
+fn events_path_stream<'p>(method: &axum::http::Method, path: &'p str) -> Option<&'p str> {
+    let id = match path.strip_prefix("/v1/responses/") {
+        Some(id) if method == axum::http::Method::GET => id,
+        Some(_) => return None,
+        None => path.strip_prefix("/v1/streams/")?.strip_suffix("/events")?,
+    };
+    Some(id).filter(|id| !id.contains('/'))
 }
 
 fn query_token(query: Option<&str>) -> Option<&str> {
@@ -292,7 +296,10 @@ pub async fn require_key(
             None => {
                 // No key: a read token may open this one stream's events.
                 let path = request.uri().path();
-                let grant = match (events_path_stream(path), query_token(request.uri().query())) {
+                let grant = match (
+                    events_path_stream(request.method(), path),
+                    query_token(request.uri().query()),
+                ) {
                     (Some(stream), Some(token)) if key.is_none() => {
                         Some(keys.check_token(stream, token).map(|()| stream.to_owned()))
                     }
@@ -424,8 +431,18 @@ mod tests {
             keys.check_token("st_a", &format!("{expires}.{mac}"))
                 .is_err()
         );
-        assert_eq!(events_path_stream("/v1/streams/st_a/events"), Some("st_a"));
-        assert_eq!(events_path_stream("/v1/streams/st_a"), None);
+        let (get, delete) = (&axum::http::Method::GET, &axum::http::Method::DELETE);
+        assert_eq!(
+            events_path_stream(get, "/v1/streams/st_a/events"),
+            Some("st_a")
+        );
+        assert_eq!(events_path_stream(get, "/v1/streams/st_a"), None);
+        assert_eq!(events_path_stream(get, "/v1/responses/st_a"), Some("st_a"));
+        assert_eq!(events_path_stream(delete, "/v1/responses/st_a"), None);
+        assert_eq!(
+            events_path_stream(get, "/v1/responses/st_a/input_items"),
+            None
+        );
         assert_eq!(query_token(Some("after=3&token=9.ab")), Some("9.ab"));
     }
 }

@@ -33,6 +33,9 @@ pub enum ErrorCode {
     StreamNotFound,
     SessionNotFound,
     ModelNotFound,
+    /// `previous_response_id` names no response that can be continued (`400`, as
+    /// OpenAI answers it).
+    PreviousResponseNotFound,
     // Access and load.
     Unauthorized,
     RateLimited,
@@ -78,6 +81,7 @@ impl ErrorCode {
             ErrorCode::StreamNotFound => "stream_not_found",
             ErrorCode::SessionNotFound => "session_not_found",
             ErrorCode::ModelNotFound => "model_not_found",
+            ErrorCode::PreviousResponseNotFound => "previous_response_not_found",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Overloaded => "overloaded",
@@ -111,6 +115,7 @@ impl ErrorCode {
             | ErrorCode::CursorOutOfRange
             | ErrorCode::PromptTooLong
             | ErrorCode::UnsupportedParameter
+            | ErrorCode::PreviousResponseNotFound
             | ErrorCode::TooManyStreams
             | ErrorCode::AlreadySubscribed
             | ErrorCode::StreamEnded

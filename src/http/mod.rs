@@ -19,6 +19,7 @@ mod page;
 mod params;
 mod render;
 mod request_id;
+mod responses;
 mod sessions;
 mod sse;
 mod state;
@@ -37,6 +38,7 @@ pub mod inputs {
     pub use super::extract::decode_json;
     pub use super::openai::request::ChatRequest;
     pub use super::params::StreamParams;
+    pub use super::responses::request::ResponsesRequest;
     pub use super::sessions::SessionParams;
     pub use super::ws::protocol::{Incoming, Rejected, error, parse, stream_params};
     pub use crate::engine::parse_cursor;
@@ -55,6 +57,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(chats::router())
         .merge(ws::router())
         .merge(openai::router())
+        .merge(responses::router())
         .merge(ops::router())
         .merge(page::router())
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })

@@ -38,6 +38,13 @@ pub struct StreamParams {
     /// `idempotency_key`), set by the surface.
     #[serde(skip)]
     pub idempotency_key: Option<String>,
+    /// Set by the Responses API for `background: true`: the stream runs to its end
+    /// unread (never abandoned). Never from a native request's body.
+    #[serde(skip)]
+    pub unattended: bool,
+    /// Set by the Responses API: what its object repeats of the request.
+    #[serde(skip)]
+    pub response: Option<crate::llm::ResponseOptions>,
 }
 
 /// The longest `Idempotency-Key`.
@@ -305,7 +312,8 @@ impl StreamParams {
             session_id: None,
             include_usage: self.include_usage,
             options: self.options,
-            unattended: false,
+            unattended: self.unattended,
+            response: self.response,
             continuation: None,
         })
     }

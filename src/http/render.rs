@@ -31,9 +31,7 @@ use crate::event::Event;
 pub enum Numbering {
     /// Frame ids are the stored events' seqs.
     Seq,
-    /// The format counts its own frames. (No format served today does; the test
-    /// below holds the contract for the ones that will, like the Responses API.)
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// The format counts its own frames (the Responses API's `sequence_number`).
     Frames,
 }
 

@@ -109,6 +109,7 @@ mod tests {
             include_usage: false,
             options: Default::default(),
             unattended: false,
+            response: None,
             continuation: None,
         }
     }

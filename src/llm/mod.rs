@@ -183,10 +183,46 @@ pub struct GenerateRequest {
     /// Set by a surface, never from a native request's body. Backends ignore it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unattended: bool,
+    /// A stream started by the Responses API (`POST /v1/responses`): the members of its
+    /// request that its response object and events repeat, kept so that a resume, or a
+    /// read on another node, renders the same. Backends ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<ResponseOptions>,
     /// Set when a stream a dead process was generating is continued: what it had
     /// already emitted. Never stored.
     #[serde(skip)]
     pub continuation: Option<Continuation>,
+}
+
+/// What the Responses API's object repeats of its request, as the client sent it
+/// (spool's own request holds the chat-shaped equivalents the backend is given).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResponseOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instructions: Option<String>,
+    /// The input items, as sent (a string input is one user message item).
+    #[serde(default)]
+    pub input: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub background: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u32>,
+    /// `tools`, in the Responses API's shape.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
+    /// `text` (its `format`), as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<serde_json::Value>,
+    /// The response this one continues (its prompt holds that one's conversation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_response_id: Option<String>,
+    /// `store: false`: kept only while it runs, never continued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<bool>,
 }
 
 /// The request members an OpenAI-compatible upstream honours and spool carries as they

@@ -1,7 +1,7 @@
 //! Abandonment (`SPOOL_ABANDON_AFTER`, SPEC §6): a stream no one has read for that long
 //! is cancelled — `cancelled`, with a log line and `spool_streams_abandoned_total`; a
-//! stream being read is not, and without the setting nothing is. (Streams a client asked
-//! to run unattended are exempt: no surface sets that yet, see the engine's unit test.)
+//! stream being read is not, and without the setting nothing is. Streams a client asked
+//! to run unattended — a Responses API `background` response — are exempt.
 
 use std::time::Duration;
 
@@ -92,4 +92,36 @@ async fn without_the_setting_an_unread_stream_runs_to_its_end() {
     let s = app.wait_terminal(&id).await;
     assert_eq!(s["status"], "completed", "{s}");
     assert_eq!(app.metric("spool_streams_abandoned_total").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_background_response_no_one_reads_runs_to_its_end() {
+    let app = spawn_with(|c| {
+        c.limits.abandon_after = Duration::from_millis(200);
+        c.mock.rate = 50.0;
+    })
+    .await;
+    let body = json!({"model": "mock", "input": "x", "max_output_tokens": 40});
+    let mut ids = Vec::new();
+    for background in [true, false] {
+        let mut body = body.clone();
+        body["background"] = json!(background);
+        body["stream"] = json!(!background);
+        // The streamed one's reader leaves at once: unread, it is abandoned.
+        let r = app
+            .client
+            .post(app.url("/v1/responses"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        ids.push(r.headers()["x-stream-id"].to_str().unwrap().to_owned());
+        drop(r);
+    }
+    let background = app.wait_terminal(&ids[0]).await;
+    assert_eq!(background["status"], "completed", "{background}");
+    assert_eq!(background["finish_reason"], "length");
+    assert_eq!(background["text"], mock_text(40));
+    let dropped = app.wait_terminal(&ids[1]).await;
+    assert_eq!(dropped["status"], "cancelled", "{dropped}");
 }

@@ -997,3 +997,65 @@ async fn a_rolling_restart_under_load_loses_nothing_and_duplicates_nothing() {
         .sum();
     eprintln!("rolling restart: {handed} streams continued on another node");
 }
+
+/// A Responses API background response made on `a` is read on `b`, dropped mid-answer,
+/// and resumed on `c` by `starting_after`: exactly the rest of an unbroken read on `a`,
+/// the same bytes (the frames are a function of the stored events, on any node).
+#[tokio::test]
+async fn a_background_response_made_on_a_resumes_on_c_by_sequence_number() {
+    let cluster = Cluster::start(&[]).await;
+    let created = cluster
+        .post("a", "/v1/responses")
+        .json(&json!({"model": "mock", "input": "x", "max_output_tokens": 60, "background": true}))
+        .send_json()
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let url = format!("/v1/responses/{id}?stream=true");
+    let unbroken = SseReader::open(cluster.get("a", &url), DEADLINE).await;
+
+    let mut on_b = SseReader::open(cluster.get("b", &url), DEADLINE).await;
+    let first = on_b.until(12).await;
+    drop(on_b);
+    let object = cluster
+        .get("c", &format!("/v1/responses/{id}"))
+        .send_json()
+        .await;
+    assert_eq!(
+        object["status"], "in_progress",
+        "the drop was not mid-answer"
+    );
+    let last_seen = first.last().unwrap().id.unwrap();
+
+    let rest = SseReader::open(
+        cluster.get("c", &format!("{url}&starting_after={last_seen}")),
+        DEADLINE,
+    )
+    .await
+    .read_to_end(Instant::now() + DEADLINE)
+    .await;
+    let rest = parse_sse(&rest);
+    assert_eq!(rest[0].id, Some(last_seen + 1));
+    let unbroken = parse_sse(&unbroken.read_to_end(Instant::now() + DEADLINE).await);
+    assert_eq!(unbroken.last().unwrap().event, "response.incomplete");
+    assert_eq!(raw(&first) + &raw(&rest), raw(&unbroken));
+    let done = cluster
+        .get("b", &format!("/v1/responses/{id}"))
+        .send_json()
+        .await;
+    assert_eq!(done["output_text"], mock_text(60));
+
+    // A cancel through c reaches a, and answers once the end is stored.
+    let long = cluster
+        .post("a", "/v1/responses")
+        .json(
+            &json!({"model": "mock", "input": "x", "max_output_tokens": 5000, "background": true}),
+        )
+        .send_json()
+        .await;
+    let long = long["id"].as_str().unwrap();
+    let cancelled = cluster
+        .post("c", &format!("/v1/responses/{long}/cancel"))
+        .send_json()
+        .await;
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+}

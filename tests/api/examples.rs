@@ -63,3 +63,79 @@ async fn the_python_client_example_resumes_exactly() {
 async fn the_node_client_example_resumes_exactly() {
     client_example("node", "client.mjs").await;
 }
+
+/// Runs a Responses API background-mode example (the official SDK) through a proxy that
+/// cuts its first two connections mid-stream: the printed text must be exactly the
+/// response's, and it must have resumed.
+async fn responses_example(program: std::path::PathBuf, script: std::path::PathBuf) {
+    let app = spawn_with(|c| c.mock.rate = 300.0).await;
+    let base = cutting_proxy(app.addr, 3000, 2, Cut::Any).await;
+    let out = tokio::process::Command::new(program)
+        .arg(script)
+        .arg("hi")
+        .arg("80")
+        .env("SPOOL_BASE", &base)
+        .output();
+    let out = tokio::time::timeout(DEADLINE, out).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(
+        stdout,
+        format!("{}\n[incomplete, 80 tokens]\n", mock_text(80)),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("resuming"),
+        "the proxy cut nothing: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn the_python_responses_example_resumes_exactly() {
+    crate::sdk::install();
+    responses_example(
+        crate::sdk::clients_dir().join("venv/bin/python"),
+        crate::sdk::repo().join("examples/responses_background.py"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_node_responses_example_resumes_exactly() {
+    crate::sdk::install();
+    // ESM resolves `openai` next to the script: run a copy inside the install.
+    let script = crate::sdk::clients_dir().join("node/responses_background.mjs");
+    std::fs::copy(
+        crate::sdk::repo().join("examples/responses_background.mjs"),
+        &script,
+    )
+    .unwrap();
+    responses_example(std::path::PathBuf::from("node"), script).await;
+}
+
+/// docs/api.md shows the Responses examples as they are (what a test runs is what a
+/// reader pastes).
+#[test]
+fn the_docs_show_the_responses_examples_as_they_are() {
+    let docs = std::fs::read_to_string(crate::sdk::repo().join("docs/api.md")).unwrap();
+    for (file, from, fence) in [
+        (
+            "examples/responses_background.py",
+            "import os",
+            "```python\n",
+        ),
+        (
+            "examples/responses_background.mjs",
+            "import OpenAI",
+            "```js\n",
+        ),
+    ] {
+        let code = std::fs::read_to_string(crate::sdk::repo().join(file)).unwrap();
+        let body = &code[code.find(from).unwrap()..];
+        assert!(
+            docs.contains(&format!("{fence}{body}```")),
+            "docs/api.md does not show {file} as it is"
+        );
+    }
+}

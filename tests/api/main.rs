@@ -34,6 +34,7 @@ mod lifecycle;
 mod logs;
 mod openai;
 mod ops;
+mod responses;
 mod resume;
 mod sdk;
 mod session_admin;

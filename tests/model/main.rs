@@ -10,6 +10,7 @@ mod forward;
 mod process;
 #[path = "../common/ready.rs"]
 mod ready;
+mod responses;
 mod server;
 mod sessions;
 #[path = "../common/sse.rs"]

@@ -81,6 +81,8 @@ impl ChatRequest {
             options: self.options,
             include_usage,
             idempotency_key: None,
+            unattended: false,
+            response: None,
         };
         Ok(params)
     }
