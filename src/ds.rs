@@ -116,10 +116,10 @@ impl Message {
         body: &[u8],
         allow_empty: bool,
     ) -> Result<Option<Message>, BodyError> {
+        if body.is_empty() {
+            return Ok(None);
+        }
         if !is_json(content_type) {
-            if body.is_empty() {
-                return Ok(None);
-            }
             return Ok(Some(Message {
                 m: None,
                 b: Some(base64::engine::general_purpose::STANDARD.encode(body)),
@@ -169,11 +169,11 @@ impl Message {
 
 /// The body of a read of `messages` from a stream of `content_type`: a JSON array of
 /// every message (JSON mode), or the bytes one after another.
-pub fn body(content_type: &str, messages: &[Message]) -> Vec<u8> {
+pub fn body<'a>(content_type: &str, messages: impl IntoIterator<Item = &'a Message>) -> Vec<u8> {
     if is_json(content_type) {
         let mut out = String::from("[");
         let mut first = true;
-        for m in messages.iter().filter_map(|m| m.m.as_ref()) {
+        for m in messages.into_iter().filter_map(|m| m.m.as_ref()) {
             for raw in m {
                 if !first {
                     out.push(',');
@@ -185,7 +185,7 @@ pub fn body(content_type: &str, messages: &[Message]) -> Vec<u8> {
         out.push(']');
         return out.into_bytes();
     }
-    messages.iter().flat_map(Message::bytes).collect()
+    messages.into_iter().flat_map(Message::bytes).collect()
 }
 
 /// What an idempotent producer's `(epoch, seq)` means for the producer's state.
@@ -356,13 +356,13 @@ mod tests {
         );
         let stored = Message::parse(&m.to_data()).unwrap();
         assert_eq!(
-            body("application/json", &[stored, one]),
+            body("application/json", [&stored, &one]),
             br#"[{"b":1,"a":2},[1,2],[[1]]]"#
         );
         let bytes = Message::of("application/octet-stream", &[0, 255, 7], false)
             .unwrap()
             .unwrap();
-        assert_eq!(body("application/octet-stream", &[bytes]), [0, 255, 7]);
+        assert_eq!(body("application/octet-stream", [&bytes]), [0, 255, 7]);
     }
 
     #[test]

@@ -71,6 +71,24 @@ pub struct ServerConfig {
         global = true
     )]
     pub cors_origins: Vec<String>,
+
+    /// Where the Durable Streams protocol is served: `{prefix}/v1/stream/{name}`.
+    #[arg(
+        long = "ds-prefix",
+        env = "SPOOL_DS_PREFIX",
+        default_value = "/ds",
+        global = true
+    )]
+    pub ds_prefix: String,
+
+    /// Durable Streams: how long a `live=long-poll` read waits for data before `204`.
+    #[arg(long = "ds-long-poll-timeout", env = "SPOOL_DS_LONG_POLL_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration, global = true)]
+    pub ds_long_poll_timeout: Duration,
+
+    /// Durable Streams: a `live=sse` response is ended after this long, for the client
+    /// to reconnect from its last offset (lets CDNs collapse readers).
+    #[arg(long = "ds-sse-reconnect", env = "SPOOL_DS_SSE_RECONNECT", default_value = "60s", value_parser = humantime::parse_duration, global = true)]
+    pub ds_sse_reconnect: Duration,
 }
 
 /// The store: which database, and how the group-commit writer batches.

@@ -134,7 +134,8 @@ pub enum Appended {
 /// A catch-up read.
 pub struct Read {
     pub stream: DsLive,
-    pub messages: Vec<Message>,
+    /// Each message with its seq.
+    pub messages: Vec<(u64, Message)>,
     /// The seq of the last message returned (the offset to go on from).
     pub next: u64,
     /// Everything there was is returned.
@@ -151,12 +152,12 @@ impl Engine {
             };
             *slot = Some(self.ds_rebuild(row).await?);
         }
-        if slot.as_ref().is_some_and(|s| s.expired(now_ms())) {
-            if let Some(gone) = slot.take() {
-                tracing::info!(name = %gone.name, "durable stream expired: deleting it");
-                self.hub.close(&gone.stream_id);
-                self.log.delete(gone.stream_id).await?;
-            }
+        if slot.as_ref().is_some_and(|s| s.expired(now_ms()))
+            && let Some(gone) = slot.take()
+        {
+            tracing::info!(name = %gone.name, "durable stream expired: deleting it");
+            self.hub.close(&gone.stream_id);
+            self.log.delete(gone.stream_id).await?;
         }
         Ok(())
     }
@@ -254,13 +255,13 @@ impl Engine {
             created_at,
             turn: None,
             idempotency: None,
-            ds: Some(NewDs {
+            ds: Some(Box::new(NewDs {
                 name: name.to_owned(),
                 content_type: config.content_type.clone(),
                 ttl_seconds: config.ttl_seconds,
                 expires_at: config.expires_at,
                 spool_events: false,
-            }),
+            })),
         };
         self.hub.open(&id);
         let start = Event::start(1, &id, ds::MODEL, &rfc3339(created_at));
@@ -466,7 +467,7 @@ impl Engine {
         let mut last = None;
         for e in events.iter().filter(|e| e.kind == EventKind::Message) {
             if let Some(m) = Message::parse(&e.data) {
-                messages.push(m);
+                messages.push((e.seq, m));
                 last = Some(e.seq);
             }
         }

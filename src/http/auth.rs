@@ -40,6 +40,8 @@ pub struct ApiKeys {
     metrics: bool,
     secret: Vec<u8>,
     token_ttl: Duration,
+    /// A path prefix guarded besides `/v1/`.
+    also_guarded: Option<String>,
 }
 
 /// A read token's right: to read this one stream's events.
@@ -68,6 +70,7 @@ impl ApiKeys {
             metrics,
             secret,
             token_ttl,
+            also_guarded: None,
         }
     }
 
@@ -180,7 +183,19 @@ impl ApiKeys {
     }
 
     fn guards(&self, path: &str) -> bool {
-        self.enabled() && (path.starts_with("/v1/") || (self.metrics && path == "/metrics"))
+        self.enabled()
+            && (path.starts_with("/v1/")
+                || (self.metrics && path == "/metrics")
+                || self
+                    .also_guarded
+                    .as_deref()
+                    .is_some_and(|prefix| path.starts_with(prefix)))
+    }
+
+    /// Guards the routes under `prefix` too (the Durable Streams protocol's).
+    pub fn guard_prefix(mut self, prefix: &str) -> Self {
+        self.also_guarded = Some(format!("{}/", prefix.trim_end_matches('/')));
+        self
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod auth;
 mod chats;
+mod ds;
 mod error;
 mod extract;
 mod formats;
@@ -55,6 +56,7 @@ pub fn router(state: HttpState) -> Router {
         .merge(streams::router())
         .merge(sessions::router())
         .merge(chats::router())
+        .merge(ds::router(&state.server().ds_prefix))
         .merge(ws::router())
         .merge(openai::router())
         .merge(responses::router())
@@ -103,13 +105,29 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
         CorsLayer::new()
             .allow_origin(allow)
             // Every method the API has.
-            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PATCH,
+                Method::DELETE,
+                Method::PUT,
+                Method::HEAD,
+            ])
             .allow_headers([
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
                 HeaderName::from_static("last-event-id"),
                 HeaderName::from_static("idempotency-key"),
                 request_id::HEADER,
+                // The Durable Streams protocol's.
+                header::IF_NONE_MATCH,
+                HeaderName::from_static("stream-seq"),
+                HeaderName::from_static("stream-ttl"),
+                HeaderName::from_static("stream-expires-at"),
+                HeaderName::from_static("stream-closed"),
+                HeaderName::from_static("producer-id"),
+                HeaderName::from_static("producer-epoch"),
+                HeaderName::from_static("producer-seq"),
             ])
             .expose_headers([
                 HeaderName::from_static("x-stream-id"),
@@ -119,6 +137,16 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
                 header::LOCATION,
                 header::RETRY_AFTER,
                 request_id::HEADER,
+                header::ETAG,
+                HeaderName::from_static("stream-next-offset"),
+                HeaderName::from_static("stream-cursor"),
+                HeaderName::from_static("stream-up-to-date"),
+                HeaderName::from_static("stream-closed"),
+                HeaderName::from_static("stream-sse-data-encoding"),
+                HeaderName::from_static("producer-epoch"),
+                HeaderName::from_static("producer-seq"),
+                HeaderName::from_static("producer-expected-seq"),
+                HeaderName::from_static("producer-received-seq"),
             ])
             .max_age(std::time::Duration::from_secs(3600)),
     )

@@ -56,7 +56,8 @@ impl HttpState {
             config.auth.metrics_auth,
             read_token_secret,
             config.auth.read_token_ttl,
-        );
+        )
+        .guard_prefix(&config.server.ds_prefix);
         let sockets = Arc::new(Semaphore::new(config.ws.max_sockets));
         let check = Arc::new(KeyCheck {
             keys,

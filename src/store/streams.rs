@@ -22,7 +22,7 @@ pub struct NewStream {
     /// Set when the request carried an `Idempotency-Key`.
     pub idempotency: Option<IdempotencyKey>,
     /// Set for a Durable Stream: its name and configuration.
-    pub ds: Option<super::ds::NewDs>,
+    pub ds: Option<Box<super::ds::NewDs>>,
 }
 
 /// A stream as stored.

@@ -123,6 +123,7 @@ impl Db {
                     created_at,
                     turn,
                     idempotency: None,
+                    ds: None,
                 },
                 Event::start(1, &id, "mock", "2026-01-01T00:00:00Z"),
             )
@@ -521,6 +522,7 @@ async fn sessions_keep_their_turns_and_answers(f: Fixture) {
                 created_at: t + 2,
                 turn: Some(turn(2, "again")),
                 idempotency: None,
+                ds: None,
             },
             start,
         )

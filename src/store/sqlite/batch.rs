@@ -397,6 +397,7 @@ mod tests {
                 created_at: 1,
                 turn: None,
                 idempotency: None,
+                ds: None,
             },
             reply,
         ));
