@@ -34,9 +34,22 @@ const CACHE_MAX: usize = 10_000;
 /// Events read per page when a stream is rebuilt or read.
 const PAGE: u32 = 1024;
 
+/// What a Durable Stream's messages are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DsKind {
+    /// Bytes or JSON messages of the protocol (`message` events).
+    Plain,
+    /// Spool events sent as `{"seq","event","data"}` messages, stored as themselves: the
+    /// stream is readable on every spool surface.
+    Spool,
+    /// A stream spool generated, read-only at its own id.
+    Native,
+}
+
 /// A Durable Stream as this process knows it.
 #[derive(Debug, Clone)]
 pub struct DsLive {
+    pub kind: DsKind,
     pub name: String,
     pub owner: Option<String>,
     pub stream_id: String,
@@ -84,6 +97,8 @@ pub struct DsConfig {
     pub ttl_seconds: Option<i64>,
     pub expires_at: Option<i64>,
     pub closed: bool,
+    /// Its messages are spool events (`Spool-Events: true`).
+    pub spool_events: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +115,10 @@ pub enum DsError {
     ContentType,
     #[error("Stream-Seq must increase")]
     StreamSeq,
+    #[error("{0}")]
+    NotSpoolEvent(String),
+    #[error("a stream spool generated is read-only here")]
+    ReadOnly,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -163,12 +182,21 @@ impl Engine {
     }
 
     async fn ds_rebuild(&self, row: DsRow) -> Result<DsLive, StoreError> {
+        let kind = if row.spool_events {
+            DsKind::Spool
+        } else {
+            DsKind::Plain
+        };
         let mut writers = Writers::default();
         let mut after = 0;
         loop {
             let events = self.store.events_after(&row.stream_id, after, PAGE).await?;
             for e in &events {
                 writers.replay(e);
+                if kind == DsKind::Spool {
+                    // Every event is a message.
+                    writers.tail = e.seq;
+                }
             }
             match events.last() {
                 Some(last) if events.len() == PAGE as usize => after = last.seq,
@@ -180,6 +208,7 @@ impl Engine {
             self.hub.open(&row.stream_id);
         }
         Ok(DsLive {
+            kind,
             name: row.name,
             owner: row.owner,
             stream_id: row.stream_id,
@@ -209,8 +238,42 @@ impl Engine {
                 }
                 Some(s.clone())
             }
-            _ => None,
+            Some(_) => None,
+            None => self.ds_native(name, owner).await?,
         })
+    }
+
+    /// A stream spool generated, seen as a read-only JSON-mode Durable Stream at its
+    /// own id: one message per event.
+    async fn ds_native(
+        &self,
+        name: &str,
+        owner: Option<&str>,
+    ) -> Result<Option<DsLive>, StoreError> {
+        let Some(row) = self.stream(name, super::Access::Owner(owner)).await? else {
+            return Ok(None);
+        };
+        if row.model == ds::MODEL {
+            // A Durable Stream's own spool stream: read it by its name.
+            return Ok(None);
+        }
+        let closed = row.status().is_ok_and(|s| s.is_terminal());
+        Ok(Some(DsLive {
+            kind: DsKind::Native,
+            name: name.to_owned(),
+            owner: row.owner.clone(),
+            stream_id: row.id.clone(),
+            content_type: "application/json".to_owned(),
+            ttl_seconds: None,
+            expires_at: None,
+            writers: Writers {
+                tail: row.last_seq(),
+                last_seq: row.last_seq(),
+                closed,
+                ..Writers::default()
+            },
+            last_access: now_ms(),
+        }))
     }
 
     /// `PUT`: creates `name` (with `body` as its first append), or finds it with the
@@ -225,6 +288,10 @@ impl Engine {
         let slot = self.ds.slot(name);
         let mut guard = slot.lock().await;
         self.ds_load(name, &mut guard).await?;
+        if guard.is_none() && crate::ids::looks_like_stream_id(name) {
+            // The name of a spool stream's own view.
+            return Err(DsError::ConfigConflict);
+        }
         if let Some(s) = guard.as_mut() {
             if s.owner.as_deref() != owner {
                 return Err(DsError::ConfigConflict);
@@ -232,17 +299,32 @@ impl Engine {
             let same = ds::media_type(&s.content_type) == ds::media_type(&config.content_type)
                 && s.ttl_seconds == config.ttl_seconds
                 && s.expires_at == config.expires_at
-                && s.writers.closed == config.closed;
+                && s.writers.closed == config.closed
+                && (s.kind == DsKind::Spool) == config.spool_events;
             if !same {
                 return Err(DsError::ConfigConflict);
             }
             s.last_access = now_ms();
             return Ok(Created::Existing(s.clone()));
         }
+        if config.spool_events && !ds::is_json(&config.content_type) {
+            return Err(DsError::NotSpoolEvent(
+                "a stream of spool events is application/json".to_owned(),
+            ));
+        }
         let first = Message::of(&config.content_type, body, true).map_err(|e| match e {
             ds::BodyError::InvalidJson => DsError::InvalidJson,
             ds::BodyError::EmptyArray => DsError::EmptyArray,
         })?;
+        let kind = if config.spool_events {
+            DsKind::Spool
+        } else {
+            DsKind::Plain
+        };
+        let first_events = match (&first, kind) {
+            (Some(m), DsKind::Spool) => spool_events(m, 2)?,
+            _ => Vec::new(),
+        };
         let id = new_stream_id().map_err(|_| StoreError::Closed)?;
         let created_at = now_ms();
         let stream = NewStream {
@@ -260,7 +342,7 @@ impl Engine {
                 content_type: config.content_type.clone(),
                 ttl_seconds: config.ttl_seconds,
                 expires_at: config.expires_at,
-                spool_events: false,
+                spool_events: config.spool_events,
             })),
         };
         self.hub.open(&id);
@@ -271,7 +353,10 @@ impl Engine {
             last_seq: 1,
             ..Writers::default()
         };
-        if let Some(m) = first {
+        if kind == DsKind::Spool {
+            self.ds_spool_append(&id, &mut writers, first_events)
+                .await?;
+        } else if let Some(m) = first {
             writers.last_seq += 1;
             writers.tail = writers.last_seq;
             let event = Event {
@@ -281,8 +366,11 @@ impl Engine {
             };
             self.log.append(Arc::from(id.as_str()), event, None).await?;
         }
-        if config.closed {
+        if config.closed && !writers.closed {
             self.ds_close_event(&id, &mut writers, None).await?;
+            if kind == DsKind::Spool {
+                writers.tail = writers.last_seq;
+            }
         }
         self.log.flush().await?;
         // Another node may have taken the name first: the stored row says whose it is.
@@ -293,6 +381,7 @@ impl Engine {
             return Err(DsError::ConfigConflict);
         }
         let live = DsLive {
+            kind,
             name: name.to_owned(),
             owner: owner.map(str::to_owned),
             stream_id: id,
@@ -356,7 +445,11 @@ impl Engine {
         let mut guard = slot.lock().await;
         self.ds_load(name, &mut guard).await?;
         let Some(s) = guard.as_mut().filter(|s| s.owner.as_deref() == owner) else {
-            return Err(DsError::NotFound);
+            drop(guard);
+            return Err(match self.ds_native(name, owner).await? {
+                Some(_) => DsError::ReadOnly,
+                None => DsError::NotFound,
+            });
         };
         s.last_access = now_ms();
         if s.writers.closed {
@@ -399,6 +492,27 @@ impl Engine {
         }
         let id: Arc<str> = Arc::from(s.stream_id.as_str());
         let mut writers = s.writers.clone();
+        if s.kind == DsKind::Spool {
+            let events = match &message {
+                Some(Some(m)) => spool_events(m, writers.last_seq + 1)?,
+                _ => Vec::new(),
+            };
+            self.ds_spool_append(&id, &mut writers, events).await?;
+            if let Some((pid, epoch, seq)) = &append.producer {
+                writers.producers.insert(pid.clone(), (*epoch, *seq));
+            }
+            if append.stream_seq.is_some() {
+                writers.stream_seq = append.stream_seq.clone();
+            }
+            if append.close && !writers.closed {
+                self.ds_close_event(&id, &mut writers, append.producer.clone())
+                    .await?;
+                writers.tail = writers.last_seq;
+            }
+            self.log.flush().await?;
+            s.writers = writers;
+            return Ok(Appended::Done(s.clone()));
+        }
         if let Some(Some(mut m)) = message {
             m.p = append.producer.clone();
             m.q = append.stream_seq.clone();
@@ -424,6 +538,25 @@ impl Engine {
         self.log.flush().await?;
         s.writers = writers;
         Ok(Appended::Done(s.clone()))
+    }
+
+    /// Appends spool events sent as messages (a terminal one closes the stream).
+    async fn ds_spool_append(
+        &self,
+        id: &str,
+        writers: &mut Writers,
+        events: Vec<Event>,
+    ) -> Result<(), StoreError> {
+        for event in events {
+            writers.last_seq = event.seq;
+            writers.tail = event.seq;
+            let end = event.kind.is_terminal().then(|| spool_end(&event));
+            if end.is_some() {
+                writers.closed = true;
+            }
+            self.log.append(Arc::from(id), event, end).await?;
+        }
+        Ok(())
     }
 
     /// `DELETE`. `false`: no such stream of `owner`'s.
@@ -465,8 +598,13 @@ impl Engine {
             .await?;
         let mut messages = Vec::new();
         let mut last = None;
-        for e in events.iter().filter(|e| e.kind == EventKind::Message) {
-            if let Some(m) = Message::parse(&e.data) {
+        for e in &events {
+            let m = match stream.kind {
+                DsKind::Plain if e.kind == EventKind::Message => Message::parse(&e.data),
+                DsKind::Plain => None,
+                DsKind::Spool | DsKind::Native => event_message(e),
+            };
+            if let Some(m) = m {
                 messages.push((e.seq, m));
                 last = Some(e.seq);
             }
@@ -505,5 +643,104 @@ impl Engine {
             r = waited => r.unwrap_or(false),
             _ = self.shutdown.cancelled() => false,
         }
+    }
+}
+
+/// A spool event as a Durable Streams message: `{"seq","event","data"}`.
+fn event_message(e: &Event) -> Option<Message> {
+    let text = format!(
+        r#"{{"seq":{},"event":"{}","data":{}}}"#,
+        e.seq,
+        e.kind.as_str(),
+        e.data
+    );
+    let raw = serde_json::value::RawValue::from_string(text).ok()?;
+    Some(Message {
+        m: Some(vec![raw]),
+        b: None,
+        p: None,
+        q: None,
+    })
+}
+
+/// The messages of an append to a stream of spool events as the events they are,
+/// numbered from `first`: each `{"event", "data"}` (and `seq`, which must be the one
+/// it gets); `start` is the stream's own, and nothing follows a `done` or `error`.
+fn spool_events(m: &Message, first: u64) -> Result<Vec<Event>, DsError> {
+    #[derive(serde::Deserialize)]
+    struct Shape<'a> {
+        seq: Option<u64>,
+        event: String,
+        #[serde(borrow)]
+        data: &'a serde_json::value::RawValue,
+    }
+    let bad = DsError::NotSpoolEvent;
+    let mut out: Vec<Event> = Vec::new();
+    for (i, raw) in m.m.iter().flatten().enumerate() {
+        let seq = first + i as u64;
+        let shape: Shape = serde_json::from_str(raw.get()).map_err(|_| {
+            bad(format!(
+                "message {i} is not {{\"seq\", \"event\", \"data\"}}, as a stream of spool events takes"
+            ))
+        })?;
+        if let Some(given) = shape.seq.filter(|s| *s != seq) {
+            return Err(bad(format!(
+                "message {i} has seq {given}, but it is event {seq} of the stream"
+            )));
+        }
+        let kind = EventKind::parse(&shape.event)
+            .filter(|k| !matches!(k, EventKind::Start | EventKind::Message))
+            .ok_or_else(|| {
+                bad(format!(
+                    "`event` {:?} is not one of token, reasoning, tool_call, refusal, done, error",
+                    shape.event
+                ))
+            })?;
+        if out.last().is_some_and(|e| e.kind.is_terminal()) {
+            return Err(bad("nothing follows a `done` or `error` event".to_owned()));
+        }
+        let event = Event {
+            seq,
+            kind,
+            data: shape.data.get().to_owned(),
+        };
+        if event.data().is_none() {
+            return Err(bad(format!(
+                "the `data` of message {i} is not the shape of a `{}` event",
+                shape.event
+            )));
+        }
+        out.push(event);
+    }
+    Ok(out)
+}
+
+/// How a terminal event sent by a producer ends the stream.
+fn spool_end(event: &Event) -> StreamEnd {
+    let (status, finish_reason, error) = match event.data() {
+        Some(crate::event::EventData::Done(d)) => (
+            if d.finish_reason == FinishReason::Cancelled {
+                StreamStatus::Cancelled
+            } else {
+                StreamStatus::Completed
+            },
+            Some(d.finish_reason),
+            None,
+        ),
+        Some(crate::event::EventData::Error(e)) => (
+            StreamStatus::Failed,
+            None,
+            Some((e.code.into_owned(), e.message.into_owned())),
+        ),
+        _ => (StreamStatus::Completed, Some(FinishReason::Stop), None),
+    };
+    StreamEnd {
+        status,
+        finish_reason,
+        error,
+        usage: Usage::default(),
+        finished_at: now_ms(),
+        turn_text: None,
+        turn_tool_calls: None,
     }
 }

@@ -22,7 +22,7 @@ use super::auth::Owner;
 use super::error::{ApiError, ErrorCode};
 use super::state::HttpState;
 use crate::ds::{self, Offset, Producer};
-use crate::engine::{Append, Appended, Created, DsConfig, DsError, DsLive};
+use crate::engine::{Append, Appended, Created, DsConfig, DsError, DsKind, DsLive};
 use crate::event::now_ms;
 
 /// The longest stream name, in bytes.
@@ -68,6 +68,11 @@ impl From<DsError> for ApiError {
             DsError::EmptyArray => ApiError::invalid(e.to_string()),
             DsError::ContentType => conflict("the content type differs from the stream's"),
             DsError::StreamSeq => conflict("Stream-Seq must be greater than the last one"),
+            DsError::NotSpoolEvent(why) => ApiError::invalid(why),
+            DsError::ReadOnly => ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                "a stream spool generated is read-only as a Durable Stream",
+            ),
             DsError::Store(e) => e.into(),
         }
     }
@@ -189,6 +194,8 @@ async fn create(
         ttl_seconds,
         expires_at,
         closed: closed_header(headers),
+        spool_events: text(headers, "spool-events")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
     };
     let (status, s) = match state.engine().ds_create(name, owner, config, body).await? {
         Created::New(s) => (StatusCode::CREATED, s),
@@ -213,6 +220,9 @@ async fn create(
         );
     }
     set(&mut response, "content-type", &s.content_type);
+    if s.kind == DsKind::Spool {
+        set(&mut response, "spool-stream-id", &s.stream_id);
+    }
     describe(&mut response, &s);
     Ok(response)
 }
@@ -358,6 +368,9 @@ async fn head(state: &HttpState, name: &str, owner: Option<&str>) -> Result<Resp
         "etag",
         &etag(name, "-1", &s.tail(), s.writers.closed),
     );
+    if s.kind == DsKind::Spool {
+        set(&mut r, "spool-stream-id", &s.stream_id);
+    }
     Ok(r)
 }
 

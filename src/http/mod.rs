@@ -128,6 +128,7 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
                 HeaderName::from_static("producer-id"),
                 HeaderName::from_static("producer-epoch"),
                 HeaderName::from_static("producer-seq"),
+                HeaderName::from_static("spool-events"),
             ])
             .expose_headers([
                 HeaderName::from_static("x-stream-id"),
@@ -143,6 +144,7 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
                 HeaderName::from_static("stream-up-to-date"),
                 HeaderName::from_static("stream-closed"),
                 HeaderName::from_static("stream-sse-data-encoding"),
+                HeaderName::from_static("spool-stream-id"),
                 HeaderName::from_static("producer-epoch"),
                 HeaderName::from_static("producer-seq"),
                 HeaderName::from_static("producer-expected-seq"),

@@ -9,12 +9,13 @@ dir="${1:-$here/../../target/tmp/clients}"
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 
-if [ ! -x "$dir/venv/bin/python" ] || ! "$dir/venv/bin/python" -c 'import openai' 2>/dev/null; then
+# Each installed again whenever its list changes (installed.*: what the last complete
+# install was of).
+if [ ! -x "$dir/venv/bin/python" ] || ! cmp -s "$here/requirements.txt" "$dir/venv/installed.txt"; then
   python3 -m venv "$dir/venv"
   "$dir/venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
+  cp "$here/requirements.txt" "$dir/venv/installed.txt"
 fi
-# Installed again whenever package.json changes (installed.json: what the last complete
-# install was of).
 if ! cmp -s "$here/package.json" "$dir/node/installed.json"; then
   mkdir -p "$dir/node"
   cp "$here/package.json" "$dir/node/package.json"
