@@ -165,11 +165,19 @@ impl Engine {
     /// Rebuilds what `name`'s events left, or `None` if there is no such stream (or it
     /// expired: then it is deleted).
     async fn ds_load(&self, name: &str, slot: &mut Option<DsLive>) -> Result<(), StoreError> {
-        if slot.is_none() {
-            let Some(row) = self.store.ds_stream(name).await? else {
-                return Ok(());
-            };
-            *slot = Some(self.ds_rebuild(row).await?);
+        // The row each time: another node may have appended to, closed or deleted it.
+        let Some(row) = self.store.ds_stream(name).await? else {
+            *slot = None;
+            return Ok(());
+        };
+        match slot.as_mut() {
+            Some(s) if s.stream_id == row.stream_id => {
+                let stored = u64::try_from(row.last_seq).unwrap_or(0);
+                if stored > s.writers.last_seq {
+                    self.ds_catch_up(s).await?;
+                }
+            }
+            _ => *slot = Some(self.ds_rebuild(row).await?),
         }
         if slot.as_ref().is_some_and(|s| s.expired(now_ms()))
             && let Some(gone) = slot.take()
@@ -179,6 +187,25 @@ impl Engine {
             self.log.delete(gone.stream_id).await?;
         }
         Ok(())
+    }
+
+    /// Takes in what was stored after what `s` knows (another node's appends).
+    async fn ds_catch_up(&self, s: &mut DsLive) -> Result<(), StoreError> {
+        loop {
+            let events = self
+                .store
+                .events_after(&s.stream_id, s.writers.last_seq, PAGE)
+                .await?;
+            for e in &events {
+                s.writers.replay(e);
+                if s.kind == DsKind::Spool {
+                    s.writers.tail = e.seq;
+                }
+            }
+            if events.len() < PAGE as usize {
+                return Ok(());
+            }
+        }
     }
 
     async fn ds_rebuild(&self, row: DsRow) -> Result<DsLive, StoreError> {
@@ -202,10 +229,6 @@ impl Engine {
                 Some(last) if events.len() == PAGE as usize => after = last.seq,
                 _ => break,
             }
-        }
-        if !writers.closed {
-            // Appends are announced live to this process's readers.
-            self.hub.open(&row.stream_id);
         }
         Ok(DsLive {
             kind,
@@ -331,9 +354,10 @@ impl Engine {
             id: id.clone(),
             owner: owner.map(str::to_owned),
             model: ds::MODEL.to_owned(),
-            params:
-                serde_json::json!({"durable_stream": name, "content_type": config.content_type})
-                    .to_string(),
+            // A request of its own shape, for the surfaces that read one.
+            params: serde_json::json!({"model": ds::MODEL, "prompt": "", "max_tokens": 0,
+                "metadata": {"durable_stream": name, "content_type": config.content_type}})
+            .to_string(),
             created_at,
             turn: None,
             idempotency: None,
@@ -491,6 +515,11 @@ impl Engine {
             return Err(DsError::StreamSeq);
         }
         let id: Arc<str> = Arc::from(s.stream_id.as_str());
+        // This process writes it: its appends are announced live to its readers
+        // (another node's readers hear of them through the store).
+        if self.hub.readers(&id).is_none() {
+            self.hub.open(&id);
+        }
         let mut writers = s.writers.clone();
         if s.kind == DsKind::Spool {
             let events = match &message {

@@ -1059,3 +1059,67 @@ async fn a_background_response_made_on_a_resumes_on_c_by_sequence_number() {
         .await;
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
 }
+
+#[tokio::test]
+async fn a_durable_stream_written_on_a_is_read_on_b_live_and_closed() {
+    let cluster = Cluster::start(&[("SPOOL_DS_LONG_POLL_TIMEOUT", "5s")]).await;
+    let url = |node: &str| cluster.url(node, "/ds/v1/stream/shared/log");
+    let r = cluster
+        .client
+        .put(url("a"))
+        .header("content-type", "application/json")
+        .body(r#"[{"n":1}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let tail = r.headers()["stream-next-offset"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // b waits at the tail; a's append wakes it.
+    let poll = cluster
+        .client
+        .get(format!("{}?offset={tail}&live=long-poll", url("b")))
+        .send();
+    let append = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = cluster
+            .client
+            .post(url("a"))
+            .header("content-type", "application/json")
+            .body(r#"{"n":2}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    };
+    let (r, ()) = tokio::join!(poll, append);
+    let r = r.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!([{"n": 2}]));
+    // c reads it all; a closes it; every node says closed.
+    let all: Value = cluster
+        .client
+        .get(format!("{}?offset=-1", url("c")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all, json!([{"n": 1}, {"n": 2}]));
+    let r = cluster
+        .client
+        .post(url("a"))
+        .header("stream-closed", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    for node in NAMES {
+        let head = cluster.client.head(url(node)).send().await.unwrap();
+        assert_eq!(head.status(), 200, "{node}");
+        assert_eq!(head.headers()["stream-closed"], "true", "{node}");
+    }
+}

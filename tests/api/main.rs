@@ -23,6 +23,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod drain;
+mod durable;
 mod examples;
 mod fairness;
 mod faults;

@@ -1,0 +1,361 @@
+//! The Durable Streams protocol at `/ds/v1/stream/{name}` (issue 21): the protocol's
+//! own conformance suite (`@durable-streams/server-conformance-tests`, with vitest)
+//! run against spool on SQLite; the official TypeScript and Python clients; spool's
+//! own streams read as Durable Streams; and an app's own producer feeding spool's
+//! readers (native SSE with `Last-Event-ID`, the WebSocket, the status).
+
+use std::process::Command;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use crate::sdk::{clients_dir, install, repo};
+
+/// How long the server's long-poll waits in these tests (the suite is told a little
+/// more, so it never gives up first).
+const LONG_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn ds_app() -> TestApp {
+    spawn_with(|c| {
+        c.mock.rate = 300.0;
+        c.server.ds_long_poll_timeout = LONG_POLL;
+        c.server.cors_origins = vec!["*".into()];
+    })
+    .await
+}
+
+/// The groups of the suite this server does not implement: stream forks.
+fn unsupported(test: &Value) -> bool {
+    test["ancestorTitles"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|t| t.as_str().is_some_and(|t| t.starts_with("Fork")))
+}
+
+#[tokio::test]
+async fn the_protocols_conformance_suite_passes_on_sqlite_but_for_forks() {
+    install();
+    let app = ds_app().await;
+    let node = clients_dir().join("node");
+    std::fs::copy(
+        repo().join("tests/clients/ds_conformance.test.mjs"),
+        node.join("ds_conformance.test.mjs"),
+    )
+    .unwrap();
+    let report = node.join("ds_conformance.json");
+    let _ = std::fs::remove_file(&report);
+    let base = format!("{}/ds", app.base);
+    let args = [
+        "node_modules/vitest/vitest.mjs".to_owned(),
+        "run".to_owned(),
+        "ds_conformance.test.mjs".to_owned(),
+        "--reporter=json".to_owned(),
+        format!("--outputFile={}", report.display()),
+    ];
+    let dir = node.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .args(args)
+            .current_dir(dir)
+            .env("DS_BASE", base)
+            .env("DS_LONG_POLL_MS", "4000")
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("node");
+    let report: Value = serde_json::from_slice(&std::fs::read(&report).unwrap_or_else(|_| {
+        panic!(
+            "vitest wrote no report:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }))
+    .unwrap();
+    let tests: Vec<&Value> = report["testResults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| f["assertionResults"].as_array().unwrap())
+        .collect();
+    let count = |status: &str| tests.iter().filter(|t| t["status"] == status).count();
+    let failed: Vec<String> = tests
+        .iter()
+        .filter(|t| t["status"] == "failed" && !unsupported(t))
+        .map(|t| t["fullName"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let forks = tests
+        .iter()
+        .filter(|t| t["status"] == "failed" && unsupported(t))
+        .count();
+    eprintln!(
+        "Durable Streams conformance 0.3.6: {} passed, {} failed ({forks} of them forks, \
+         not supported), {} skipped, of {}",
+        count("passed"),
+        count("failed"),
+        count("pending") + count("skipped"),
+        tests.len()
+    );
+    assert_eq!(tests.len(), 338, "the suite's size changed");
+    assert!(failed.is_empty(), "failed beyond forks: {failed:#?}");
+    assert!(count("passed") >= 253, "{} passed", count("passed"));
+}
+
+#[tokio::test]
+async fn the_official_typescript_and_python_clients_read_and_write_spool_streams() {
+    install();
+    let app = ds_app().await;
+    let native = app.create(json!({"prompt": "hi", "max_tokens": 5})).await;
+    app.wait_terminal(&native).await;
+    let base = format!("{}/ds", app.base);
+    let script = clients_dir().join("node/ds_clients.mjs");
+    std::fs::copy(repo().join("tests/clients/ds_clients.mjs"), &script).unwrap();
+    for (program, script) in [
+        ("node".into(), script),
+        (
+            clients_dir().join("venv/bin/python"),
+            repo().join("tests/clients/ds_clients.py"),
+        ),
+    ] {
+        let args = [script.display().to_string(), base.clone(), native.clone()];
+        let out = tokio::task::spawn_blocking(move || Command::new(program).args(args).output())
+            .await
+            .unwrap()
+            .expect("the client runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seen: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(seen["text"], mock_text(5), "{seen}");
+    }
+}
+
+#[tokio::test]
+async fn a_stream_spool_generates_is_a_read_only_json_durable_stream() {
+    let app = spawn_with(|c| {
+        c.mock.rate = 40.0;
+        c.server.ds_long_poll_timeout = LONG_POLL;
+    })
+    .await;
+    let id = app.create(json!({"prompt": "hi", "max_tokens": 30})).await;
+    let url = app.url(&format!("/ds/v1/stream/{id}"));
+    // Catch-up while it runs: the events so far, one message each.
+    let r = app
+        .client
+        .get(format!("{url}?offset=-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let next = r.headers()["stream-next-offset"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let first: Vec<Value> = r.json().await.unwrap();
+    assert_eq!(first[0]["event"], "start");
+    assert_eq!(first[0]["seq"], 1);
+    // Long-poll from there: the next events, then the rest to the done.
+    let mut messages = first;
+    let mut offset = next;
+    loop {
+        let r = app
+            .client
+            .get(format!("{url}?offset={offset}&live=long-poll"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::NO_CONTENT {
+            assert_eq!(r.headers()["stream-closed"], "true");
+            break;
+        }
+        offset = r.headers()["stream-next-offset"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let more: Vec<Value> = r.json().await.unwrap();
+        messages.extend(more);
+    }
+    let seqs: Vec<u64> = messages
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=32).collect::<Vec<_>>());
+    let text: String = messages
+        .iter()
+        .filter(|m| m["event"] == "token")
+        .map(|m| m["data"]["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(text, mock_text(30));
+    assert_eq!(messages.last().unwrap()["event"], "done");
+    // Read-only: no append, no delete; another key's would be 404 (tested with keys).
+    let r = app
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let r = app.client.put(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn an_apps_own_producer_feeds_spools_readers_and_a_close_appends_done() {
+    let app = ds_app().await;
+    let url = app.url("/ds/v1/stream/agents/run-1");
+    let r = app
+        .client
+        .put(&url)
+        .header("content-type", "application/json")
+        .header("spool-events", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.headers()["spool-stream-id"].to_str().unwrap().to_owned();
+    // A native reader and a WebSocket subscriber follow it before anything is sent.
+    let native = app.open_events(&id).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(app.url("/v1/ws").replace("http", "ws"))
+        .await
+        .unwrap();
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        json!({"type": "subscribe", "stream_id": id})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let post = |body: Value| {
+        app.client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let r = post(json!([
+        {"seq": 2, "event": "reasoning", "data": {"text": "plan", "field": "reasoning"}},
+        {"event": "token", "data": {"text": "Step "}},
+        {"event": "token", "data": {"text": "one."}}
+    ]))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // Not spool events: refused, and nothing is stored.
+    for bad in [
+        json!({"event": "token", "data": {"text": 5}}),
+        json!({"event": "start", "data": {}}),
+        json!({"event": "nonsense", "data": {}}),
+        json!({"seq": 99, "event": "token", "data": {"text": "x"}}),
+        json!({"text": "no event"}),
+    ] {
+        let r = post(bad.clone()).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    // Closing without a terminal event appends `done`.
+    let r = app
+        .client
+        .post(&url)
+        .header("stream-closed", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
+    let body = native
+        .read_to_end(tokio::time::Instant::now() + DEADLINE)
+        .await;
+    let events = parse_sse(&body);
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(kinds, ["start", "reasoning", "token", "token", "done"]);
+    assert_contiguous(&events);
+    // Resumed with Last-Event-ID: exactly the rest, the same bytes.
+    let (_, rest) = app.read_events(&id, Some(3)).await;
+    let cut = body.find("id: 4\n").unwrap();
+    assert_eq!(rest.trim_start_matches("retry: 1000\n\n"), &body[cut..]);
+    // The WebSocket got each event as its kind.
+    let mut ws_kinds = Vec::new();
+    while ws_kinds.last().map(String::as_str) != Some("done") {
+        let msg = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            ws_kinds.push(v["type"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(ws_kinds, ["reasoning", "token", "token", "done"]);
+    let status = app.status(&id).await;
+    assert_eq!(status["status"], "completed");
+    assert_eq!(status["text"], "Step one.");
+    assert_eq!(status["reasoning"], "plan");
+    // And the Durable Stream gives the same events back as messages.
+    let all: Vec<Value> = app
+        .client
+        .get(format!("{url}?offset=-1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(
+        all[2],
+        json!({"seq": 3, "event": "token", "data": {"text": "Step "}})
+    );
+}
+
+#[tokio::test]
+async fn with_keys_a_durable_stream_belongs_to_its_creator() {
+    let app = spawn_with(|c| c.auth.api_keys = vec!["alpha-key".into(), "beta-key".into()]).await;
+    let url = app.url("/ds/v1/stream/owned");
+    let r = app.client.put(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = app
+        .client
+        .put(&url)
+        .bearer_auth("alpha-key")
+        .header("content-type", "text/plain")
+        .body("mine")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let theirs = app
+        .client
+        .get(format!("{url}?offset=-1"))
+        .bearer_auth("beta-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(theirs.status(), StatusCode::NOT_FOUND);
+    let r = app
+        .client
+        .post(&url)
+        .bearer_auth("beta-key")
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let mine = app
+        .client
+        .get(format!("{url}?offset=-1"))
+        .bearer_auth("alpha-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mine.text().await.unwrap(), "mine");
+}
