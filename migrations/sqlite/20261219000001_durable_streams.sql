@@ -9,6 +9,11 @@ CREATE TABLE ds_streams (
     ttl_seconds  INTEGER,                     -- sliding TTL (NULL: none)
     expires_at   INTEGER,                     -- absolute expiry, ms (NULL: none)
     created_at   INTEGER NOT NULL,
-    spool_events INTEGER NOT NULL DEFAULT 0   -- 1: its messages are spool events
+    spool_events INTEGER NOT NULL DEFAULT 0,  -- 1: its messages are spool events
+    forked_from  TEXT,                        -- a fork: its source's name
+    fork_seq     INTEGER,                     -- a fork: the source offset it diverges at
+    fork_sub     INTEGER,                     -- a fork: its Stream-Fork-Sub-Offset
+    soft_deleted INTEGER NOT NULL DEFAULT 0   -- 1: deleted, kept for its forks' reads
 ) WITHOUT ROWID;
 CREATE INDEX ds_streams_by_stream ON ds_streams (stream_id);
+CREATE INDEX ds_streams_by_source ON ds_streams (forked_from) WHERE forked_from IS NOT NULL;

@@ -59,11 +59,37 @@ pub struct DsLive {
     pub writers: Writers,
     /// Last read or write (ms), for the sliding TTL.
     pub last_access: i64,
+    /// A fork: its source's name, the source offset (seq) it diverges at, and its
+    /// sub-offset. Its own events continue the source's offsets from there.
+    pub fork: Option<(String, u64, u64)>,
+    /// Deleted while forks read through it: `410` to everyone else.
+    pub soft_deleted: bool,
 }
 
 impl DsLive {
+    /// How far its own seqs are from its offsets (a fork's start event is at the
+    /// offset it diverges at).
+    fn base(&self) -> i64 {
+        self.fork.as_ref().map_or(0, |(_, at, _)| *at as i64 - 1)
+    }
+
+    /// The offset (as a seq) of its own event `own`.
+    pub fn ext(&self, own: u64) -> u64 {
+        u64::try_from(own as i64 + self.base()).unwrap_or(0)
+    }
+
+    /// Its own seq of offset `ext` (0: before its first event).
+    fn own(&self, ext: u64) -> u64 {
+        u64::try_from(ext as i64 - self.base()).unwrap_or(0)
+    }
+
+    /// Its tail as a seq.
+    pub fn tail_seq(&self) -> u64 {
+        self.ext(self.writers.tail)
+    }
+
     pub fn tail(&self) -> String {
-        ds::offset(self.writers.tail)
+        ds::offset(self.tail_seq())
     }
 
     fn expired(&self, now: i64) -> bool {
@@ -93,12 +119,23 @@ impl DsCache {
 /// A new stream's configuration, from `PUT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DsConfig {
-    pub content_type: String,
+    /// `None`: `application/octet-stream`, or a fork's source's.
+    pub content_type: Option<String>,
     pub ttl_seconds: Option<i64>,
     pub expires_at: Option<i64>,
     pub closed: bool,
     /// Its messages are spool events (`Spool-Events: true`).
     pub spool_events: bool,
+    pub fork: Option<Fork>,
+}
+
+/// A fork's `Stream-Forked-From`, `Stream-Fork-Offset` and `Stream-Fork-Sub-Offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fork {
+    pub source: String,
+    /// `None`: the source's tail.
+    pub at: Option<u64>,
+    pub sub: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +156,14 @@ pub enum DsError {
     NotSpoolEvent(String),
     #[error("a stream spool generated is read-only here")]
     ReadOnly,
+    #[error("the stream is deleted (its forks still read it)")]
+    Gone,
+    #[error("the fork's source does not exist")]
+    SourceNotFound,
+    #[error("the fork's source is deleted (its other forks still read it)")]
+    SourceGone,
+    #[error("{0}")]
+    BadFork(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -179,12 +224,12 @@ impl Engine {
             }
             _ => *slot = Some(self.ds_rebuild(row).await?),
         }
-        if slot.as_ref().is_some_and(|s| s.expired(now_ms()))
-            && let Some(gone) = slot.take()
+        if slot
+            .as_ref()
+            .is_some_and(|s| !s.soft_deleted && s.expired(now_ms()))
         {
-            tracing::info!(name = %gone.name, "durable stream expired: deleting it");
-            self.hub.close(&gone.stream_id);
-            self.log.delete(gone.stream_id).await?;
+            tracing::info!(name, "durable stream expired: deleting it");
+            Box::pin(self.ds_remove(slot)).await?;
         }
         Ok(())
     }
@@ -240,6 +285,15 @@ impl Engine {
             expires_at: row.expires_at,
             writers,
             last_access: now_ms(),
+            fork: match (row.forked_from, row.fork_seq) {
+                (Some(source), Some(at)) => Some((
+                    source,
+                    u64::try_from(at).unwrap_or(0),
+                    u64::try_from(row.fork_sub.unwrap_or(0)).unwrap_or(0),
+                )),
+                _ => None,
+            },
+            soft_deleted: row.soft_deleted,
         })
     }
 
@@ -296,11 +350,15 @@ impl Engine {
                 ..Writers::default()
             },
             last_access: now_ms(),
+            fork: None,
+            soft_deleted: false,
         }))
     }
 
     /// `PUT`: creates `name` (with `body` as its first append), or finds it with the
-    /// same configuration.
+    /// same configuration. A fork inherits its source's messages up to its offset (and
+    /// `sub` more of the next append, as its own first message), its content type if
+    /// none is given, and its TTL or expiry if it sets neither; not its producers.
     pub async fn ds_create(
         &self,
         name: &str,
@@ -315,27 +373,89 @@ impl Engine {
             // The name of a spool stream's own view.
             return Err(DsError::ConfigConflict);
         }
+        // A fork's source, and what the fork inherits from it.
+        let mut inherited_prefix = None;
+        let mut fork = None;
+        let mut content_type = config.content_type.clone();
+        let (mut ttl_seconds, mut expires_at) = (config.ttl_seconds, config.expires_at);
+        if let Some(f) = &config.fork {
+            let source = match self.ds_internal(&f.source).await? {
+                Some(src) if src.owner.as_deref() == owner => src,
+                _ => return Err(DsError::SourceNotFound),
+            };
+            if source.soft_deleted {
+                return Err(DsError::SourceGone);
+            }
+            if let Some(ct) = &content_type
+                && ds::media_type(ct) != ds::media_type(&source.content_type)
+            {
+                return Err(DsError::ContentType);
+            }
+            content_type = Some(source.content_type.clone());
+            let tail = source.tail_seq();
+            let at = f.at.unwrap_or(tail);
+            if at > tail {
+                return Err(DsError::BadFork(
+                    "Stream-Fork-Offset is beyond the source's tail".to_owned(),
+                ));
+            }
+            if f.sub > 0 {
+                if f.at.is_none() {
+                    return Err(DsError::BadFork(
+                        "Stream-Fork-Sub-Offset needs a Stream-Fork-Offset".to_owned(),
+                    ));
+                }
+                let (next, _) = Box::pin(self.ds_messages(&source, at, None, 1)).await?;
+                let Some((_, m)) = next.into_iter().next() else {
+                    return Err(DsError::BadFork(
+                        "Stream-Fork-Sub-Offset is past the source's data".to_owned(),
+                    ));
+                };
+                inherited_prefix = Some(prefix(&m, f.sub).ok_or_else(|| {
+                    DsError::BadFork(
+                        "Stream-Fork-Sub-Offset is past the next append's end".to_owned(),
+                    )
+                })?);
+            }
+            if ttl_seconds.is_none() && expires_at.is_none() {
+                ttl_seconds = source.ttl_seconds;
+                expires_at = source.expires_at;
+            }
+            fork = Some((f.source.clone(), at, f.sub));
+        }
+        let content_type = content_type.unwrap_or_else(|| "application/octet-stream".to_owned());
         if let Some(s) = guard.as_mut() {
+            if s.soft_deleted {
+                return Err(DsError::ConfigConflict);
+            }
             if s.owner.as_deref() != owner {
                 return Err(DsError::ConfigConflict);
             }
-            let same = ds::media_type(&s.content_type) == ds::media_type(&config.content_type)
-                && s.ttl_seconds == config.ttl_seconds
-                && s.expires_at == config.expires_at
+            let same_fork = match (&s.fork, &fork, &config.fork) {
+                (None, None, _) => true,
+                (Some((src, at, sub)), Some(_), Some(req)) => {
+                    *src == req.source && req.at.is_none_or(|a| a == *at) && *sub == req.sub
+                }
+                _ => false,
+            };
+            let same = ds::media_type(&s.content_type) == ds::media_type(&content_type)
+                && s.ttl_seconds == ttl_seconds
+                && s.expires_at == expires_at
                 && s.writers.closed == config.closed
-                && (s.kind == DsKind::Spool) == config.spool_events;
+                && (s.kind == DsKind::Spool) == config.spool_events
+                && same_fork;
             if !same {
                 return Err(DsError::ConfigConflict);
             }
             s.last_access = now_ms();
             return Ok(Created::Existing(s.clone()));
         }
-        if config.spool_events && !ds::is_json(&config.content_type) {
+        if config.spool_events && (!ds::is_json(&content_type) || fork.is_some()) {
             return Err(DsError::NotSpoolEvent(
-                "a stream of spool events is application/json".to_owned(),
+                "a stream of spool events is application/json, and not a fork".to_owned(),
             ));
         }
-        let first = Message::of(&config.content_type, body, true).map_err(|e| match e {
+        let first = Message::of(&content_type, body, true).map_err(|e| match e {
             ds::BodyError::InvalidJson => DsError::InvalidJson,
             ds::BodyError::EmptyArray => DsError::EmptyArray,
         })?;
@@ -356,17 +476,20 @@ impl Engine {
             model: ds::MODEL.to_owned(),
             // A request of its own shape, for the surfaces that read one.
             params: serde_json::json!({"model": ds::MODEL, "prompt": "", "max_tokens": 0,
-                "metadata": {"durable_stream": name, "content_type": config.content_type}})
+                "metadata": {"durable_stream": name, "content_type": content_type}})
             .to_string(),
             created_at,
             turn: None,
             idempotency: None,
             ds: Some(Box::new(NewDs {
                 name: name.to_owned(),
-                content_type: config.content_type.clone(),
-                ttl_seconds: config.ttl_seconds,
-                expires_at: config.expires_at,
+                content_type: content_type.clone(),
+                ttl_seconds,
+                expires_at,
                 spool_events: config.spool_events,
+                fork: fork
+                    .as_ref()
+                    .map(|(src, at, sub)| (src.clone(), *at as i64, *sub as i64)),
             })),
         };
         self.hub.open(&id);
@@ -380,15 +503,17 @@ impl Engine {
         if kind == DsKind::Spool {
             self.ds_spool_append(&id, &mut writers, first_events)
                 .await?;
-        } else if let Some(m) = first {
-            writers.last_seq += 1;
-            writers.tail = writers.last_seq;
-            let event = Event {
-                seq: writers.last_seq,
-                kind: EventKind::Message,
-                data: m.to_data(),
-            };
-            self.log.append(Arc::from(id.as_str()), event, None).await?;
+        } else {
+            for m in inherited_prefix.into_iter().chain(first) {
+                writers.last_seq += 1;
+                writers.tail = writers.last_seq;
+                let event = Event {
+                    seq: writers.last_seq,
+                    kind: EventKind::Message,
+                    data: m.to_data(),
+                };
+                self.log.append(Arc::from(id.as_str()), event, None).await?;
+            }
         }
         if config.closed && !writers.closed {
             self.ds_close_event(&id, &mut writers, None).await?;
@@ -409,14 +534,77 @@ impl Engine {
             name: name.to_owned(),
             owner: owner.map(str::to_owned),
             stream_id: id,
-            content_type: config.content_type,
-            ttl_seconds: config.ttl_seconds,
-            expires_at: config.expires_at,
+            content_type,
+            ttl_seconds,
+            expires_at,
             writers,
             last_access: now_ms(),
+            fork,
+            soft_deleted: false,
         };
         *guard = Some(live.clone());
         Ok(Created::New(live))
+    }
+
+    /// `name` as stored, whoever owns it and soft-deleted or not (a fork reads its
+    /// source through this).
+    async fn ds_internal(&self, name: &str) -> Result<Option<DsLive>, StoreError> {
+        let slot = self.ds.slot(name);
+        let mut guard = slot.lock().await;
+        self.ds_load(name, &mut guard).await?;
+        Ok(guard.clone())
+    }
+
+    /// The messages of `s` after offset `after` (as seqs), up to `upto` and at most
+    /// `limit`: a fork's inherited ones from its source (recursively), then its own.
+    /// `true` with them: there may be more.
+    async fn ds_messages(
+        &self,
+        s: &DsLive,
+        after: u64,
+        upto: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<(u64, Message)>, bool), StoreError> {
+        let mut out = Vec::new();
+        if let Some((source, at, _)) = &s.fork
+            && after < *at
+            && let Some(src) = self.ds_internal(source).await?
+        {
+            let bound = upto.map_or(*at, |u| u.min(*at));
+            let (inherited, more) =
+                Box::pin(self.ds_messages(&src, after, Some(bound), limit)).await?;
+            out = inherited;
+            if more || out.len() >= limit {
+                return Ok((out, true));
+            }
+        }
+        let own_after = s.own(after);
+        let page = self
+            .store
+            .events_after(&s.stream_id, own_after, PAGE)
+            .await?;
+        let full = page.len() == PAGE as usize;
+        for e in &page {
+            let ext = s.ext(e.seq);
+            if ext <= after {
+                continue;
+            }
+            if upto.is_some_and(|u| ext > u) {
+                return Ok((out, false));
+            }
+            let m = match s.kind {
+                DsKind::Plain if e.kind == EventKind::Message => Message::parse(&e.data),
+                DsKind::Plain => None,
+                DsKind::Spool | DsKind::Native => event_message(e),
+            };
+            if let Some(m) = m {
+                out.push((ext, m));
+                if out.len() >= limit {
+                    return Ok((out, true));
+                }
+            }
+        }
+        Ok((out, full))
     }
 
     /// Queues the terminal `done` of a close (the caller flushes).
@@ -468,6 +656,12 @@ impl Engine {
         let slot = self.ds.slot(name);
         let mut guard = slot.lock().await;
         self.ds_load(name, &mut guard).await?;
+        if guard
+            .as_ref()
+            .is_some_and(|s| s.soft_deleted && s.owner.as_deref() == owner)
+        {
+            return Err(DsError::Gone);
+        }
         let Some(s) = guard.as_mut().filter(|s| s.owner.as_deref() == owner) else {
             drop(guard);
             return Err(match self.ds_native(name, owner).await? {
@@ -589,21 +783,60 @@ impl Engine {
     }
 
     /// `DELETE`. `false`: no such stream of `owner`'s.
-    pub async fn ds_delete(&self, name: &str, owner: Option<&str>) -> Result<bool, StoreError> {
+    pub async fn ds_delete(&self, name: &str, owner: Option<&str>) -> Result<bool, DsError> {
         let slot = self.ds.slot(name);
         let mut guard = slot.lock().await;
         self.ds_load(name, &mut guard).await?;
-        match guard.take() {
+        match guard.as_ref() {
             Some(s) if s.owner.as_deref() == owner => {
-                self.hub.close(&s.stream_id);
-                self.log.delete(s.stream_id).await?;
+                if s.soft_deleted {
+                    return Err(DsError::Gone);
+                }
+                self.ds_remove(&mut guard).await?;
                 Ok(true)
             }
-            other => {
-                *guard = other;
-                Ok(false)
-            }
+            _ => Ok(false),
         }
+    }
+
+    /// Deletes the stream in `slot` — or, while forks read through it, marks it
+    /// deleted — then a soft-deleted source it was the last fork of, and so on up.
+    async fn ds_remove(&self, slot: &mut Option<DsLive>) -> Result<(), StoreError> {
+        let Some(s) = slot.as_mut() else {
+            return Ok(());
+        };
+        if self.store.ds_forks(&s.name).await? > 0 {
+            self.log
+                .edit_session(crate::store::SessionEdit::DsSoftDelete {
+                    name: s.name.clone(),
+                })
+                .await?;
+            s.soft_deleted = true;
+            return Ok(());
+        }
+        let Some(s) = slot.take() else {
+            return Ok(());
+        };
+        self.hub.close(&s.stream_id);
+        self.log.delete(s.stream_id.clone()).await?;
+        let mut parent = s.fork.map(|(source, _, _)| source);
+        while let Some(name) = parent.take() {
+            let pslot = self.ds.slot(&name);
+            let mut pguard = pslot.lock().await;
+            self.ds_load(&name, &mut pguard).await?;
+            let Some(p) = pguard.as_ref() else {
+                break;
+            };
+            if !p.soft_deleted || self.store.ds_forks(&name).await? > 0 {
+                break;
+            }
+            parent = p.fork.as_ref().map(|(source, _, _)| source.clone());
+            let stream_id = p.stream_id.clone();
+            *pguard = None;
+            self.hub.close(&stream_id);
+            self.log.delete(stream_id).await?;
+        }
+        Ok(())
     }
 
     /// The messages of `name` after `from`, as far as one page goes.
@@ -618,40 +851,26 @@ impl Engine {
         };
         let after = match from {
             Offset::Start => 0,
-            Offset::Now => stream.writers.tail,
+            Offset::Now => stream.tail_seq(),
             Offset::After(seq) => seq,
         };
-        let events = self
-            .store
-            .events_after(&stream.stream_id, after, PAGE)
+        let (messages, _) = self
+            .ds_messages(&stream, after, None, PAGE as usize)
             .await?;
-        let mut messages = Vec::new();
-        let mut last = None;
-        for e in &events {
-            let m = match stream.kind {
-                DsKind::Plain if e.kind == EventKind::Message => Message::parse(&e.data),
-                DsKind::Plain => None,
-                DsKind::Spool | DsKind::Native => event_message(e),
-            };
-            if let Some(m) = m {
-                messages.push((e.seq, m));
-                last = Some(e.seq);
-            }
-        }
         // With no message, the reader is at the tail.
-        let next = last.unwrap_or(stream.writers.tail);
+        let next = messages.last().map_or(stream.tail_seq(), |(seq, _)| *seq);
         Ok(Some(Read {
-            up_to_date: next >= stream.writers.tail,
+            up_to_date: next >= stream.tail_seq(),
             stream,
             messages,
             next,
         }))
     }
 
-    /// Waits up to `timeout` for a message after `after` or the close of `stream_id`.
-    /// `true`: something happened (read again).
-    pub async fn ds_wait(&self, stream_id: &str, after: u64, timeout: Duration) -> bool {
-        let feed = self.feed(stream_id, after);
+    /// Waits up to `timeout` for a message of `s` after offset `after`, or its close
+    /// (a fork waits for its own appends only). `true`: something happened (read again).
+    pub async fn ds_wait(&self, s: &DsLive, after: u64, timeout: Duration) -> bool {
+        let feed = self.feed(&s.stream_id, s.own(after));
         let mut feed = std::pin::pin!(feed);
         let waited = tokio::time::timeout(timeout, async {
             while let Some(chunk) = feed.next().await {
@@ -771,5 +990,39 @@ fn spool_end(event: &Event) -> StreamEnd {
         finished_at: now_ms(),
         turn_text: None,
         turn_tool_calls: None,
+    }
+}
+
+/// The first `k` messages (JSON) or bytes of an append, as a message of its own;
+/// `None` past its end.
+fn prefix(m: &Message, k: u64) -> Option<Message> {
+    let k = usize::try_from(k).ok()?;
+    match &m.m {
+        Some(messages) => {
+            if k > messages.len() {
+                return None;
+            }
+            Some(Message {
+                m: Some(messages[..k].to_vec()),
+                b: None,
+                p: None,
+                q: None,
+            })
+        }
+        None => {
+            let bytes = m.bytes();
+            if k > bytes.len() {
+                return None;
+            }
+            Some(Message {
+                m: None,
+                b: Some(base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    &bytes[..k],
+                )),
+                p: None,
+                q: None,
+            })
+        }
     }
 }

@@ -46,7 +46,7 @@ use crate::store::{
 pub use admission::Admission;
 pub use chats::valid_chat_id;
 pub use cursor::{FollowError, InvalidCursor, parse as parse_cursor};
-pub use ds::{Append, Appended, Created, DsConfig, DsError, DsKind, DsLive};
+pub use ds::{Append, Appended, Created, DsConfig, DsError, DsKind, DsLive, Fork as DsFork};
 pub use rate::RateLimit;
 pub use reads::{Access, Follow};
 pub use sessions::{NewSessionRequest, SessionUpdate};

@@ -6,7 +6,7 @@
 //!
 //! Every response carries `X-Content-Type-Options: nosniff` and
 //! `Cross-Origin-Resource-Policy: cross-origin`; errors are spool's JSON errors with the
-//! protocol's statuses. Forks (`Stream-Forked-From`) are not supported: `501`.
+//! protocol's statuses. Forks are `PUT`s with `Stream-Forked-From`.
 
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use super::auth::Owner;
 use super::error::{ApiError, ErrorCode};
 use super::state::HttpState;
 use crate::ds::{self, Offset, Producer};
-use crate::engine::{Append, Appended, Created, DsConfig, DsError, DsKind, DsLive};
+use crate::engine::{Append, Appended, Created, DsConfig, DsError, DsFork as Fork, DsKind, DsLive};
 use crate::event::now_ms;
 
 /// The longest stream name, in bytes.
@@ -59,6 +59,13 @@ fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such stream")
 }
 
+fn gone() -> ApiError {
+    ApiError::new(
+        ErrorCode::Gone,
+        "the stream is deleted (its forks still read it)",
+    )
+}
+
 impl From<DsError> for ApiError {
     fn from(e: DsError) -> Self {
         match e {
@@ -69,6 +76,10 @@ impl From<DsError> for ApiError {
             DsError::ContentType => conflict("the content type differs from the stream's"),
             DsError::StreamSeq => conflict("Stream-Seq must be greater than the last one"),
             DsError::NotSpoolEvent(why) => ApiError::invalid(why),
+            DsError::Gone => gone(),
+            DsError::SourceNotFound => ApiError::new(ErrorCode::NotFound, e.to_string()),
+            DsError::SourceGone => conflict(&e.to_string()),
+            DsError::BadFork(why) => ApiError::invalid(why),
             DsError::ReadOnly => ApiError::new(
                 ErrorCode::MethodNotAllowed,
                 "a stream spool generated is read-only as a Durable Stream",
@@ -148,17 +159,10 @@ async fn create(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    if headers.contains_key("stream-forked-from") {
-        return Err(ApiError::new(
-            ErrorCode::MethodNotAllowed,
-            "forks (Stream-Forked-From) are not supported by this server",
-        )
-        .with_status(StatusCode::NOT_IMPLEMENTED));
-    }
+    let fork = fork(state, headers)?;
     let content_type = text(headers, "content-type")
         .filter(|c| ds::valid_content_type(c))
-        .unwrap_or("application/octet-stream")
-        .to_owned();
+        .map(str::to_owned);
     let ttl = text(headers, "stream-ttl");
     let expires = text(headers, "stream-expires-at");
     if ttl.is_some() && expires.is_some() {
@@ -196,6 +200,7 @@ async fn create(
         closed: closed_header(headers),
         spool_events: text(headers, "spool-events")
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
+        fork,
     };
     let (status, s) = match state.engine().ds_create(name, owner, config, body).await? {
         Created::New(s) => (StatusCode::CREATED, s),
@@ -225,6 +230,66 @@ async fn create(
     }
     describe(&mut response, &s);
     Ok(response)
+}
+
+/// A fork's headers: `Stream-Forked-From` (the source's path, as a URL of this
+/// server's or its path), `Stream-Fork-Offset`, `Stream-Fork-Sub-Offset`.
+fn fork(state: &HttpState, headers: &HeaderMap) -> Result<Option<Fork>, ApiError> {
+    let sub = match text(headers, "stream-fork-sub-offset") {
+        None => None,
+        Some(v) if ds::valid_ttl(v.trim()) => Some(
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| ApiError::invalid("Stream-Fork-Sub-Offset is too large"))?,
+        ),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "Stream-Fork-Sub-Offset is a non-negative integer",
+            ));
+        }
+    };
+    let Some(from) = text(headers, "stream-forked-from") else {
+        if sub.is_some() {
+            return Err(ApiError::invalid(
+                "Stream-Fork-Sub-Offset needs Stream-Forked-From",
+            ));
+        }
+        return Ok(None);
+    };
+    let at = match text(headers, "stream-fork-offset") {
+        None => None,
+        Some(o) => match ds::parse_offset(o.trim()) {
+            Some(Offset::After(seq)) => Some(seq),
+            _ => {
+                return Err(ApiError::invalid(
+                    "Stream-Fork-Offset is not an offset of the source",
+                ));
+            }
+        },
+    };
+    // The path after `{prefix}/v1/stream/`, from a URL or a path.
+    let path = match from.find("://") {
+        Some(i) => from[i + 3..].find('/').map_or("", |j| &from[i + 3 + j..]),
+        None => from,
+    };
+    let prefix = state.server().ds_prefix.trim_end_matches('/');
+    let path = path.strip_prefix(prefix).unwrap_or(path);
+    let name = path
+        .strip_prefix("/v1/stream/")
+        .or_else(|| path.strip_prefix("v1/stream/"))
+        .unwrap_or(path.trim_start_matches('/'));
+    let source = form_urlencoded::parse(format!("n={name}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    if source.is_empty() {
+        return Err(ApiError::invalid("Stream-Forked-From names no stream"));
+    }
+    Ok(Some(Fork {
+        source,
+        at,
+        sub: sub.unwrap_or(0),
+    }))
 }
 
 /// A name as a URL path (each segment percent-encoded).
@@ -353,6 +418,9 @@ async fn head(state: &HttpState, name: &str, owner: Option<&str>) -> Result<Resp
     let Some(s) = state.engine().ds_get(name, owner, false).await? else {
         return Ok(StatusCode::NOT_FOUND.into_response());
     };
+    if s.soft_deleted {
+        return Ok(StatusCode::GONE.into_response());
+    }
     let mut r = StatusCode::OK.into_response();
     set(&mut r, "content-type", &s.content_type);
     set(&mut r, "cache-control", "no-store");
@@ -438,10 +506,13 @@ async fn read(
     let Some(s) = engine.ds_get(name, owner, true).await? else {
         return Err(not_found());
     };
+    if s.soft_deleted {
+        return Err(gone());
+    }
     if live == Some("sse") {
         let after = match from {
             Offset::Start => 0,
-            Offset::Now => s.writers.tail,
+            Offset::Now => s.tail_seq(),
             Offset::After(seq) => seq,
         };
         return Ok(sse(state, name, owner, s, after, q.cursor));
@@ -470,9 +541,7 @@ async fn read(
             return Ok(r);
         }
         let timeout = state.server().ds_long_poll_timeout;
-        let woke = engine
-            .ds_wait(&got.stream.stream_id, got.next, timeout)
-            .await;
+        let woke = engine.ds_wait(&got.stream, got.next, timeout).await;
         let again = if woke {
             engine.ds_read(name, owner, Offset::After(got.next)).await?
         } else {
@@ -577,7 +646,7 @@ fn sse(
                 _ => break,
             };
             let mut out = String::new();
-            let tail = read.stream.writers.tail;
+            let tail = read.stream.tail_seq();
             let closed = read.stream.writers.closed;
             let count = read.messages.len();
             for (i, (seq, m)) in read.messages.iter().enumerate() {
@@ -628,7 +697,7 @@ fn sse(
                 break;
             }
             let woke = tokio::select! {
-                w = engine.ds_wait(&read.stream.stream_id, after, wait.min(ends - now)) => w,
+                w = engine.ds_wait(&read.stream, after, wait.min(ends - now)) => w,
                 _ = shutdown.cancelled() => break,
             };
             if !woke && tokio::time::Instant::now() >= ends {

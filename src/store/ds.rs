@@ -16,6 +16,9 @@ pub struct NewDs {
     pub expires_at: Option<i64>,
     /// Its messages are spool events (`{"seq","event","data"}`), stored as such.
     pub spool_events: bool,
+    /// A fork: its source's name, the source offset (seq) it diverges at, and its
+    /// sub-offset.
+    pub fork: Option<(String, i64, i64)>,
 }
 
 /// A Durable Stream with its spool stream's state.
@@ -29,6 +32,10 @@ pub struct DsRow {
     pub expires_at: Option<i64>,
     pub created_at: i64,
     pub spool_events: bool,
+    pub forked_from: Option<String>,
+    pub fork_seq: Option<i64>,
+    pub fork_sub: Option<i64>,
+    pub soft_deleted: bool,
     /// The spool stream's status and last seq.
     pub status: String,
     pub last_seq: i64,
@@ -40,11 +47,25 @@ impl Store {
         Ok(on_db!(
             &self.db,
             "SELECT d.name, d.owner, d.stream_id, d.content_type, d.ttl_seconds, d.expires_at, \
-             d.created_at, d.spool_events, s.status, s.last_seq \
+             d.created_at, d.spool_events, d.forked_from, d.fork_seq, d.fork_sub, d.soft_deleted, \
+             s.status, s.last_seq \
              FROM ds_streams d JOIN streams s ON s.id = d.stream_id WHERE d.name = ?",
             |pool, sql| sqlx::query_as::<_, DsRow>(sql)
                 .bind(name)
                 .fetch_optional(pool)
+                .await?
+        ))
+    }
+
+    /// How many streams are forks of `name` (soft-deleted ones included: they still
+    /// read through it).
+    pub async fn ds_forks(&self, name: &str) -> Result<i64, StoreError> {
+        Ok(on_db!(
+            &self.db,
+            "SELECT COUNT(*) FROM ds_streams WHERE forked_from = ?",
+            |pool, sql| sqlx::query_scalar::<_, i64>(sql)
+                .bind(name)
+                .fetch_one(pool)
                 .await?
         ))
     }

@@ -106,6 +106,8 @@ pub enum SessionEdit {
     /// Deletes the turns from `idx` on (a regenerated answer: its stream is deleted
     /// before).
     Truncate { id: String, idx: i64 },
+    /// Marks the Durable Stream `name` deleted while forks still read through it.
+    DsSoftDelete { name: String },
 }
 
 const COLUMNS: &str = "id, owner, model, system, metadata, title, created_at, chat_id";
@@ -302,6 +304,10 @@ fn edit_sql(edit: &SessionEdit) -> Vec<(&'static str, Vec<Bind<'_>>)> {
                 vec![Bind::Text(Some(id))],
             ),
         ],
+        SessionEdit::DsSoftDelete { name } => vec![(
+            "UPDATE ds_streams SET soft_deleted = TRUE WHERE name = ?",
+            vec![Bind::Text(Some(name))],
+        )],
         SessionEdit::Truncate { id, idx } => vec![
             (
                 "DELETE FROM turns WHERE session_id = ? AND idx >= ?",

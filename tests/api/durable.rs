@@ -25,17 +25,8 @@ async fn ds_app() -> TestApp {
     .await
 }
 
-/// The groups of the suite this server does not implement: stream forks.
-fn unsupported(test: &Value) -> bool {
-    test["ancestorTitles"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|t| t.as_str().is_some_and(|t| t.starts_with("Fork")))
-}
-
 #[tokio::test]
-async fn the_protocols_conformance_suite_passes_on_sqlite_but_for_forks() {
+async fn the_protocols_conformance_suite_passes_on_sqlite() {
     install();
     let app = ds_app().await;
     let node = clients_dir().join("node");
@@ -83,24 +74,35 @@ async fn the_protocols_conformance_suite_passes_on_sqlite_but_for_forks() {
     let count = |status: &str| tests.iter().filter(|t| t["status"] == status).count();
     let failed: Vec<String> = tests
         .iter()
-        .filter(|t| t["status"] == "failed" && !unsupported(t))
+        .filter(|t| t["status"] == "failed")
         .map(|t| t["fullName"].as_str().unwrap_or_default().to_owned())
         .collect();
-    let forks = tests
+    // The suite skips its reserved subscription APIs unless told `subscriptions: true`.
+    let skipped: Vec<&Value> = tests
         .iter()
-        .filter(|t| t["status"] == "failed" && unsupported(t))
-        .count();
+        .filter(|t| t["status"] != "passed" && t["status"] != "failed")
+        .copied()
+        .collect();
     eprintln!(
-        "Durable Streams conformance 0.3.6: {} passed, {} failed ({forks} of them forks, \
-         not supported), {} skipped, of {}",
+        "Durable Streams conformance 0.3.6: {} passed, {} failed, {} skipped, of {}",
         count("passed"),
-        count("failed"),
-        count("pending") + count("skipped"),
+        failed.len(),
+        skipped.len(),
         tests.len()
     );
     assert_eq!(tests.len(), 338, "the suite's size changed");
-    assert!(failed.is_empty(), "failed beyond forks: {failed:#?}");
-    assert!(count("passed") >= 253, "{} passed", count("passed"));
+    assert!(failed.is_empty(), "failed: {failed:#?}");
+    assert_eq!(count("passed"), 332);
+    for t in skipped {
+        assert!(
+            t["ancestorTitles"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|a| a == "Reserved subscription APIs"),
+            "skipped: {t}"
+        );
+    }
 }
 
 #[tokio::test]

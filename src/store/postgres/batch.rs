@@ -456,8 +456,8 @@ async fn insert_ds(conn: &mut PgConnection, s: &NewStream) -> Result<(), sqlx::E
     };
     sqlx::query(
         "INSERT INTO ds_streams (name, owner, stream_id, content_type, ttl_seconds, \
-         expires_at, created_at, spool_events) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-         ON CONFLICT DO NOTHING",
+         expires_at, created_at, spool_events, forked_from, fork_seq, fork_sub) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
     )
     .bind(&ds.name)
     .bind(&s.owner)
@@ -467,6 +467,9 @@ async fn insert_ds(conn: &mut PgConnection, s: &NewStream) -> Result<(), sqlx::E
     .bind(ds.expires_at)
     .bind(s.created_at)
     .bind(ds.spool_events)
+    .bind(ds.fork.as_ref().map(|f| f.0.as_str()))
+    .bind(ds.fork.as_ref().map(|f| f.1))
+    .bind(ds.fork.as_ref().map(|f| f.2))
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -114,8 +114,8 @@ async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sq
             // which stream the name belongs to.
             sqlx::query(
                 "INSERT INTO ds_streams (name, owner, stream_id, content_type, ttl_seconds, \
-                 expires_at, created_at, spool_events) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT DO NOTHING",
+                 expires_at, created_at, spool_events, forked_from, fork_seq, fork_sub) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             )
             .bind(&ds.name)
             .bind(&s.owner)
@@ -125,6 +125,9 @@ async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sq
             .bind(ds.expires_at)
             .bind(s.created_at)
             .bind(ds.spool_events)
+            .bind(ds.fork.as_ref().map(|f| f.0.as_str()))
+            .bind(ds.fork.as_ref().map(|f| f.1))
+            .bind(ds.fork.as_ref().map(|f| f.2))
             .execute(&mut *conn)
             .await?;
         }
