@@ -26,6 +26,11 @@ pub(crate) fn screenshots() -> PathBuf {
 
 /// Runs one case of `chat.mjs` against `base`; returns its JSON result.
 pub async fn run_case(case: &str, base: &str) -> Value {
+    run_case_with(case, base, None).await
+}
+
+/// [`run_case`] with an argument for the case (a stream id to show).
+pub async fn run_case_with(case: &str, base: &str, arg: Option<&str>) -> Value {
     assert!(
         std::path::Path::new(CHROMIUM).exists(),
         "the browser tests need Debian's chromium: apt-get install -y chromium"
@@ -40,6 +45,7 @@ pub async fn run_case(case: &str, base: &str) -> Value {
         case.to_string(),
         base.to_string(),
         shot.display().to_string(),
+        arg.unwrap_or_default().to_string(),
     ];
     let started = std::time::Instant::now();
     let output = tokio::task::spawn_blocking(move || Command::new("node").args(args).output())

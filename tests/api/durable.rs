@@ -361,3 +361,31 @@ async fn with_keys_a_durable_stream_belongs_to_its_creator() {
         .unwrap();
     assert_eq!(mine.text().await.unwrap(), "mine");
 }
+
+#[tokio::test]
+async fn the_chat_page_shows_a_stream_an_apps_producer_wrote() {
+    let app = ds_app().await;
+    let url = app.url("/ds/v1/stream/page-run");
+    let r = app
+        .client
+        .put(&url)
+        .header("content-type", "application/json")
+        .header("spool-events", "true")
+        .body(r#"[{"event":"token","data":{"text":"Hello "}},{"event":"token","data":{"text":"from an agent."}}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.headers()["spool-stream-id"].to_str().unwrap().to_owned();
+    let closed = app
+        .client
+        .post(&url)
+        .header("stream-closed", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(closed.status(), StatusCode::NO_CONTENT);
+    let r = crate::browser::run_case_with("stream", &app.base, Some(&id)).await;
+    assert_eq!(r["text"], "Hello from an agent.", "{r}");
+    assert_eq!(r["streamId"], id.as_str());
+}

@@ -1,11 +1,11 @@
 // Drives spool's chat page in Debian's headless Chromium with playwright-core.
 //   node chat.mjs CASE BASE_URL SCREENSHOT.png
-// CASE: ask | resume | stop | reload | keys | manage | markdown | parts | eventsource. Prints one JSON line ({"ok":true,...}) on success;
+// CASE: ask | resume | stop | reload | keys | manage | markdown | parts | eventsource | stream (ARG: its id). Prints one JSON line ({"ok":true,...}) on success;
 // exits non-zero with a message otherwise. Run by tests/api/browser.rs, which starts the
 // server (mock backend) and checks the result against the API.
 import { chromium } from "playwright-core";
 
-const [, , testCase, base, screenshot] = process.argv;
+const [, , testCase, base, screenshot, caseArg] = process.argv;
 const TIMEOUT = 20_000;
 // The key tests/api/browser.rs starts the server with for the `keys` case.
 const KEY = "page-key-1";
@@ -332,6 +332,12 @@ try {
     const again = await parts();
     check(JSON.stringify(again.calls) === JSON.stringify(live.calls) && again.reasoning === live.reasoning, `after reload ${JSON.stringify(again)}`);
     Object.assign(result, live);
+  } else if (testCase === "stream") {
+    // `/?stream=ID`: a stream an app's own producer wrote through Durable Streams.
+    await open(`?stream=${caseArg}`);
+    const a = await finished();
+    check(a.state === "done", `state ${a.state}`);
+    Object.assign(result, { text: a.text, streamId: a.streamId });
   } else if (testCase === "eventsource") {
     // examples/eventsource.html, as a user opens it.
     await page.goto(`${base}/examples/eventsource.html?max_tokens=5`);

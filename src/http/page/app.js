@@ -512,6 +512,16 @@ async function openSession(id) {
   renderSessions();
 }
 
+// `/?stream=st_…`: one stream, whoever wrote it (an answer, or an app's own producer
+// through Durable Streams), followed from its first event to its end.
+function showStream(streamId) {
+  stopFollowing();
+  sessionId = null;
+  els.messages.replaceChildren();
+  const li = addAssistant(streamId);
+  follow(li, streamId, 0);
+}
+
 function newChat() {
   stopFollowing();
   sessionId = null;
@@ -588,7 +598,9 @@ async function start() {
   }
   await loadSessions();
   const current = localStorage.getItem(CURRENT_KEY);
-  if (current) await openSession(current);
+  const shown = params.get("stream");
+  if (shown) showStream(shown);
+  else if (current) await openSession(current);
   document.body.dataset.ready = "true";
 }
 
