@@ -81,6 +81,10 @@ pub struct ServerConfig {
     )]
     pub ds_prefix: String,
 
+    /// Durable Streams: the largest append or initial body, in bytes (`413` past it).
+    #[arg(long = "ds-body-limit", env = "SPOOL_DS_BODY_LIMIT", default_value_t = 16 * 1024 * 1024, global = true)]
+    pub ds_body_limit: usize,
+
     /// Durable Streams: how long a `live=long-poll` read waits for data before `204`.
     #[arg(long = "ds-long-poll-timeout", env = "SPOOL_DS_LONG_POLL_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration, global = true)]
     pub ds_long_poll_timeout: Duration,

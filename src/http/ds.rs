@@ -30,10 +30,12 @@ const MAX_NAME: usize = 1024;
 /// The largest integer a producer's epoch or seq may be (JavaScript's safe integers).
 const MAX_SAFE: u64 = (1 << 53) - 1;
 
-pub fn router(prefix: &str) -> Router<HttpState> {
+pub fn router(prefix: &str, body_limit: usize) -> Router<HttpState> {
     let prefix = prefix.trim_end_matches('/');
     Router::new()
         .route(&format!("{prefix}/v1/stream/{{*name}}"), any(handle))
+        // Its own limit (`SPOOL_DS_BODY_LIMIT`), over the API's.
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::map_response(security_headers))
 }
 

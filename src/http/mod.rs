@@ -56,7 +56,10 @@ pub fn router(state: HttpState) -> Router {
         .merge(streams::router())
         .merge(sessions::router())
         .merge(chats::router())
-        .merge(ds::router(&state.server().ds_prefix))
+        .merge(ds::router(
+            &state.server().ds_prefix,
+            state.server().ds_body_limit,
+        ))
         .merge(ws::router())
         .merge(openai::router())
         .merge(responses::router())

@@ -25,17 +25,16 @@ async fn ds_app() -> TestApp {
     .await
 }
 
-#[tokio::test]
-async fn the_protocols_conformance_suite_passes_on_sqlite() {
+/// Runs the whole suite against `app`; asserts every test that runs passes.
+async fn conformance(app: &TestApp, store: &str) {
     install();
-    let app = ds_app().await;
     let node = clients_dir().join("node");
     std::fs::copy(
         repo().join("tests/clients/ds_conformance.test.mjs"),
         node.join("ds_conformance.test.mjs"),
     )
     .unwrap();
-    let report = node.join("ds_conformance.json");
+    let report = node.join(format!("ds_conformance_{store}.json"));
     let _ = std::fs::remove_file(&report);
     let base = format!("{}/ds", app.base);
     let args = [
@@ -84,7 +83,7 @@ async fn the_protocols_conformance_suite_passes_on_sqlite() {
         .copied()
         .collect();
     eprintln!(
-        "Durable Streams conformance 0.3.6: {} passed, {} failed, {} skipped, of {}",
+        "Durable Streams conformance 0.3.6 on {store}: {} passed, {} failed, {} skipped, of {}",
         count("passed"),
         failed.len(),
         skipped.len(),
@@ -103,6 +102,29 @@ async fn the_protocols_conformance_suite_passes_on_sqlite() {
             "skipped: {t}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_protocols_conformance_suite_passes_on_sqlite() {
+    let app = ds_app().await;
+    conformance(&app, "sqlite").await;
+}
+
+#[tokio::test]
+async fn the_protocols_conformance_suite_passes_on_postgres() {
+    let db = crate::pg::TestDb::create().await;
+    let url = db.url.clone();
+    let app = spawn_with(move |c| {
+        c.store.database_url = url;
+        c.cluster.node_id = Some("ds".into());
+        c.mock.rate = 300.0;
+        c.server.ds_long_poll_timeout = LONG_POLL;
+        c.server.cors_origins = vec!["*".into()];
+    })
+    .await;
+    conformance(&app, "postgres").await;
+    drop(app);
+    drop(db);
 }
 
 #[tokio::test]
