@@ -546,6 +546,12 @@ impl Engine {
         Ok(Created::New(live))
     }
 
+    /// The owner of `name` (`Some(None)`: a stream without one), for a read token's
+    /// bearer.
+    pub async fn ds_owner(&self, name: &str) -> Result<Option<Option<String>>, StoreError> {
+        Ok(self.ds_internal(name).await?.map(|s| s.owner))
+    }
+
     /// `name` as stored, whoever owns it and soft-deleted or not (a fork reads its
     /// source through this).
     async fn ds_internal(&self, name: &str) -> Result<Option<DsLive>, StoreError> {

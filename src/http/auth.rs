@@ -192,6 +192,19 @@ impl ApiKeys {
                     .is_some_and(|prefix| path.starts_with(prefix)))
     }
 
+    /// The read-token scope of a Durable Stream's `GET` (`ds:{name}`), if `path` is one.
+    fn ds_read_scope(&self, method: &axum::http::Method, path: &str) -> Option<String> {
+        if method != axum::http::Method::GET {
+            return None;
+        }
+        let rest = path.strip_prefix(self.also_guarded.as_deref()?)?;
+        let name = rest.strip_prefix("v1/stream/")?;
+        let name = form_urlencoded::parse(format!("n={name}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())?;
+        Some(format!("ds:{name}"))
+    }
+
     /// Guards the routes under `prefix` too (the Durable Streams protocol's).
     pub fn guard_prefix(mut self, prefix: &str) -> Self {
         self.also_guarded = Some(format!("{}/", prefix.trim_end_matches('/')));
@@ -311,12 +324,13 @@ pub async fn require_key(
             None => {
                 // No key: a read token may open this one stream's events.
                 let path = request.uri().path();
-                let grant = match (
-                    events_path_stream(request.method(), path),
-                    query_token(request.uri().query()),
-                ) {
-                    (Some(stream), Some(token)) if key.is_none() => {
-                        Some(keys.check_token(stream, token).map(|()| stream.to_owned()))
+                // Or a Durable Stream's GETs (its token signs `ds:{name}`).
+                let scope = events_path_stream(request.method(), path)
+                    .map(str::to_owned)
+                    .or_else(|| keys.ds_read_scope(request.method(), path));
+                let grant = match (scope, query_token(request.uri().query())) {
+                    (Some(scope), Some(token)) if key.is_none() => {
+                        Some(keys.check_token(&scope, token).map(|()| scope))
                     }
                     _ => None,
                 };

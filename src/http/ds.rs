@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use base64::Engine as _;
 
-use super::auth::Owner;
+use super::auth::{Owner, ReadGrant};
 use super::error::{ApiError, ErrorCode};
 use super::state::HttpState;
 use crate::ds::{self, Offset, Producer};
@@ -113,6 +113,7 @@ fn closed_header(headers: &HeaderMap) -> bool {
 async fn handle(
     State(state): State<HttpState>,
     Owner(owner): Owner,
+    grant: Option<axum::Extension<ReadGrant>>,
     method: Method,
     uri: axum::http::Uri,
     Path(name): Path<String>,
@@ -125,7 +126,29 @@ async fn handle(
             "a stream name is 1 to {MAX_NAME} bytes"
         )));
     }
-    let owner = owner.as_deref();
+    // A read token of this stream's opens its GETs, as its owner.
+    let granted = match grant {
+        Some(axum::Extension(ReadGrant(scope))) if method == Method::GET => {
+            if scope != format!("ds:{name}") {
+                return Err(ApiError::new(
+                    ErrorCode::Unauthorized,
+                    "the token is not valid for this stream",
+                ));
+            }
+            Some(
+                state
+                    .engine()
+                    .ds_owner(&name)
+                    .await?
+                    .ok_or_else(not_found)?,
+            )
+        }
+        _ => None,
+    };
+    let owner = match &granted {
+        Some(o) => o.as_deref(),
+        None => owner.as_deref(),
+    };
     match method {
         Method::PUT => create(&state, &name, owner, &uri, &headers, &body).await,
         Method::POST => append(&state, &name, owner, &headers, body).await,
@@ -230,8 +253,17 @@ async fn create(
     if s.kind == DsKind::Spool {
         set(&mut response, "spool-stream-id", &s.stream_id);
     }
+    read_token(state, &mut response, name, owner);
     describe(&mut response, &s);
     Ok(response)
+}
+
+/// With keys: a read token for a browser's `GET`s of this stream (`?token=`), which
+/// cannot send a header from `EventSource`.
+fn read_token(state: &HttpState, response: &mut Response, name: &str, owner: Option<&str>) {
+    if let Some(token) = state.keys().read_token(&format!("ds:{name}"), owner) {
+        set(response, "stream-read-token", &token);
+    }
 }
 
 /// A fork's headers: `Stream-Forked-From` (the source's path, as a URL of this
@@ -441,6 +473,7 @@ async fn head(state: &HttpState, name: &str, owner: Option<&str>) -> Result<Resp
     if s.kind == DsKind::Spool {
         set(&mut r, "spool-stream-id", &s.stream_id);
     }
+    read_token(state, &mut r, name, owner);
     Ok(r)
 }
 

@@ -148,6 +148,7 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
                 HeaderName::from_static("stream-closed"),
                 HeaderName::from_static("stream-sse-data-encoding"),
                 HeaderName::from_static("spool-stream-id"),
+                HeaderName::from_static("stream-read-token"),
                 HeaderName::from_static("producer-epoch"),
                 HeaderName::from_static("producer-seq"),
                 HeaderName::from_static("producer-expected-seq"),

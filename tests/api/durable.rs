@@ -356,6 +356,10 @@ async fn with_keys_a_durable_stream_belongs_to_its_creator() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
+    let token = r.headers()["stream-read-token"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let theirs = app
         .client
         .get(format!("{url}?offset=-1"))
@@ -382,6 +386,41 @@ async fn with_keys_a_durable_stream_belongs_to_its_creator() {
         .await
         .unwrap();
     assert_eq!(mine.text().await.unwrap(), "mine");
+    // A browser's EventSource sends no header: the read token opens this stream's
+    // GETs (catch-up and live), nothing else.
+    let by_token = app
+        .client
+        .get(format!("{url}?offset=-1&token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_token.text().await.unwrap(), "mine");
+    let sse = app
+        .client
+        .get(format!("{url}?offset=-1&live=sse&token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    drop(sse);
+    for (method, path) in [
+        ("POST", "/ds/v1/stream/owned"),
+        ("GET", "/ds/v1/stream/other"),
+        ("GET", "/v1/streams"),
+    ] {
+        let r = app
+            .client
+            .request(
+                method.parse().unwrap(),
+                app.url(&format!("{path}?token={token}")),
+            )
+            .header("content-type", "text/plain")
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+    }
 }
 
 #[tokio::test]
