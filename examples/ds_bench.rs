@@ -73,8 +73,14 @@ fn start(name: &'static str, mut cmd: Command, dir: tempfile::TempDir, suffix: &
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{name}: {e}"));
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     for pipe in [
-        child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-        child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
     ]
     .into_iter()
     .flatten()
@@ -171,7 +177,13 @@ async fn measure(cli: &Cli, server: &Server) -> Figures {
             let until = Instant::now() + Duration::from_secs(seconds);
             let mut i = 0u64;
             while Instant::now() < until {
-                if post(&client, &url, format!("{{\"p\":{p},\"i\":{i},\"msg\":\"hello\"}}")).await {
+                if post(
+                    &client,
+                    &url,
+                    format!("{{\"p\":{p},\"i\":{i},\"msg\":\"hello\"}}"),
+                )
+                .await
+                {
                     count.fetch_add(1, Ordering::Relaxed);
                 }
                 i += 1;
@@ -281,7 +293,14 @@ async fn measure(cli: &Cli, server: &Server) -> Figures {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     for i in 0..cli.live_messages {
-        assert!(post(&client, &url, format!("{{\"i\":{i},\"t\":{}}}", now_micros())).await);
+        assert!(
+            post(
+                &client,
+                &url,
+                format!("{{\"i\":{i},\"t\":{}}}", now_micros())
+            )
+            .await
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     for r in readers {
@@ -337,7 +356,10 @@ async fn main() {
         "Durable Streams, {} producers for {} s, {} catch-up messages, {} live readers x {} messages",
         cli.producers, cli.seconds, cli.catchup_messages, cli.readers, cli.live_messages
     );
-    println!("{:<34} {:>12} {:>12} {:>8}  ahead?", "figure", "spool", "reference", "ratio");
+    println!(
+        "{:<34} {:>12} {:>12} {:>8}  ahead?",
+        "figure", "spool", "reference", "ratio"
+    );
     let row = |name: &str, a: f64, b: f64, higher_is_better: bool| {
         let ratio = a / b;
         let ahead = if higher_is_better { a > b } else { a < b };
@@ -347,8 +369,23 @@ async fn main() {
         );
     };
     row("appends/s", s.appends_per_s, r.appends_per_s, true);
-    row("server CPU ms per 1k appends", s.cpu_ms_per_1k, r.cpu_ms_per_1k, false);
+    row(
+        "server CPU ms per 1k appends",
+        s.cpu_ms_per_1k,
+        r.cpu_ms_per_1k,
+        false,
+    );
     row("catch-up read MB/s", s.catchup_mb_s, r.catchup_mb_s, true);
-    row("live fan-out lag p50 (ms)", s.lag_p50_ms, r.lag_p50_ms, false);
-    row("live fan-out lag p99 (ms)", s.lag_p99_ms, r.lag_p99_ms, false);
+    row(
+        "live fan-out lag p50 (ms)",
+        s.lag_p50_ms,
+        r.lag_p50_ms,
+        false,
+    );
+    row(
+        "live fan-out lag p99 (ms)",
+        s.lag_p99_ms,
+        r.lag_p99_ms,
+        false,
+    );
 }

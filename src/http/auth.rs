@@ -56,6 +56,14 @@ pub struct ChatBearer(pub String);
 /// What every chat token starts with.
 const CHAT_TOKEN_PREFIX: &str = "chat.";
 
+/// Why a signed token is refused.
+enum TokenFault {
+    Malformed,
+    WrongScope,
+    KeyGone,
+    Expired,
+}
+
 impl ApiKeys {
     pub fn new(keys: &[String], metrics: bool, secret: Vec<u8>, token_ttl: Duration) -> Self {
         let digests: Vec<[u8; 32]> = keys
@@ -113,27 +121,16 @@ impl ApiKeys {
 
     /// The owner a chat token speaks for on chat `chat_id`, if it is valid for it now.
     pub fn chat_owner(&self, chat_id: &str, token: &str) -> Result<String, &'static str> {
-        let malformed = "the chat token is malformed";
-        let rest = token.strip_prefix(CHAT_TOKEN_PREFIX).ok_or(malformed)?;
-        let mut parts = rest.splitn(3, '.');
-        let (Some(expires), Some(key_id), Some(signature)) =
-            (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(malformed);
-        };
-        let expires: u64 = expires.parse().map_err(|_| malformed)?;
-        let signature = unhex(signature).ok_or(malformed)?;
-        if !constant_time_eq(&self.sign_chat(chat_id, expires, key_id), &signature) {
-            return Err("the chat token is not valid for this chat");
-        }
-        let owner = format!("{OWNER_PREFIX}{key_id}");
-        if !self.owners.contains(&owner) {
-            return Err("the API key that made this chat token is no longer configured");
-        }
-        if expires <= unix_now() {
-            return Err("the chat token has expired; ask for a new one");
-        }
-        Ok(owner)
+        let rest = token
+            .strip_prefix(CHAT_TOKEN_PREFIX)
+            .ok_or(TokenFault::Malformed)
+            .and_then(|rest| self.verify("chat", chat_id, rest));
+        rest.map_err(|fault| match fault {
+            TokenFault::Malformed => "the chat token is malformed",
+            TokenFault::WrongScope => "the chat token is not valid for this chat",
+            TokenFault::KeyGone => "the API key that made this chat token is no longer configured",
+            TokenFault::Expired => "the chat token has expired; ask for a new one",
+        })
     }
 
     fn sign(&self, stream_id: &str, expires: u64, key_id: &str) -> [u8; 32] {
@@ -145,26 +142,42 @@ impl ApiKeys {
 
     /// Whether `token` lets its bearer read `stream_id` now.
     fn check_token(&self, stream_id: &str, token: &str) -> Result<(), &'static str> {
-        let malformed = "the token is malformed";
+        self.verify("read", stream_id, token)
+            .map(|_| ())
+            .map_err(|fault| match fault {
+                TokenFault::Malformed => "the token is malformed",
+                TokenFault::WrongScope => "the token is not valid for this stream",
+                TokenFault::KeyGone => "the API key that made this token is no longer configured",
+                TokenFault::Expired => "the token has expired; start a new one",
+            })
+    }
+
+    /// The one check of a signed token `EXPIRY.KEYID.HMAC` of `kind` (`read`, `chat`)
+    /// for `scope`: signature, key still configured, not expired. Returns its owner.
+    fn verify(&self, kind: &str, scope: &str, token: &str) -> Result<String, TokenFault> {
         let mut parts = token.splitn(3, '.');
         let (Some(expires), Some(key_id), Some(signature)) =
             (parts.next(), parts.next(), parts.next())
         else {
-            return Err(malformed);
+            return Err(TokenFault::Malformed);
         };
-        let expires: u64 = expires.parse().map_err(|_| malformed)?;
-        let signature = unhex(signature).ok_or(malformed)?;
-        if !constant_time_eq(&self.sign(stream_id, expires, key_id), &signature) {
-            return Err("the token is not valid for this stream");
+        let expires: u64 = expires.parse().map_err(|_| TokenFault::Malformed)?;
+        let signature = unhex(signature).ok_or(TokenFault::Malformed)?;
+        let expected = hmac_sha256(
+            &self.secret,
+            format!("{kind}:{scope}:{expires}:{key_id}").as_bytes(),
+        );
+        if !constant_time_eq(&expected, &signature) {
+            return Err(TokenFault::WrongScope);
         }
         let owner = format!("{OWNER_PREFIX}{key_id}");
         if !self.owners.contains(&owner) {
-            return Err("the API key that made this token is no longer configured");
+            return Err(TokenFault::KeyGone);
         }
         if expires <= unix_now() {
-            return Err("the token has expired; start a new one");
+            return Err(TokenFault::Expired);
         }
-        Ok(())
+        Ok(owner)
     }
 
     pub fn enabled(&self) -> bool {

@@ -450,3 +450,34 @@ async fn the_chat_page_shows_a_stream_an_apps_producer_wrote() {
     assert_eq!(r["text"], "Hello from an agent.", "{r}");
     assert_eq!(r["streamId"], id.as_str());
 }
+
+#[tokio::test]
+async fn the_curl_producer_example_runs_as_documented() {
+    let app = ds_app().await;
+    let script = repo().join("examples/ds_producer.sh");
+    let out = tokio::process::Command::new("bash")
+        .arg(&script)
+        .arg(&app.base)
+        .output();
+    let out = tokio::time::timeout(DEADLINE, out).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("event: start event: reasoning event: token event: token event: done"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with("Step one done. Step two done.\n"),
+        "{stdout}"
+    );
+    let docs = std::fs::read_to_string(repo().join("docs/api.md")).unwrap();
+    let code = std::fs::read_to_string(&script).unwrap();
+    assert!(
+        docs.contains(code.split_once("\n\n").unwrap().1),
+        "docs/api.md does not show examples/ds_producer.sh as it is"
+    );
+}
