@@ -308,6 +308,28 @@ pub fn cursor(now_ms: i64, client: Option<&str>, jitter: u64) -> String {
     }
 }
 
+/// A URL path segment run percent-decoded as a router decodes a path (`+` stays `+`);
+/// `None` if it decodes to no UTF-8.
+pub fn decode_path(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Whether a `Stream-TTL` value is a plain non-negative decimal integer.
 pub fn valid_ttl(v: &str) -> bool {
     v == "0" || (!v.is_empty() && !v.starts_with('0') && v.bytes().all(|b| b.is_ascii_digit()))
@@ -396,6 +418,14 @@ mod tests {
                 received: 7
             }
         );
+    }
+
+    #[test]
+    fn paths_decode_as_the_router_decodes_them() {
+        assert_eq!(decode_path("a%2Fb+c%20d").as_deref(), Some("a/b+c d"));
+        assert_eq!(decode_path("100%").as_deref(), Some("100%"));
+        assert_eq!(decode_path("%E2%9C%93").as_deref(), Some("✓"));
+        assert_eq!(decode_path("%FF"), None);
     }
 
     #[test]

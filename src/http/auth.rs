@@ -211,10 +211,7 @@ impl ApiKeys {
             return None;
         }
         let rest = path.strip_prefix(self.also_guarded.as_deref()?)?;
-        let name = rest.strip_prefix("v1/stream/")?;
-        let name = form_urlencoded::parse(format!("n={name}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())?;
+        let name = crate::ds::decode_path(rest.strip_prefix("v1/stream/")?)?;
         Some(format!("ds:{name}"))
     }
 

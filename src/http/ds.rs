@@ -312,10 +312,7 @@ fn fork(state: &HttpState, headers: &HeaderMap) -> Result<Option<Fork>, ApiError
         .strip_prefix("/v1/stream/")
         .or_else(|| path.strip_prefix("v1/stream/"))
         .unwrap_or(path.trim_start_matches('/'));
-    let source = form_urlencoded::parse(format!("n={name}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default();
+    let source = ds::decode_path(name).unwrap_or_default();
     if source.is_empty() {
         return Err(ApiError::invalid("Stream-Forked-From names no stream"));
     }

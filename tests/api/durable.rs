@@ -403,6 +403,29 @@ async fn with_keys_a_durable_stream_belongs_to_its_creator() {
         .unwrap();
     assert_eq!(sse.status(), 200);
     drop(sse);
+    // A name with `+` and an escaped space: the token names it as the route does.
+    let odd = app.url("/ds/v1/stream/a+b%20c");
+    let r = app
+        .client
+        .put(&odd)
+        .bearer_auth("alpha-key")
+        .header("content-type", "text/plain")
+        .body("odd")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let odd_token = r.headers()["stream-read-token"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let by_token = app
+        .client
+        .get(format!("{odd}?offset=-1&token={odd_token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_token.text().await.unwrap(), "odd");
     for (method, path) in [
         ("POST", "/ds/v1/stream/owned"),
         ("GET", "/ds/v1/stream/other"),
