@@ -152,6 +152,13 @@ async fn list_is_newest_first_with_a_cursor() {
     let mut ids = Vec::new();
     for _ in 0..5 {
         ids.push(app.create(json!({"prompt": "x", "max_tokens": 1})).await);
+        // Newest first is by creation time (ties in one millisecond go by id): let the
+        // clock pass the millisecond it was created in, so the order is the order of
+        // creation.
+        let created_by = spool::event::now_ms();
+        while spool::event::now_ms() <= created_by {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
     let page: Value = app
         .client
