@@ -89,6 +89,7 @@ async fn sessions_are_listed_newest_first_in_pages_each_with_title_and_activity(
     let mut made = Vec::new();
     for i in 0..5 {
         made.push(create(&app, ALICE, json!({"metadata": {"n": i}})).await);
+        next_millisecond().await;
     }
     let titled = create(&app, ALICE, json!({"title": "  Named at birth "})).await;
     made.push(titled.clone());
@@ -373,4 +374,14 @@ async fn a_cors_preflight_allows_every_method_the_api_has() {
         r.headers()["access-control-allow-origin"],
         "https://app.example"
     );
+}
+
+/// Newest first is by creation time (sessions made in one millisecond list by id): lets
+/// the clock pass the millisecond of what was just created, so the order is the order
+/// of creation.
+async fn next_millisecond() {
+    let created_by = spool::event::now_ms();
+    while spool::event::now_ms() <= created_by {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
 }
