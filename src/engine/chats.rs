@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::sessions::{NewSessionRequest, Starting, running};
 use super::{Engine, StartError};
-use crate::llm::{Message, Prompt};
+use crate::llm::Prompt;
 use crate::store::{SessionEdit, SessionRow, StoreError, TurnRow};
 
 /// The longest chat id (`useChat` makes 16-character ones).
@@ -120,13 +120,11 @@ impl Engine {
 
 /// What a user or tool turn asked, as the prompt it was started with.
 fn asked_prompt(turn: &TurnRow) -> Prompt {
-    let given: Option<Vec<Message>> = turn
-        .messages
-        .as_deref()
-        .and_then(|m| serde_json::from_str(m).ok());
-    match given {
-        Some(messages) if !messages.is_empty() => Prompt::Messages(messages),
-        _ => Prompt::Text(turn.content.clone().unwrap_or_default()),
+    let given = turn.given_messages();
+    if given.is_empty() {
+        Prompt::Text(turn.content.clone().unwrap_or_default())
+    } else {
+        Prompt::Messages(given)
     }
 }
 

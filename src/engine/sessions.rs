@@ -244,25 +244,10 @@ pub(super) fn is_tool_turn(input: &[Message]) -> bool {
 
 /// The ids of the tool calls of an assistant turn.
 fn call_ids(turn: &TurnRow) -> Vec<String> {
-    calls_of(turn)
+    turn.tool_call_values()
         .iter()
         .filter_map(|c| c["id"].as_str().map(str::to_owned))
         .collect()
-}
-
-fn calls_of(turn: &TurnRow) -> Vec<serde_json::Value> {
-    turn.tool_calls
-        .as_deref()
-        .and_then(|c| serde_json::from_str(c).ok())
-        .unwrap_or_default()
-}
-
-/// The messages a turn was given as (tool results, a user message with parts).
-fn results_of(turn: &TurnRow) -> Vec<Message> {
-    turn.messages
-        .as_deref()
-        .and_then(|m| serde_json::from_str(m).ok())
-        .unwrap_or_default()
 }
 
 /// Tool results answer the last answer's tool calls, each exactly once, all of them
@@ -353,7 +338,7 @@ fn history(turns: &[TurnRow], from: i64, to: i64, next: &[Message]) -> Vec<Past>
         match t.role.as_str() {
             "user" => {
                 // Given as a message (content parts): as it was given.
-                let given = results_of(t);
+                let given = t.given_messages();
                 let messages = match t.content.as_deref() {
                     _ if !given.is_empty() => given,
                     Some(text) if !text.is_empty() => vec![Message::text(Role::User, text)],
@@ -368,7 +353,8 @@ fn history(turns: &[TurnRow], from: i64, to: i64, next: &[Message]) -> Vec<Past>
             "tool" => {
                 let before = i.checked_sub(1).and_then(|j| in_range.get(j));
                 let calls = before.map(|b| call_ids(b)).unwrap_or_default();
-                let results: Vec<Message> = results_of(t)
+                let results: Vec<Message> = t
+                    .given_messages()
                     .into_iter()
                     .filter(|m| {
                         m.tool_call_id
@@ -386,7 +372,8 @@ fn history(turns: &[TurnRow], from: i64, to: i64, next: &[Message]) -> Vec<Past>
             }
             _ => {
                 let answered: Vec<String> = match in_range.get(i + 1) {
-                    Some(n) if n.role == "tool" => results_of(n)
+                    Some(n) if n.role == "tool" => n
+                        .given_messages()
                         .into_iter()
                         .filter_map(|m| m.tool_call_id)
                         .collect(),
@@ -397,7 +384,8 @@ fn history(turns: &[TurnRow], from: i64, to: i64, next: &[Message]) -> Vec<Past>
                         .filter_map(|m| m.tool_call_id.clone())
                         .collect(),
                 };
-                let calls: Vec<serde_json::Value> = calls_of(t)
+                let calls: Vec<serde_json::Value> = t
+                    .tool_call_values()
                     .into_iter()
                     .filter(|c| {
                         c["id"]

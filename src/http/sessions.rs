@@ -305,10 +305,9 @@ fn tool_results(turn: &TurnRow) -> Option<Vec<ToolResult>> {
     if turn.role != "tool" {
         return None;
     }
-    let messages: Vec<crate::llm::Message> =
-        serde_json::from_str(turn.messages.as_deref()?).ok()?;
+    turn.messages.as_ref()?;
     Some(
-        messages
+        turn.given_messages()
             .into_iter()
             .map(|m| ToolResult {
                 tool_call_id: m.tool_call_id.unwrap_or_default(),

@@ -91,6 +91,25 @@ pub struct TurnRow {
     pub messages: Option<String>,
 }
 
+impl TurnRow {
+    /// The messages the turn was given as (tool results, a user message with content
+    /// parts); none for a turn given as text, or an answer.
+    pub fn given_messages(&self) -> Vec<crate::llm::Message> {
+        self.messages
+            .as_deref()
+            .and_then(|m| serde_json::from_str(m).ok())
+            .unwrap_or_default()
+    }
+
+    /// An answer's tool calls, in OpenAI's shape (none before it completed).
+    pub fn tool_call_values(&self) -> Vec<serde_json::Value> {
+        self.tool_calls
+            .as_deref()
+            .and_then(|c| serde_json::from_str(c).ok())
+            .unwrap_or_default()
+    }
+}
+
 /// A change to a session the writer applies; answered with whether the session existed.
 #[derive(Debug, Clone)]
 pub enum SessionEdit {

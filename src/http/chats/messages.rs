@@ -9,7 +9,6 @@
 use serde_json::{Value, json};
 
 use crate::engine::Engine;
-use crate::llm::Message;
 use crate::store::{SessionRow, StoreError, TurnRow};
 
 /// The UIMessages of `session`'s turns.
@@ -35,12 +34,7 @@ pub async fn of(engine: &Engine, session: &SessionRow) -> Result<Vec<Value>, Sto
 
 /// A tool turn's outputs, by call id.
 fn outputs(turn: &TurnRow) -> Vec<(String, Value)> {
-    let messages: Vec<Message> = turn
-        .messages
-        .as_deref()
-        .and_then(|m| serde_json::from_str(m).ok())
-        .unwrap_or_default();
-    messages
+    turn.given_messages()
         .into_iter()
         .filter_map(|m| {
             let output = serde_json::from_str(&m.content).unwrap_or(Value::String(m.content));
