@@ -330,6 +330,20 @@ pub fn decode_path(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// A stream name as a URL path: every byte but the unreserved ones and `/`
+/// percent-encoded ([`decode_path`] gives it back).
+pub fn encode_path(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Whether a `Stream-TTL` value is a plain non-negative decimal integer.
 pub fn valid_ttl(v: &str) -> bool {
     v == "0" || (!v.is_empty() && !v.starts_with('0') && v.bytes().all(|b| b.is_ascii_digit()))
@@ -426,6 +440,10 @@ mod tests {
         assert_eq!(decode_path("100%").as_deref(), Some("100%"));
         assert_eq!(decode_path("%E2%9C%93").as_deref(), Some("✓"));
         assert_eq!(decode_path("%FF"), None);
+        for name in ["a b+c", "logs/run-1", "✓%"] {
+            assert_eq!(decode_path(&encode_path(name)).as_deref(), Some(name));
+        }
+        assert_eq!(encode_path("a b+c/d"), "a%20b%2Bc/d");
     }
 
     #[test]

@@ -246,7 +246,10 @@ async fn create(
         set(
             &mut response,
             "location",
-            &format!("{scheme}://{host}{prefix}/v1/stream/{}", encode_path(name)),
+            &format!(
+                "{scheme}://{host}{prefix}/v1/stream/{}",
+                ds::encode_path(name)
+            ),
         );
     }
     set(&mut response, "content-type", &s.content_type);
@@ -321,14 +324,6 @@ fn fork(state: &HttpState, headers: &HeaderMap) -> Result<Option<Fork>, ApiError
         at,
         sub: sub.unwrap_or(0),
     }))
-}
-
-/// A name as a URL path (each segment percent-encoded).
-fn encode_path(name: &str) -> String {
-    name.split('/')
-        .map(|seg| form_urlencoded::byte_serialize(seg.as_bytes()).collect::<String>())
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 /// The producer headers: all three or none.
