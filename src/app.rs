@@ -89,6 +89,7 @@ impl Spool {
             config.limits.session_max_prompt_tokens,
         );
         engine.continue_unfinished(opened.unfinished).await;
+        engine.start_subscriptions(&opened.signing_seed).await?;
         let (fatal_tx, fatal) = FatalSender::channel();
         if store.is_shared() {
             tracing::info!(node = store.node(), "sharing the database with other nodes");

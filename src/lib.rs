@@ -42,6 +42,7 @@ pub mod llm;
 pub mod metrics;
 mod server;
 pub mod store;
+mod subscription;
 mod tls;
 
 use std::future::Future;

@@ -113,7 +113,7 @@ impl Engine {
             id: session.id.clone(),
             idx: asked.idx,
         };
-        self.log.edit_session(edit).await?;
+        self.log.edit(edit).await?;
         Ok(Some(prompt))
     }
 }

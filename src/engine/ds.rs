@@ -366,6 +366,21 @@ impl Engine {
         config: DsConfig,
         body: &[u8],
     ) -> Result<Created, DsError> {
+        let created = self.ds_make(name, owner, config, body).await?;
+        if matches!(created, Created::New(_)) && !body.is_empty() {
+            self.subs_appended(name, owner).await;
+        }
+        Ok(created)
+    }
+
+    /// [`Engine::ds_create`] without telling subscriptions.
+    async fn ds_make(
+        &self,
+        name: &str,
+        owner: Option<&str>,
+        config: DsConfig,
+        body: &[u8],
+    ) -> Result<Created, DsError> {
         let slot = self.ds.slot(name);
         let mut guard = slot.lock().await;
         self.ds_load(name, &mut guard).await?;
@@ -554,7 +569,7 @@ impl Engine {
 
     /// `name` as stored, whoever owns it and soft-deleted or not (a fork reads its
     /// source through this).
-    async fn ds_internal(&self, name: &str) -> Result<Option<DsLive>, StoreError> {
+    pub(super) async fn ds_internal(&self, name: &str) -> Result<Option<DsLive>, StoreError> {
         let slot = self.ds.slot(name);
         let mut guard = slot.lock().await;
         self.ds_load(name, &mut guard).await?;
@@ -654,6 +669,24 @@ impl Engine {
 
     /// `POST`: appends, closes, or both, once validated; returns once committed.
     pub async fn ds_append(
+        &self,
+        name: &str,
+        owner: Option<&str>,
+        append: Append,
+    ) -> Result<Appended, DsError> {
+        let appends = !append.body.is_empty();
+        let appended = self.ds_write(name, owner, append).await?;
+        // Announced to subscriptions once the stream's lock is released (see
+        // `engine::subscriptions` for the lock order).
+        if appends && matches!(appended, Appended::Done(_)) {
+            self.subs_appended(name, owner).await;
+        }
+        Ok(appended)
+    }
+
+    /// [`Engine::ds_append`] without telling subscriptions (a wake stream's own
+    /// announcements are written with it).
+    pub(super) async fn ds_write(
         &self,
         name: &str,
         owner: Option<&str>,
@@ -788,8 +821,17 @@ impl Engine {
         Ok(())
     }
 
-    /// `DELETE`. `false`: no such stream of `owner`'s.
+    /// `DELETE` (the stream leaves every subscription). `false`: no such stream of
+    /// `owner`'s.
     pub async fn ds_delete(&self, name: &str, owner: Option<&str>) -> Result<bool, DsError> {
+        let deleted = self.ds_drop(name, owner).await?;
+        if deleted {
+            self.subs_removed(name).await;
+        }
+        Ok(deleted)
+    }
+
+    async fn ds_drop(&self, name: &str, owner: Option<&str>) -> Result<bool, DsError> {
         let slot = self.ds.slot(name);
         let mut guard = slot.lock().await;
         self.ds_load(name, &mut guard).await?;
@@ -813,7 +855,7 @@ impl Engine {
         };
         if self.store.ds_forks(&s.name).await? > 0 {
             self.log
-                .edit_session(crate::store::SessionEdit::DsSoftDelete {
+                .edit(crate::store::RowEdit::DsSoftDelete {
                     name: s.name.clone(),
                 })
                 .await?;

@@ -25,6 +25,7 @@ mod reads;
 mod sessions;
 mod start;
 mod stop;
+mod subscriptions;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -52,6 +53,7 @@ pub use reads::{Access, Follow};
 pub use sessions::{NewSessionRequest, SessionUpdate};
 pub use start::{StartRequest, TurnOf, Via};
 pub use stop::StopFilter;
+pub use subscriptions::{SubError, WakeReply};
 
 /// Why a stream could not be started. Nothing was stored.
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +187,8 @@ pub struct Engine {
     session_max_prompt_tokens: Option<u32>,
     /// The Durable Streams met in this process (see `ds`).
     ds: ds::DsCache,
+    /// Durable Streams subscriptions (see `subscriptions`).
+    subs: subscriptions::Subscriptions,
 }
 
 impl Engine {
@@ -217,6 +221,7 @@ impl Engine {
             starting: Mutex::new(Default::default()),
             session_max_prompt_tokens,
             ds: ds::DsCache::default(),
+            subs: subscriptions::Subscriptions::default(),
         })
     }
 

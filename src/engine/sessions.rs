@@ -183,7 +183,7 @@ impl Engine {
                 .metadata
                 .map(|m| m.map(|m| serde_json::Value::Object(m).to_string())),
         };
-        if !self.log.edit_session(edit).await? {
+        if !self.log.edit(edit).await? {
             return Ok(None);
         }
         self.session_summary(id, owner).await
@@ -213,7 +213,7 @@ impl Engine {
         futures_util::future::try_join_all(streams.iter().map(|s| self.delete(s, owner))).await?;
         Ok(self
             .log
-            .edit_session(SessionEdit::Delete { id: id.to_owned() })
+            .edit(SessionEdit::Delete { id: id.to_owned() })
             .await?)
     }
 }

@@ -199,10 +199,15 @@ impl ApiKeys {
         self.enabled()
             && (path.starts_with("/v1/")
                 || (self.metrics && path == "/metrics")
-                || self
-                    .also_guarded
-                    .as_deref()
-                    .is_some_and(|prefix| path.starts_with(prefix)))
+                || self.also_guarded.as_deref().is_some_and(|prefix| {
+                    path.starts_with(prefix)
+                        // A wake's callback, ack and release carry its token instead;
+                        // the webhook keys are public.
+                        && !path
+                            .strip_prefix(prefix)
+                            .and_then(|p| p.strip_prefix("v1/stream/"))
+                            .is_some_and(super::ds_subs::keyless)
+                }))
     }
 
     /// The read-token scope of a Durable Stream's `GET` (`ds:{name}`), if `path` is one.

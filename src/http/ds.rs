@@ -6,7 +6,8 @@
 //!
 //! Every response carries `X-Content-Type-Options: nosniff` and
 //! `Cross-Origin-Resource-Policy: cross-origin`; errors are spool's JSON errors with the
-//! protocol's statuses. Forks are `PUT`s with `Stream-Forked-From`.
+//! protocol's statuses. Forks are `PUT`s with `Stream-Forked-From`. The reserved
+//! `{stream root}/__ds/…` routes (subscriptions) are `http::ds_subs`.
 
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use super::state::HttpState;
 use crate::ds::{self, Offset, Producer};
 use crate::engine::{Append, Appended, Created, DsConfig, DsError, DsFork as Fork, DsKind, DsLive};
 use crate::event::now_ms;
+use crate::subscription;
 
 /// The longest stream name, in bytes.
 const MAX_NAME: usize = 1024;
@@ -121,6 +123,31 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    // The reserved control routes come before any stream.
+    let prefix = state.server().ds_prefix.trim_end_matches('/').to_owned();
+    let below_root = uri
+        .path()
+        .strip_prefix(&format!("{prefix}/v1/stream/"))
+        .unwrap_or_default();
+    if below_root == subscription::RESERVED || name == subscription::RESERVED {
+        return Err(ApiError::new(
+            ErrorCode::SubscriptionNotFound,
+            "no such Durable Streams control route",
+        ));
+    }
+    if let Some(rest) = below_root.strip_prefix("__ds/") {
+        let root = stream_root(&state, &uri, &headers);
+        return super::ds_subs::handle(
+            &state,
+            owner.as_deref(),
+            method,
+            rest,
+            &root,
+            &headers,
+            body,
+        )
+        .await;
+    }
     if name.is_empty() || name.len() > MAX_NAME {
         return Err(ApiError::invalid(format!(
             "a stream name is 1 to {MAX_NAME} bytes"
@@ -166,6 +193,21 @@ async fn handle(
             "a stream takes PUT, POST, GET, HEAD and DELETE",
         )),
     }
+}
+
+/// The stream root, `{scheme}://{host}{prefix}/v1/stream`, as the request reached this
+/// server (a `Location`, a subscription's callback and key URLs start with it).
+fn stream_root(state: &HttpState, uri: &axum::http::Uri, headers: &HeaderMap) -> String {
+    let prefix = state.server().ds_prefix.trim_end_matches('/').to_owned();
+    let host = text(headers, "host")
+        .or(uri.authority().map(|a| a.as_str()))
+        .unwrap_or("localhost");
+    // HTTP/2 names its scheme; behind a proxy, X-Forwarded-Proto does.
+    let scheme = uri
+        .scheme_str()
+        .or(text(headers, "x-forwarded-proto"))
+        .unwrap_or("http");
+    format!("{scheme}://{host}{prefix}/v1/stream")
 }
 
 /// The headers every answer about a stream's state has.
@@ -233,23 +275,11 @@ async fn create(
     };
     let mut response = status.into_response();
     if status == StatusCode::CREATED {
-        // An absolute URL, as the request reached this server.
-        let prefix = state.server().ds_prefix.trim_end_matches('/').to_owned();
-        let host = text(headers, "host")
-            .or(uri.authority().map(|a| a.as_str()))
-            .unwrap_or("localhost");
-        // HTTP/2 names its scheme; behind a proxy, X-Forwarded-Proto does.
-        let scheme = uri
-            .scheme_str()
-            .or(text(headers, "x-forwarded-proto"))
-            .unwrap_or("http");
+        let root = stream_root(state, uri, headers);
         set(
             &mut response,
             "location",
-            &format!(
-                "{scheme}://{host}{prefix}/v1/stream/{}",
-                ds::encode_path(name)
-            ),
+            &format!("{root}/{}", ds::encode_path(name)),
         );
     }
     set(&mut response, "content-type", &s.content_type);

@@ -60,6 +60,25 @@ pub enum ErrorCode {
     UnsupportedFrame,
     UnknownType,
     InvalidMessage,
+    // Durable Streams subscriptions: the protocol's own codes, as it spells them.
+    #[serde(rename = "INVALID_REQUEST")]
+    SubscriptionInvalid,
+    #[serde(rename = "SUBSCRIPTION_NOT_FOUND")]
+    SubscriptionNotFound,
+    #[serde(rename = "SUBSCRIPTION_ALREADY_EXISTS")]
+    SubscriptionExists,
+    #[serde(rename = "WEBHOOK_URL_REJECTED")]
+    WebhookUrlRejected,
+    #[serde(rename = "TOKEN_INVALID")]
+    TokenInvalid,
+    #[serde(rename = "FENCED")]
+    Fenced,
+    #[serde(rename = "ALREADY_CLAIMED")]
+    AlreadyClaimed,
+    #[serde(rename = "NO_PENDING_WORK")]
+    NoPendingWork,
+    #[serde(rename = "INVALID_OFFSET")]
+    InvalidOffset,
     // The generation (a non-streaming completion whose stream failed).
     GenerationFailed,
     InternalError,
@@ -100,6 +119,15 @@ impl ErrorCode {
             ErrorCode::UnsupportedFrame => "unsupported_frame",
             ErrorCode::UnknownType => "unknown_type",
             ErrorCode::InvalidMessage => "invalid_message",
+            ErrorCode::SubscriptionInvalid => "INVALID_REQUEST",
+            ErrorCode::SubscriptionNotFound => "SUBSCRIPTION_NOT_FOUND",
+            ErrorCode::SubscriptionExists => "SUBSCRIPTION_ALREADY_EXISTS",
+            ErrorCode::WebhookUrlRejected => "WEBHOOK_URL_REJECTED",
+            ErrorCode::TokenInvalid => "TOKEN_INVALID",
+            ErrorCode::Fenced => "FENCED",
+            ErrorCode::AlreadyClaimed => "ALREADY_CLAIMED",
+            ErrorCode::NoPendingWork => "NO_PENDING_WORK",
+            ErrorCode::InvalidOffset => "INVALID_OFFSET",
             ErrorCode::GenerationFailed => "generation_failed",
             ErrorCode::InternalError => "internal_error",
         }
@@ -122,18 +150,26 @@ impl ErrorCode {
             | ErrorCode::UnsupportedFrame
             | ErrorCode::UnknownType
             | ErrorCode::InvalidMessage
-            | ErrorCode::WebsocketRequired => StatusCode::BAD_REQUEST,
+            | ErrorCode::WebsocketRequired
+            | ErrorCode::SubscriptionInvalid
+            | ErrorCode::WebhookUrlRejected => StatusCode::BAD_REQUEST,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::NotFound
             | ErrorCode::StreamNotFound
             | ErrorCode::SessionNotFound
-            | ErrorCode::ModelNotFound => StatusCode::NOT_FOUND,
+            | ErrorCode::ModelNotFound
+            | ErrorCode::SubscriptionNotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized | ErrorCode::TokenInvalid => StatusCode::UNAUTHORIZED,
             ErrorCode::RateLimited | ErrorCode::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::TurnInProgress | ErrorCode::IdempotencyConflict | ErrorCode::Conflict => {
-                StatusCode::CONFLICT
-            }
+            ErrorCode::TurnInProgress
+            | ErrorCode::IdempotencyConflict
+            | ErrorCode::Conflict
+            | ErrorCode::SubscriptionExists
+            | ErrorCode::Fenced
+            | ErrorCode::AlreadyClaimed
+            | ErrorCode::NoPendingWork
+            | ErrorCode::InvalidOffset => StatusCode::CONFLICT,
             ErrorCode::StaleProducerEpoch => StatusCode::FORBIDDEN,
             ErrorCode::Gone => StatusCode::GONE,
             ErrorCode::ShuttingDown | ErrorCode::TooManySockets | ErrorCode::StoreUnavailable => {
@@ -377,6 +413,10 @@ mod tests {
             ErrorCode::ModelNotFound,
             ErrorCode::TurnInProgress,
             ErrorCode::InternalError,
+            ErrorCode::SubscriptionInvalid,
+            ErrorCode::WebhookUrlRejected,
+            ErrorCode::Fenced,
+            ErrorCode::AlreadyClaimed,
         ] {
             assert_eq!(
                 serde_json::to_value(code).unwrap(),

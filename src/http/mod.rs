@@ -10,6 +10,7 @@
 mod auth;
 mod chats;
 mod ds;
+mod ds_subs;
 mod error;
 mod extract;
 mod formats;

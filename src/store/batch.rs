@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::sessions::SessionEdit;
+use super::edits::RowEdit;
 use super::{NewSession, NewStream, StoreError};
 use crate::event::{Event, FinishReason, StreamStatus, Usage};
 
@@ -63,8 +63,8 @@ impl StreamWrites {
 #[derive(Default)]
 pub(super) struct Batch {
     pub sessions: Vec<(NewSession, Reply<()>)>,
-    /// Renames, metadata and deletes of sessions, after everything else of the batch.
-    pub session_edits: Vec<(SessionEdit, Reply<bool>)>,
+    /// Row edits (`store::edits`), after everything else of the batch.
+    pub edits: Vec<(RowEdit, Reply<bool>)>,
     pub creates: Vec<(NewStream, Reply<()>)>,
     pub running: Vec<(Arc<str>, i64)>,
     pub streams: Vec<StreamWrites>,
@@ -164,7 +164,7 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
-            && self.session_edits.is_empty()
+            && self.edits.is_empty()
             && self.creates.is_empty()
             && self.running.is_empty()
             && self.streams.is_empty()
@@ -183,7 +183,7 @@ impl Batch {
         }
         NewWork {
             sessions: std::mem::take(&mut self.sessions),
-            session_edits: std::mem::take(&mut self.session_edits),
+            edits: std::mem::take(&mut self.edits),
             creates,
             deletes: std::mem::take(&mut self.deletes),
             purges: std::mem::take(&mut self.purges),
@@ -194,7 +194,7 @@ impl Batch {
 /// What [`Batch::take_new_work`] took out, to be answered.
 pub(super) struct NewWork {
     pub sessions: Vec<(NewSession, Reply<()>)>,
-    pub session_edits: Vec<(SessionEdit, Reply<bool>)>,
+    pub edits: Vec<(RowEdit, Reply<bool>)>,
     pub creates: Vec<(NewStream, Reply<()>)>,
     pub deletes: Vec<(String, Reply<bool>)>,
     pub purges: Vec<(i64, u32, Reply<u64>)>,
@@ -206,7 +206,7 @@ impl NewWork {
         for (_, reply) in self.sessions {
             let _ = reply.send(Err(e()));
         }
-        for (_, reply) in self.session_edits {
+        for (_, reply) in self.edits {
             let _ = reply.send(Err(e()));
         }
         for (_, reply) in self.creates {

@@ -1,6 +1,7 @@
 //! Durable Stream rows: a name of the Durable Streams protocol, the spool stream that
 //! holds its appends, and the configuration it was created with. Written with the
-//! stream's create (`NewStream::ds`) and deleted with it; read here.
+//! stream's create (`NewStream::ds`) and deleted with it; read here. Also the rows of
+//! Durable Streams subscriptions (written by the writer as row edits).
 
 use sqlx::FromRow;
 
@@ -66,6 +67,44 @@ impl Store {
             |pool, sql| sqlx::query_scalar::<_, i64>(sql)
                 .bind(name)
                 .fetch_one(pool)
+                .await?
+        ))
+    }
+}
+
+/// A Durable Streams subscription as stored (see `engine::subscriptions`).
+#[derive(Debug, Clone, FromRow)]
+pub struct SubscriptionRow {
+    pub id: String,
+    pub owner: Option<String>,
+    /// Its normalized configuration, JSON.
+    pub config: String,
+    pub config_hash: String,
+    pub created_at: i64,
+    /// Its links, cursors, wake and lease, JSON.
+    pub state: String,
+}
+
+impl Store {
+    /// Every subscription, for a starting process.
+    pub async fn ds_subscriptions(&self) -> Result<Vec<SubscriptionRow>, StoreError> {
+        Ok(on_db!(
+            &self.db,
+            "SELECT id, owner, config, config_hash, created_at, state FROM ds_subscriptions",
+            |pool, sql| sqlx::query_as::<_, SubscriptionRow>(sql)
+                .fetch_all(pool)
+                .await?
+        ))
+    }
+
+    /// The name and owner of every Durable Stream not deleted (a new subscription's
+    /// pattern is matched against them).
+    pub async fn ds_names(&self) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        Ok(on_db!(
+            &self.db,
+            "SELECT name, owner FROM ds_streams WHERE soft_deleted = FALSE ORDER BY name",
+            |pool, sql| sqlx::query_as::<_, (String, Option<String>)>(sql)
+                .fetch_all(pool)
                 .await?
         ))
     }

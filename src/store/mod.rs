@@ -13,6 +13,7 @@ pub mod batch;
 pub mod chunk;
 pub mod dialect;
 pub mod ds;
+pub mod edits;
 pub mod events;
 pub mod health;
 pub mod idempotency;
@@ -35,6 +36,7 @@ use crate::hub::StreamHub;
 use crate::metrics::Metrics;
 
 pub use batch::StreamEnd;
+pub use edits::RowEdit;
 pub use idempotency::{IdempotencyKey, KEY_TTL};
 pub use postgres::cluster::{Sweep, SweptStream};
 pub use sessions::{
@@ -138,6 +140,7 @@ pub async fn open(
                 writer,
                 unfinished: opened.unfinished,
                 read_token_secret: opened.read_token_secret,
+                signing_seed: opened.signing_seed,
             })
         }
         Database::Postgres(url) => {
@@ -169,6 +172,7 @@ pub async fn open(
                 // other dead nodes are found by the lease sweeper.
                 unfinished: opened.unfinished,
                 read_token_secret: opened.read_token_secret,
+                signing_seed: opened.signing_seed,
             })
         }
     }
@@ -183,6 +187,9 @@ pub struct Opened {
     pub unfinished: Vec<Unfinished>,
     /// The secret that signs read tokens: made once, kept in `settings`.
     pub read_token_secret: Vec<u8>,
+    /// The seed of the Ed25519 key that signs webhook deliveries: made once, kept in
+    /// `settings`.
+    pub signing_seed: Vec<u8>,
 }
 
 /// 32 random bytes for a new read-token secret.

@@ -1,11 +1,10 @@
 //! Session rows: persisted conversations and their turns. Reads run on the pool; the
 //! writer inserts sessions and turns, and applies [`SessionEdit`]s (a rename, new
-//! metadata, a delete) with [`edit_sqlite`] / [`edit_postgres`] inside its batches.
+//! metadata, a delete) as row edits (`store::edits`) inside its batches.
 
 use sqlx::FromRow;
-use sqlx::postgres::PgConnection;
-use sqlx::sqlite::SqliteConnection;
 
+use super::edits::Bind;
 use super::{Store, StoreError, on_db};
 
 /// A new session, as the writer inserts it.
@@ -125,8 +124,6 @@ pub enum SessionEdit {
     /// Deletes the turns from `idx` on (a regenerated answer: its stream is deleted
     /// before).
     Truncate { id: String, idx: i64 },
-    /// Marks the Durable Stream `name` deleted while forks still read through it.
-    DsSoftDelete { name: String },
 }
 
 const COLUMNS: &str = "id, owner, model, system, metadata, title, created_at, chat_id";
@@ -294,7 +291,7 @@ impl Store {
 
 /// The SQL of an edit, written for SQLite (`?`, see `dialect` for PostgreSQL), with
 /// the values to bind in order.
-fn edit_sql(edit: &SessionEdit) -> Vec<(&'static str, Vec<Bind<'_>>)> {
+pub(super) fn edit_sql(edit: &SessionEdit) -> Vec<(&'static str, Vec<Bind<'_>>)> {
     match edit {
         SessionEdit::Update {
             id,
@@ -323,10 +320,6 @@ fn edit_sql(edit: &SessionEdit) -> Vec<(&'static str, Vec<Bind<'_>>)> {
                 vec![Bind::Text(Some(id))],
             ),
         ],
-        SessionEdit::DsSoftDelete { name } => vec![(
-            "UPDATE ds_streams SET soft_deleted = TRUE WHERE name = ?",
-            vec![Bind::Text(Some(name))],
-        )],
         SessionEdit::Truncate { id, idx } => vec![
             (
                 "DELETE FROM turns WHERE session_id = ? AND idx >= ?",
@@ -338,61 +331,4 @@ fn edit_sql(edit: &SessionEdit) -> Vec<(&'static str, Vec<Bind<'_>>)> {
             ),
         ],
     }
-}
-
-enum Bind<'a> {
-    Flag(bool),
-    Int(i64),
-    Text(Option<&'a str>),
-}
-
-/// Applies `edits` on the writer's SQLite connection, inside its transaction; returns
-/// whether each one's session existed.
-pub(super) async fn edit_sqlite(
-    conn: &mut SqliteConnection,
-    edits: &[&SessionEdit],
-) -> Result<Vec<bool>, sqlx::Error> {
-    let mut found = Vec::with_capacity(edits.len());
-    for edit in edits {
-        let mut existed = false;
-        for (sql, binds) in edit_sql(edit) {
-            let mut q = sqlx::query(sql);
-            for b in binds {
-                q = match b {
-                    Bind::Flag(f) => q.bind(f),
-                    Bind::Int(i) => q.bind(i),
-                    Bind::Text(t) => q.bind(t),
-                };
-            }
-            // The last statement is the one on the session's row.
-            existed = q.execute(&mut *conn).await?.rows_affected() > 0;
-        }
-        found.push(existed);
-    }
-    Ok(found)
-}
-
-/// [`edit_sqlite`] on the writer's PostgreSQL transaction.
-pub(super) async fn edit_postgres(
-    conn: &mut PgConnection,
-    edits: &[&SessionEdit],
-) -> Result<Vec<bool>, sqlx::Error> {
-    let mut found = Vec::with_capacity(edits.len());
-    for edit in edits {
-        let mut existed = false;
-        for (sql, binds) in edit_sql(edit) {
-            let sql = super::dialect::postgres(sql);
-            let mut q = sqlx::query(&sql);
-            for b in binds {
-                q = match b {
-                    Bind::Flag(f) => q.bind(f),
-                    Bind::Int(i) => q.bind(i),
-                    Bind::Text(t) => q.bind(t),
-                };
-            }
-            existed = q.execute(&mut *conn).await?.rows_affected() > 0;
-        }
-        found.push(existed);
-    }
-    Ok(found)
 }

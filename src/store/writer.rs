@@ -34,9 +34,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::batch::{Batch, CommitError, Outcome, Position, StreamEnd};
+use super::edits::RowEdit;
 use super::health::{Fault, Health};
 use super::outage::Outage;
-use super::sessions::SessionEdit;
 use super::sqlite::checkpoint::{self, Checkpointer};
 use super::{NewSession, NewStream, StoreError, postgres, sqlite};
 use crate::config::StoreConfig;
@@ -49,8 +49,8 @@ enum WriteOp {
         session: NewSession,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
-    EditSession {
-        edit: SessionEdit,
+    Edit {
+        edit: RowEdit,
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
     Create {
@@ -104,7 +104,7 @@ impl WriteOp {
             | WriteOp::Renew { reply, .. } => {
                 let _ = reply.send(Err(e));
             }
-            WriteOp::Delete { reply, .. } | WriteOp::EditSession { reply, .. } => {
+            WriteOp::Delete { reply, .. } | WriteOp::Edit { reply, .. } => {
                 let _ = reply.send(Err(e));
             }
             WriteOp::Purge { reply, .. } => {
@@ -157,8 +157,9 @@ impl EventLog {
 
     /// Renames a session, sets its metadata, or deletes it (with its turns); returns
     /// once committed, with whether the session existed.
-    pub async fn edit_session(&self, edit: SessionEdit) -> Result<bool, StoreError> {
-        ask(&self.tx, |reply| WriteOp::EditSession { edit, reply }).await
+    pub async fn edit(&self, edit: impl Into<RowEdit>) -> Result<bool, StoreError> {
+        let edit = edit.into();
+        ask(&self.tx, |reply| WriteOp::Edit { edit, reply }).await
     }
 
     /// Marks a queued stream as running. It skips the queue of token events, like the
@@ -793,7 +794,7 @@ impl Book {
             WriteOp::Abandon { stream_id } => self.outage.abandoned(&stream_id),
             op @ (WriteOp::Create { .. }
             | WriteOp::CreateSession { .. }
-            | WriteOp::EditSession { .. }
+            | WriteOp::Edit { .. }
             | WriteOp::Delete { .. }
             | WriteOp::Purge { .. })
                 if !self.outage.is_available() =>
@@ -851,7 +852,7 @@ impl Book {
             self.hub.clear_abort(&id);
             let _ = reply.send(Ok(existed));
         }
-        for ((_, reply), existed) in batch.session_edits.drain(..).zip(outcome.edited) {
+        for ((_, reply), existed) in batch.edits.drain(..).zip(outcome.edited) {
             let _ = reply.send(Ok(existed));
         }
         for ((_, _, reply), n) in batch.purges.drain(..).zip(outcome.purged) {
@@ -891,7 +892,7 @@ impl Batch {
     fn add(&mut self, op: WriteOp) {
         match op {
             WriteOp::CreateSession { session, reply } => self.sessions.push((session, reply)),
-            WriteOp::EditSession { edit, reply } => self.session_edits.push((edit, reply)),
+            WriteOp::Edit { edit, reply } => self.edits.push((edit, reply)),
             WriteOp::Create {
                 stream,
                 start,

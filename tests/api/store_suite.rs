@@ -640,15 +640,10 @@ async fn sessions_are_listed_renamed_and_deleted(f: Fixture) {
             title: title.map(|t| t.map(str::to_owned)),
             metadata: metadata.map(|m| m.map(str::to_owned)),
         };
+    assert!(db.log.edit(rename(Some(Some("Trip")), None)).await.unwrap());
     assert!(
         db.log
-            .edit_session(rename(Some(Some("Trip")), None))
-            .await
-            .unwrap()
-    );
-    assert!(
-        db.log
-            .edit_session(rename(None, Some(Some(r#"{"a":1}"#))))
+            .edit(rename(None, Some(Some(r#"{"a":1}"#))))
             .await
             .unwrap()
     );
@@ -662,7 +657,7 @@ async fn sessions_are_listed_renamed_and_deleted(f: Fixture) {
         (s.title.as_deref(), s.metadata.as_deref()),
         (Some("Trip"), Some(r#"{"a":1}"#))
     );
-    assert!(db.log.edit_session(rename(Some(None), None)).await.unwrap());
+    assert!(db.log.edit(rename(Some(None), None)).await.unwrap());
     let s = db
         .store
         .session(&ids[0], Some("alice"))
@@ -678,7 +673,7 @@ async fn sessions_are_listed_renamed_and_deleted(f: Fixture) {
         title: Some(Some("x".into())),
         metadata: None,
     };
-    assert!(!db.log.edit_session(missing).await.unwrap());
+    assert!(!db.log.edit(missing).await.unwrap());
 
     assert_eq!(
         db.store.turn_streams(&ids[0]).await.unwrap(),
@@ -686,8 +681,8 @@ async fn sessions_are_listed_renamed_and_deleted(f: Fixture) {
     );
     assert!(db.log.delete(stream).await.unwrap());
     let delete = SessionEdit::Delete { id: ids[0].clone() };
-    assert!(db.log.edit_session(delete.clone()).await.unwrap());
-    assert!(!db.log.edit_session(delete).await.unwrap());
+    assert!(db.log.edit(delete.clone()).await.unwrap());
+    assert!(!db.log.edit(delete).await.unwrap());
     assert!(
         db.store
             .session(&ids[0], Some("alice"))

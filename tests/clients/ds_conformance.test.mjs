@@ -6,4 +6,6 @@ import { runConformanceTests } from "@durable-streams/server-conformance-tests";
 runConformanceTests({
   baseUrl: process.env.DS_BASE,
   longPollTimeoutMs: Number(process.env.DS_LONG_POLL_MS ?? 5000),
+  // The reserved subscription APIs (webhooks, pull-wake) too.
+  subscriptions: true,
 });

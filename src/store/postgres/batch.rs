@@ -275,8 +275,8 @@ async fn write(conn: &mut PgConnection, batch: &Batch, node: &str) -> Result<Out
         .await?;
     }
 
-    let edits: Vec<_> = batch.session_edits.iter().map(|(e, _)| e).collect();
-    let edited = crate::store::sessions::edit_postgres(conn, &edits).await?;
+    let edits: Vec<_> = batch.edits.iter().map(|(e, _)| e).collect();
+    let edited = crate::store::edits::edit_postgres(conn, &edits).await?;
 
     for payload in notifications(
         node,

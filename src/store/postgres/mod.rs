@@ -33,6 +33,8 @@ pub(super) struct Opened {
     pub leased_at: std::time::Instant,
     pub pool: PgPool,
     pub read_token_secret: Vec<u8>,
+    /// The seed of the Ed25519 key that signs webhook deliveries.
+    pub signing_seed: Vec<u8>,
     /// Streams this node's id left open that its backend can continue.
     pub unfinished: Vec<Unfinished>,
 }
@@ -83,9 +85,12 @@ pub(super) async fn open(
         .execute(&mut write)
         .await;
     migrated.with_context(|| format!("cannot migrate the PostgreSQL database at {shown}"))?;
-    let read_token_secret = read_token_secret(&mut write)
+    let read_token_secret = server_secret(&mut write, "read_token_secret")
         .await
         .context("the read-token secret")?;
+    let signing_seed = server_secret(&mut write, "webhook_signing_seed")
+        .await
+        .context("the webhook signing key")?;
     // The lease first: a stream this node creates must never belong to a node that
     // has no row, or a sweeper would take it for an orphan.
     let leased_at = std::time::Instant::now();
@@ -114,6 +119,7 @@ pub(super) async fn open(
         leased_at,
         pool,
         read_token_secret,
+        signing_seed,
         unfinished: recovered.claimed,
     })
 }
@@ -248,20 +254,20 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-async fn read_token_secret(conn: &mut PgConnection) -> anyhow::Result<Vec<u8>> {
+/// The server secret `name` of `settings`, made by the first process that asks (every
+/// node then reads the same one).
+async fn server_secret(conn: &mut PgConnection, name: &str) -> anyhow::Result<Vec<u8>> {
     let fresh = super::fresh_secret()?;
     let mut tx = conn.begin().await?;
-    sqlx::query(
-        "INSERT INTO settings (name, value) VALUES ('read_token_secret', $1) \
-         ON CONFLICT (name) DO NOTHING",
-    )
-    .bind(&fresh[..])
-    .execute(&mut *tx)
-    .await?;
-    let (secret,): (Vec<u8>,) =
-        sqlx::query_as("SELECT value FROM settings WHERE name = 'read_token_secret'")
-            .fetch_one(&mut *tx)
-            .await?;
+    sqlx::query("INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+        .bind(name)
+        .bind(&fresh[..])
+        .execute(&mut *tx)
+        .await?;
+    let (secret,): (Vec<u8>,) = sqlx::query_as("SELECT value FROM settings WHERE name = $1")
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(secret)
 }

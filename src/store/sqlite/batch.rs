@@ -181,8 +181,8 @@ async fn write(conn: &mut SqliteConnection, batch: &Batch) -> Result<Outcome, sq
             .execute(&mut *conn)
             .await?;
     }
-    let edits: Vec<_> = batch.session_edits.iter().map(|(e, _)| e).collect();
-    let edited = crate::store::sessions::edit_sqlite(conn, &edits).await?;
+    let edits: Vec<_> = batch.edits.iter().map(|(e, _)| e).collect();
+    let edited = crate::store::edits::edit_sqlite(conn, &edits).await?;
     Ok(Outcome {
         deleted,
         purged,

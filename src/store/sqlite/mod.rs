@@ -36,6 +36,8 @@ pub(super) struct Opened {
     pub checkpointer: checkpoint::Checkpointer,
     pub unfinished: Vec<Unfinished>,
     pub read_token_secret: Vec<u8>,
+    /// The seed of the Ed25519 key that signs webhook deliveries.
+    pub signing_seed: Vec<u8>,
 }
 
 pub(super) async fn open(
@@ -80,9 +82,12 @@ pub(super) async fn open(
     convert_events(&mut write)
         .await
         .with_context(|| format!("cannot convert the events of {path} to chunks"))?;
-    let read_token_secret = read_token_secret(&mut write)
+    let read_token_secret = server_secret(&mut write, "read_token_secret")
         .await
         .context("the read-token secret")?;
+    let signing_seed = server_secret(&mut write, "webhook_signing_seed")
+        .await
+        .context("the webhook signing key")?;
     let (ended, unfinished) = recover(&mut write, continuable)
         .await
         .context("start-up recovery")?;
@@ -111,6 +116,7 @@ pub(super) async fn open(
         checkpointer: checkpoint::Checkpointer::start(checkpoint_conn),
         unfinished,
         read_token_secret,
+        signing_seed,
     })
 }
 
@@ -163,16 +169,18 @@ impl FileLock {
 }
 
 /// The read-token secret stored in `settings`, made (32 random bytes) on first use.
-async fn read_token_secret(conn: &mut SqliteConnection) -> anyhow::Result<Vec<u8>> {
+/// The server secret `name` of `settings`, made by the first process that asks.
+async fn server_secret(conn: &mut SqliteConnection, name: &str) -> anyhow::Result<Vec<u8>> {
     let fresh = super::fresh_secret()?;
-    sqlx::query("INSERT OR IGNORE INTO settings (name, value) VALUES ('read_token_secret', ?)")
+    sqlx::query("INSERT OR IGNORE INTO settings (name, value) VALUES (?, ?)")
+        .bind(name)
         .bind(&fresh[..])
         .execute(&mut *conn)
         .await?;
-    let (secret,): (Vec<u8>,) =
-        sqlx::query_as("SELECT value FROM settings WHERE name = 'read_token_secret'")
-            .fetch_one(&mut *conn)
-            .await?;
+    let (secret,): (Vec<u8>,) = sqlx::query_as("SELECT value FROM settings WHERE name = ?")
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(secret)
 }
 
