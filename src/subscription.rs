@@ -3,7 +3,8 @@
 //! digest that tells a re-confirmation from a conflict), the glob of its `pattern`,
 //! which webhook URLs may be called at all (and which resolved addresses), the webhook
 //! retry backoff, and the keys — the Ed25519 key that signs deliveries (its JWK Set,
-//! the `Webhook-Signature` header) and the HMAC of wake tokens. The engine keeps the
+//! the `Webhook-Signature` header) and the HMAC of wake tokens — and the control
+//! routes below `__ds/`, with which of them need no API key. The engine keeps the
 //! subscriptions (`engine::subscriptions`); the routes are `http::ds_subs`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -190,6 +191,54 @@ pub fn stream_list(value: &Value) -> Result<Vec<String>, String> {
 /// A subscription id or worker name: 1 to 1024 bytes.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= MAX_TEXT
+}
+
+/// A control route: what follows `{stream root}/__ds/`, from its decoded segments.
+pub enum Route {
+    Jwks,
+    Subscription(String),
+    Streams(String),
+    Stream(String, String),
+    Callback(String),
+    Claim(String),
+    Ack(String),
+    Release(String),
+}
+
+impl Route {
+    pub fn parse(rest: &str) -> Option<Route> {
+        let segments: Vec<String> = rest
+            .split('/')
+            .map(crate::ds::decode_path)
+            .collect::<Option<_>>()?;
+        let parts: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let id = |id: &str| valid_name(id).then(|| id.to_owned());
+        Some(match parts.as_slice() {
+            ["jwks.json"] => Route::Jwks,
+            ["subscriptions", i] => Route::Subscription(id(i)?),
+            ["subscriptions", i, "streams"] => Route::Streams(id(i)?),
+            ["subscriptions", i, "streams", path @ ..] if !path.is_empty() => {
+                Route::Stream(id(i)?, path.join("/"))
+            }
+            ["subscriptions", i, "callback"] => Route::Callback(id(i)?),
+            ["subscriptions", i, "claim"] => Route::Claim(id(i)?),
+            ["subscriptions", i, "ack"] => Route::Ack(id(i)?),
+            ["subscriptions", i, "release"] => Route::Release(id(i)?),
+            _ => return None,
+        })
+    }
+}
+
+/// Whether a request to `path` (below the stream root) is authorized by its wake token
+/// or needs nothing at all: the callback, ack and release routes, and the public keys.
+pub fn keyless(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("__ds/") else {
+        return false;
+    };
+    matches!(
+        Route::parse(rest),
+        Some(Route::Jwks | Route::Callback(_) | Route::Ack(_) | Route::Release(_))
+    )
 }
 
 /// Whether `path` matches `pattern`: `*` is one path segment, `**` any number of them

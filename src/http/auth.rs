@@ -206,7 +206,7 @@ impl ApiKeys {
                         && !path
                             .strip_prefix(prefix)
                             .and_then(|p| p.strip_prefix("v1/stream/"))
-                            .is_some_and(super::ds_subs::keyless)
+                            .is_some_and(crate::subscription::keyless)
                 }))
     }
 

@@ -5,7 +5,7 @@
 //! signing keys at `jwks.json`. Errors carry the protocol's codes (`FENCED`,
 //! `ALREADY_CLAIMED`, …). Subscriptions belong to their creator's key; a callback,
 //! ack or release is authorized by its wake token alone, so those routes (and the
-//! public keys) take no API key (see `http::auth`).
+//! public keys) take no API key (`subscription::keyless`, which `http::auth` asks).
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -14,9 +14,8 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, ErrorCode};
 use super::state::HttpState;
-use crate::ds;
 use crate::engine::{SubError, WakeReply};
-use crate::subscription::{self, Config, ConfigError, Delivery};
+use crate::subscription::{self, Config, ConfigError, Delivery, Route};
 
 impl From<SubError> for ApiError {
     fn from(e: SubError) -> Self {
@@ -39,54 +38,6 @@ impl From<SubError> for ApiError {
             SubError::Store(e) => e.into(),
         }
     }
-}
-
-/// A control route: what follows `__ds/`, split into its decoded segments.
-enum Route {
-    Jwks,
-    Subscription(String),
-    Streams(String),
-    Stream(String, String),
-    Callback(String),
-    Claim(String),
-    Ack(String),
-    Release(String),
-}
-
-impl Route {
-    fn parse(rest: &str) -> Option<Route> {
-        let segments: Vec<String> = rest
-            .split('/')
-            .map(ds::decode_path)
-            .collect::<Option<_>>()?;
-        let parts: Vec<&str> = segments.iter().map(String::as_str).collect();
-        let id = |id: &str| subscription::valid_name(id).then(|| id.to_owned());
-        Some(match parts.as_slice() {
-            ["jwks.json"] => Route::Jwks,
-            ["subscriptions", i] => Route::Subscription(id(i)?),
-            ["subscriptions", i, "streams"] => Route::Streams(id(i)?),
-            ["subscriptions", i, "streams", path @ ..] if !path.is_empty() => {
-                Route::Stream(id(i)?, path.join("/"))
-            }
-            ["subscriptions", i, "callback"] => Route::Callback(id(i)?),
-            ["subscriptions", i, "claim"] => Route::Claim(id(i)?),
-            ["subscriptions", i, "ack"] => Route::Ack(id(i)?),
-            ["subscriptions", i, "release"] => Route::Release(id(i)?),
-            _ => return None,
-        })
-    }
-}
-
-/// Whether a request to `path` (below the stream root) is authorized by its wake token
-/// or needs nothing at all: the callback, ack and release routes, and the public keys.
-pub fn keyless(path: &str) -> bool {
-    let Some(rest) = path.strip_prefix("__ds/") else {
-        return false;
-    };
-    matches!(
-        Route::parse(rest),
-        Some(Route::Jwks | Route::Callback(_) | Route::Ack(_) | Route::Release(_))
-    )
 }
 
 fn method_not_allowed(allowed: &str) -> ApiError {

@@ -42,7 +42,7 @@ pub(super) enum Bind<'a> {
 /// The statements of one edit, in order; the last is the one on the edit's row.
 fn edit_sql(edit: &RowEdit) -> Vec<(&'static str, Vec<Bind<'_>>)> {
     match edit {
-        RowEdit::Session(edit) => super::sessions::edit_sql(edit),
+        RowEdit::Session(edit) => session_sql(edit),
         RowEdit::DsSoftDelete { name } => vec![(
             "UPDATE ds_streams SET soft_deleted = TRUE WHERE name = ?",
             vec![Bind::Text(Some(name))],
@@ -115,4 +115,47 @@ pub(super) async fn edit_postgres(
         found.push(existed);
     }
     Ok(found)
+}
+
+/// A session edit's statements.
+fn session_sql(edit: &SessionEdit) -> Vec<(&'static str, Vec<Bind<'_>>)> {
+    match edit {
+        SessionEdit::Update {
+            id,
+            title,
+            metadata,
+        } => vec![(
+            "UPDATE sessions SET \
+             title = CASE WHEN ? THEN ? ELSE title END, \
+             metadata = CASE WHEN ? THEN ? ELSE metadata END \
+             WHERE id = ?",
+            vec![
+                Bind::Flag(title.is_some()),
+                Bind::Text(title.as_ref().and_then(|t| t.as_deref())),
+                Bind::Flag(metadata.is_some()),
+                Bind::Text(metadata.as_ref().and_then(|m| m.as_deref())),
+                Bind::Text(Some(id)),
+            ],
+        )],
+        SessionEdit::Delete { id } => vec![
+            (
+                "DELETE FROM turns WHERE session_id = ?",
+                vec![Bind::Text(Some(id))],
+            ),
+            (
+                "DELETE FROM sessions WHERE id = ?",
+                vec![Bind::Text(Some(id))],
+            ),
+        ],
+        SessionEdit::Truncate { id, idx } => vec![
+            (
+                "DELETE FROM turns WHERE session_id = ? AND idx >= ?",
+                vec![Bind::Text(Some(id)), Bind::Int(*idx)],
+            ),
+            (
+                "UPDATE sessions SET id = id WHERE id = ?",
+                vec![Bind::Text(Some(id))],
+            ),
+        ],
+    }
 }

@@ -4,7 +4,6 @@
 
 use sqlx::FromRow;
 
-use super::edits::Bind;
 use super::{Store, StoreError, on_db};
 
 /// A new session, as the writer inserts it.
@@ -286,49 +285,5 @@ impl Store {
             }
         }
         Ok(turns)
-    }
-}
-
-/// The SQL of an edit, written for SQLite (`?`, see `dialect` for PostgreSQL), with
-/// the values to bind in order.
-pub(super) fn edit_sql(edit: &SessionEdit) -> Vec<(&'static str, Vec<Bind<'_>>)> {
-    match edit {
-        SessionEdit::Update {
-            id,
-            title,
-            metadata,
-        } => vec![(
-            "UPDATE sessions SET \
-             title = CASE WHEN ? THEN ? ELSE title END, \
-             metadata = CASE WHEN ? THEN ? ELSE metadata END \
-             WHERE id = ?",
-            vec![
-                Bind::Flag(title.is_some()),
-                Bind::Text(title.as_ref().and_then(|t| t.as_deref())),
-                Bind::Flag(metadata.is_some()),
-                Bind::Text(metadata.as_ref().and_then(|m| m.as_deref())),
-                Bind::Text(Some(id)),
-            ],
-        )],
-        SessionEdit::Delete { id } => vec![
-            (
-                "DELETE FROM turns WHERE session_id = ?",
-                vec![Bind::Text(Some(id))],
-            ),
-            (
-                "DELETE FROM sessions WHERE id = ?",
-                vec![Bind::Text(Some(id))],
-            ),
-        ],
-        SessionEdit::Truncate { id, idx } => vec![
-            (
-                "DELETE FROM turns WHERE session_id = ? AND idx >= ?",
-                vec![Bind::Text(Some(id)), Bind::Int(*idx)],
-            ),
-            (
-                "UPDATE sessions SET id = id WHERE id = ?",
-                vec![Bind::Text(Some(id))],
-            ),
-        ],
     }
 }

@@ -44,6 +44,7 @@ mod sessions;
 mod shutdown;
 mod slow_reader;
 mod store_suite;
+mod subscriptions;
 mod tls;
 mod tools;
 mod upgrade;
