@@ -2,7 +2,8 @@
 //! own conformance suite (`@durable-streams/server-conformance-tests`, with vitest)
 //! run against spool on SQLite; the official TypeScript and Python clients; spool's
 //! own streams read as Durable Streams; and an app's own producer feeding spool's
-//! readers (native SSE with `Last-Event-ID`, the WebSocket, the status).
+//! readers (native SSE with `Last-Event-ID`, the WebSocket, the status); and a
+//! producer's retries and close across `kill -9`.
 
 use std::process::Command;
 
@@ -488,4 +489,84 @@ async fn the_curl_producer_example_runs_as_documented() {
         docs.contains(code.split_once("\n\n").unwrap().1),
         "docs/api.md does not show examples/ds_producer.sh as it is"
     );
+}
+
+/// One producer append of `body` (JSON), maybe closing the stream.
+async fn produce(
+    c: &reqwest::Client,
+    url: &str,
+    seq: u64,
+    body: &str,
+    close: bool,
+) -> reqwest::Response {
+    let mut r = c
+        .post(url)
+        .header("content-type", "application/json")
+        .header("producer-id", "p1")
+        .header("producer-epoch", "0")
+        .header("producer-seq", seq.to_string());
+    if close {
+        r = r.header("stream-closed", "true");
+    }
+    r.body(body.to_owned()).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_producers_retry_after_kill_9_is_a_duplicate_and_its_close_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ds.db");
+    let c = reqwest::Client::new();
+    let mut server = crate::process::start(&db, &[], DEADLINE);
+    let url = format!("{}/ds/v1/stream/jobs/run", server.base);
+    let r = c
+        .put(&url)
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        produce(&c, &url, 0, r#"{"n":0}"#, false).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        produce(&c, &url, 1, r#"{"n":1}"#, false).await.status(),
+        StatusCode::OK
+    );
+
+    // Killed after the append of seq 1 was answered: its retry must not append again.
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    let mut server = crate::process::start(&db, &[], DEADLINE);
+    let url = format!("{}/ds/v1/stream/jobs/run", server.base);
+    let r = produce(&c, &url, 1, r#"{"n":1}"#, false).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT, "a duplicate");
+    // A gap is still a gap; the next seq appends and closes.
+    let r = produce(&c, &url, 5, r#"{"n":5}"#, false).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(r.headers()["producer-expected-seq"], "2");
+    assert_eq!(
+        produce(&c, &url, 2, r#"{"n":2}"#, true).await.status(),
+        StatusCode::OK
+    );
+
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let server = crate::process::start(&db, &[], DEADLINE);
+    let url = format!("{}/ds/v1/stream/jobs/run", server.base);
+    // The closing append's retry is a duplicate; anything else meets a closed stream.
+    let r = produce(&c, &url, 2, r#"{"n":2}"#, true).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = produce(&c, &url, 3, r#"{"n":3}"#, false).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(r.headers()["stream-closed"], "true");
+    let all: Value = c
+        .get(format!("{url}?offset=-1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all, json!([{"n": 0}, {"n": 1}, {"n": 2}]), "each once");
 }
