@@ -92,6 +92,26 @@ async fn post_json(c: &reqwest::Client, url: &str, body: &Value) -> reqwest::Res
         .unwrap()
 }
 
+/// `PUT url` of JSON with an API key.
+async fn put_as(c: &reqwest::Client, url: &str, key: &str, body: &Value) -> reqwest::Response {
+    c.put(url).bearer_auth(key).json(body).send().await.unwrap()
+}
+
+/// `POST url` with a wake's token as the bearer.
+async fn with_token(
+    c: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &Value,
+) -> reqwest::Response {
+    c.post(url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Verifies `Webhook-Signature` over `body` with the key of `jwks` it names.
 fn verifies(jwks: &Value, body: &str, signature: &str) -> bool {
     let Some((prefix, sig)) = signature.rsplit_once(",ed25519=") else {
@@ -246,13 +266,7 @@ async fn a_pull_wake_subscription_keeps_its_cursor_lease_and_fence_across_kill_9
         "wake_id": claimed["wake_id"], "generation": claimed["generation"],
         "acks": [{"stream": "orders/a", "offset": tail}],
     });
-    let r = c
-        .post(format!("{}/ack", sub(&base, "pool")))
-        .bearer_auth(&token)
-        .json(&ack)
-        .send()
-        .await
-        .unwrap();
+    let r = with_token(&c, &format!("{}/ack", sub(&base, "pool")), &token, &ack).await;
     assert_eq!(r.status(), StatusCode::OK);
 
     server.child.kill().unwrap(); // SIGKILL
@@ -282,26 +296,14 @@ async fn a_pull_wake_subscription_keeps_its_cursor_lease_and_fence_across_kill_9
     assert_eq!(busy["error"]["current_holder"], "w1");
     let done =
         json!({"wake_id": claimed["wake_id"], "generation": claimed["generation"], "done": true});
-    let r = c
-        .post(format!("{}/ack", sub(&base, "pool")))
-        .bearer_auth(&token)
-        .json(&done)
-        .send()
-        .await
-        .unwrap();
+    let r = with_token(&c, &format!("{}/ack", sub(&base, "pool")), &token, &done).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
         r.json::<Value>().await.unwrap(),
         json!({"ok": true, "next_wake": false})
     );
     // That wake is over: its token is fenced, and nothing is pending.
-    let r = c
-        .post(format!("{}/ack", sub(&base, "pool")))
-        .bearer_auth(&token)
-        .json(&done)
-        .send()
-        .await
-        .unwrap();
+    let r = with_token(&c, &format!("{}/ack", sub(&base, "pool")), &token, &done).await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "FENCED");
     let r = post_json(
@@ -347,13 +349,7 @@ async fn with_keys_a_subscription_is_its_creators_and_sees_only_its_streams() {
     // No key: refused, nothing made.
     let r = put_json(&c, &sub(&app.base, "mine"), &config).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = c
-        .put(sub(&app.base, "mine"))
-        .bearer_auth("alpha-key")
-        .json(&config)
-        .send()
-        .await
-        .unwrap();
+    let r = put_as(&c, &sub(&app.base, "mine"), "alpha-key", &config).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     // Another key neither reads nor takes it.
     let r = c
@@ -367,32 +363,24 @@ async fn with_keys_a_subscription_is_its_creators_and_sees_only_its_streams() {
         r.json::<Value>().await.unwrap()["error"]["code"],
         "SUBSCRIPTION_NOT_FOUND"
     );
-    let r = c
-        .put(sub(&app.base, "mine"))
-        .bearer_auth("beta-key")
-        .json(&config)
-        .send()
-        .await
-        .unwrap();
+    let r = put_as(&c, &sub(&app.base, "mine"), "beta-key", &config).await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
     // beta's stream matches the pattern but is not alpha's: no wake.
-    let r = c
-        .put(stream(&app.base, "b-stream"))
-        .bearer_auth("beta-key")
-        .header("content-type", "application/json")
-        .body("{\"x\":1}")
-        .send()
-        .await
-        .unwrap();
+    let r = put_as(
+        &c,
+        &stream(&app.base, "b-stream"),
+        "beta-key",
+        &json!({"x": 1}),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::CREATED);
-    let r = c
-        .put(stream(&app.base, "a-stream"))
-        .bearer_auth("alpha-key")
-        .header("content-type", "application/json")
-        .body("{\"x\":1}")
-        .send()
-        .await
-        .unwrap();
+    let r = put_as(
+        &c,
+        &stream(&app.base, "a-stream"),
+        "alpha-key",
+        &json!({"x": 1}),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     until("alpha's wake", async || {
         (!received.lock().unwrap().is_empty()).then_some(())
@@ -408,13 +396,13 @@ async fn with_keys_a_subscription_is_its_creators_and_sees_only_its_streams() {
         .collect();
     assert_eq!(paths, [&json!("a-stream")], "{body}");
     // The callback needs no key: its token is the right.
-    let r = c
-        .post(body["callback_url"].as_str().unwrap())
-        .bearer_auth(body["callback_token"].as_str().unwrap())
-        .json(&json!({"wake_id": body["wake_id"], "generation": body["generation"], "done": true}))
-        .send()
-        .await
-        .unwrap();
+    let r = with_token(
+        &c,
+        body["callback_url"].as_str().unwrap(),
+        body["callback_token"].as_str().unwrap(),
+        &json!({"wake_id": body["wake_id"], "generation": body["generation"], "done": true}),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK, "{:?}", r.text().await);
     // The keys are public.
     let r = c
@@ -502,34 +490,28 @@ async fn bad_subscription_requests_get_the_protocols_errors_and_change_nothing()
         r.json::<Value>().await.unwrap()["error"]["code"],
         "TOKEN_INVALID"
     );
-    let r = c
-        .post(format!("{url}/ack"))
-        .bearer_auth("1.forged")
-        .json(&ack("0000000000000000_0000000000000000"))
-        .send()
-        .await
-        .unwrap();
+    let r = with_token(
+        &c,
+        &format!("{url}/ack"),
+        "1.forged",
+        &ack("0000000000000000_0000000000000000"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = c
-        .post(format!("{url}/ack"))
-        .bearer_auth(token)
-        .json(&ack("9999999999999999_0000000000000000"))
-        .send()
-        .await
-        .unwrap();
+    let r = with_token(
+        &c,
+        &format!("{url}/ack"),
+        token,
+        &ack("9999999999999999_0000000000000000"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
     assert_eq!(
         r.json::<Value>().await.unwrap()["error"]["code"],
         "INVALID_OFFSET"
     );
     let stale = json!({"wake_id": "w_other", "generation": claimed["generation"]});
-    let r = c
-        .post(format!("{url}/release"))
-        .bearer_auth(token)
-        .json(&stale)
-        .send()
-        .await
-        .unwrap();
+    let r = with_token(&c, &format!("{url}/release"), token, &stale).await;
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "FENCED");
     let view: Value = c.get(&url).send().await.unwrap().json().await.unwrap();
     assert_eq!(
@@ -537,13 +519,13 @@ async fn bad_subscription_requests_get_the_protocols_errors_and_change_nothing()
         "unchanged: {view}"
     );
     // A webhook's callback is not a pull-wake's ack.
-    let r = c
-        .post(format!("{url}/callback"))
-        .bearer_auth(token)
-        .json(&ack("0000000000000000_0000000000000000"))
-        .send()
-        .await
-        .unwrap();
+    let r = with_token(
+        &c,
+        &format!("{url}/callback"),
+        token,
+        &ack("0000000000000000_0000000000000000"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
 
     // Deleted: its in-flight token acks nothing.
@@ -551,13 +533,13 @@ async fn bad_subscription_requests_get_the_protocols_errors_and_change_nothing()
         c.delete(&url).send().await.unwrap().status(),
         StatusCode::NO_CONTENT
     );
-    let r = c
-        .post(format!("{url}/ack"))
-        .bearer_auth(token)
-        .json(&ack("0000000000000001_0000000000000000"))
-        .send()
-        .await
-        .unwrap();
+    let r = with_token(
+        &c,
+        &format!("{url}/ack"),
+        token,
+        &ack("0000000000000001_0000000000000000"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(
         c.delete(&url).send().await.unwrap().status(),
