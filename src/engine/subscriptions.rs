@@ -20,8 +20,12 @@
 //! Timers: one tracked task ([`Engine::start_subscriptions`]) looks at every
 //! subscription each [`TICK`] (sooner when kicked): an expired lease is cleared (and a
 //! new wake made if work is pending), and a webhook wake due for delivery is sent, each
-//! delivery a tracked task of its own. Subscriptions are served by the process that
-//! takes their streams' appends, like those streams' writes (see `engine::ds`).
+//! delivery a tracked task of its own.
+//!
+//! Several nodes (PostgreSQL): a subscription is served by the node that created it
+//! (its `node`, reloaded by that node only), and sees the appends that node takes —
+//! like a Durable Stream's writes, which belong on one node at a time (`engine::ds`).
+//! Its id is unique in the store: another node's `PUT` of it is `409`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -119,6 +123,9 @@ struct State {
     /// The stream root URL, as the creating request reached this server (for the
     /// callback URL).
     root: String,
+    /// The node that created it and serves it (see the module's doc).
+    #[serde(default)]
+    node: String,
     nonce: String,
     links: BTreeMap<String, Link>,
     generation: u64,
@@ -240,6 +247,9 @@ impl Engine {
                 let parsed = serde_json::from_str::<Config>(&row.config)
                     .and_then(|c| serde_json::from_str::<State>(&row.state).map(|s| (c, s)));
                 match parsed {
+                    // Another node's: it serves it.
+                    Ok((_, state)) if !state.node.is_empty() && state.node != self.store.node() => {
+                    }
                     Ok((config, state)) => {
                         let sub = Sub {
                             id: row.id.clone(),
@@ -352,6 +362,7 @@ impl Engine {
             created_at: now_ms(),
             state: State {
                 root: root.to_owned(),
+                node: self.store.node().to_owned(),
                 nonce: random_hex(8),
                 links,
                 generation: 0,
@@ -391,14 +402,29 @@ impl Engine {
             drop(other);
             self.subs.lock().insert(id.to_owned(), entry);
         }
-        let sub = slot.lock().await;
-        if let Err(e) = self.subs_save(&sub, &sub.state).await {
+        let mut sub = slot.lock().await;
+        let row = SubscriptionRow {
+            id: sub.id.clone(),
+            owner: sub.owner.clone(),
+            config: serde_json::to_string(&sub.config).unwrap_or_default(),
+            config_hash: sub.hash.clone(),
+            created_at: sub.created_at,
+            state: serde_json::to_string(&sub.state).unwrap_or_default(),
+        };
+        let stored = match self.log.edit(RowEdit::SubscriptionCreate(row)).await {
+            // Taken in the store (another node's): not this one's to answer for.
+            Ok(false) => Err(SubError::Exists),
+            Ok(true) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = stored {
+            sub.deleted = true;
             drop(sub);
             let mut map = self.subs.lock();
             if map.get(id).is_some_and(|e| Arc::ptr_eq(&e.slot, &slot)) {
                 map.remove(id);
             }
-            return Err(e.into());
+            return Err(e);
         }
         let view = self.subs_view(&sub, root).await?;
         Ok((true, view))
@@ -1021,26 +1047,22 @@ impl Engine {
         Ok(view)
     }
 
-    /// Commits `next` as the subscription's state, then holds it in memory.
+    /// Commits `next` as the subscription's state, then holds it in memory. A row gone
+    /// from the store (deleted on another node) is gone here too.
     async fn subs_commit(&self, sub: &mut Sub, next: State) -> Result<(), SubError> {
         if next == sub.state {
             return Ok(());
         }
-        self.subs_save(sub, &next).await?;
-        sub.state = next;
-        Ok(())
-    }
-
-    async fn subs_save(&self, sub: &Sub, state: &State) -> Result<(), StoreError> {
-        let row = SubscriptionRow {
+        let edit = RowEdit::SubscriptionState {
             id: sub.id.clone(),
-            owner: sub.owner.clone(),
-            config: serde_json::to_string(&sub.config).unwrap_or_default(),
-            config_hash: sub.hash.clone(),
-            created_at: sub.created_at,
-            state: serde_json::to_string(state).unwrap_or_default(),
+            state: serde_json::to_string(&next).unwrap_or_default(),
         };
-        self.log.edit(RowEdit::SubscriptionSave(row)).await?;
+        if !self.log.edit(edit).await? {
+            // Nothing acts on it again; a new `PUT` of its id replaces it.
+            sub.deleted = true;
+            return Err(SubError::NotFound);
+        }
+        sub.state = next;
         Ok(())
     }
 }

@@ -1,8 +1,9 @@
 //! Row edits: changes to rows other than a stream's events that the writer applies in
 //! its batches, after everything else of the batch — a session's rename, metadata,
 //! delete or truncation ([`SessionEdit`]), a Durable Stream's soft delete, and a
-//! Durable Streams subscription saved or deleted. Each is answered with whether its
-//! row existed (the last statement of the edit changed a row).
+//! Durable Streams subscription created, its state rewritten, or deleted. Each is
+//! answered with whether the last statement of the edit changed a row (for most: the
+//! row existed).
 
 use sqlx::postgres::PgConnection;
 use sqlx::sqlite::SqliteConnection;
@@ -18,8 +19,14 @@ pub enum RowEdit {
     DsSoftDelete {
         name: String,
     },
-    /// Writes a subscription (its configuration and its state), new or not.
-    SubscriptionSave(SubscriptionRow),
+    /// Inserts a new subscription; changes nothing (answered `false`) when its id is
+    /// taken — by another node, say.
+    SubscriptionCreate(SubscriptionRow),
+    /// Rewrites a subscription's state (`false`: it is gone).
+    SubscriptionState {
+        id: String,
+        state: String,
+    },
     /// Deletes a subscription.
     SubscriptionDelete {
         id: String,
@@ -47,10 +54,9 @@ fn edit_sql(edit: &RowEdit) -> Vec<(&'static str, Vec<Bind<'_>>)> {
             "UPDATE ds_streams SET soft_deleted = TRUE WHERE name = ?",
             vec![Bind::Text(Some(name))],
         )],
-        RowEdit::SubscriptionSave(row) => vec![(
+        RowEdit::SubscriptionCreate(row) => vec![(
             "INSERT INTO ds_subscriptions (id, owner, config, config_hash, created_at, state) \
-             VALUES (?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
             vec![
                 Bind::Text(Some(&row.id)),
                 Bind::Text(row.owner.as_deref()),
@@ -59,6 +65,10 @@ fn edit_sql(edit: &RowEdit) -> Vec<(&'static str, Vec<Bind<'_>>)> {
                 Bind::Int(row.created_at),
                 Bind::Text(Some(&row.state)),
             ],
+        )],
+        RowEdit::SubscriptionState { id, state } => vec![(
+            "UPDATE ds_subscriptions SET state = ? WHERE id = ?",
+            vec![Bind::Text(Some(state)), Bind::Text(Some(id))],
         )],
         RowEdit::SubscriptionDelete { id } => vec![(
             "DELETE FROM ds_subscriptions WHERE id = ?",

@@ -554,3 +554,53 @@ async fn bad_subscription_requests_get_the_protocols_errors_and_change_nothing()
         "SUBSCRIPTION_NOT_FOUND"
     );
 }
+
+#[tokio::test]
+async fn on_two_nodes_a_subscription_is_served_by_the_node_that_made_it() {
+    let db = crate::pg::TestDb::create().await;
+    let c = reqwest::Client::new();
+    let a = crate::process::start_url(&db.url, &[("SPOOL_NODE_ID", "a")], DEADLINE);
+    let b = crate::process::start_url(&db.url, &[("SPOOL_NODE_ID", "b")], DEADLINE);
+    put_json(&c, &stream(&a.base, "wake/a"), &json!([])).await;
+    let config = json!({"type": "pull-wake", "pattern": "work/*", "wake_stream": "wake/a"});
+    let r = put_json(&c, &sub(&a.base, "on-a"), &config).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // Its id is taken in the store: b does not make a second one beside it.
+    let r = put_json(&c, &sub(&b.base, "on-a"), &config).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "SUBSCRIPTION_ALREADY_EXISTS"
+    );
+    // a takes the appends and wakes it; the wake is read on b like any stream.
+    put_json(&c, &stream(&a.base, "work/1"), &json!({"n": 1})).await;
+    let wakes: Value = until("the wake, read on b", async || {
+        let v: Value = c
+            .get(format!("{}?offset=-1", stream(&b.base, "wake/a")))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (v.as_array()?.len() == 1).then_some(v)
+    })
+    .await;
+    assert_eq!(wakes[0]["subscription_id"], "on-a");
+    let r = post_json(
+        &c,
+        &format!("{}/claim", sub(&a.base, "on-a")),
+        &json!({"worker": "w"}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // b, restarted, leaves a's subscription to a.
+    drop(b);
+    let b = crate::process::start_url(&db.url, &[("SPOOL_NODE_ID", "b")], DEADLINE);
+    let r = c.get(sub(&b.base, "on-a")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = c.get(sub(&a.base, "on-a")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    drop((a, b));
+    drop(db);
+}
