@@ -292,10 +292,9 @@ impl Engine {
         Ok(())
     }
 
-    /// The public JWK Set of the webhook signing key, and its key id.
-    pub fn subs_jwks(&self) -> Result<(Value, String), SubError> {
-        let signer = self.subs.signer()?;
-        Ok((signer.jwks(), signer.kid().to_owned()))
+    /// The public JWK Set of the webhook signing key.
+    pub fn subs_jwks(&self) -> Result<Value, SubError> {
+        Ok(self.subs.signer()?.jwks())
     }
 
     /// `PUT`: creates the subscription, or re-confirms it with the same configuration
@@ -308,15 +307,10 @@ impl Engine {
         root: &str,
     ) -> Result<(bool, Value), SubError> {
         let hash = config.hash();
-        if let Some(slot) = self.subs.get(id) {
-            let sub = slot.lock().await;
-            if !sub.deleted {
-                if sub.owner.as_deref() != owner || sub.hash != hash {
-                    return Err(SubError::Exists);
-                }
-                let view = self.subs_view(&sub, root).await?;
-                return Ok((false, view));
-            }
+        if let Some(slot) = self.subs.get(id)
+            && let Some(reconfirmed) = self.subs_reconfirm(&slot, owner, &hash, root).await
+        {
+            return reconfirmed;
         }
         if self.subs.lock().len() >= MAX_SUBSCRIPTIONS {
             return Err(SubError::TooMany);
@@ -358,7 +352,7 @@ impl Engine {
             id: id.to_owned(),
             owner: owner.map(str::to_owned),
             config,
-            hash,
+            hash: hash.clone(),
             created_at: now_ms(),
             state: State {
                 root: root.to_owned(),
@@ -391,15 +385,9 @@ impl Engine {
             }
         };
         if let Some(existing) = raced {
-            let other = existing.lock().await;
-            if !other.deleted {
-                if other.owner.as_deref() != owner || other.hash != slot.lock().await.hash {
-                    return Err(SubError::Exists);
-                }
-                let view = self.subs_view(&other, root).await?;
-                return Ok((false, view));
+            if let Some(reconfirmed) = self.subs_reconfirm(&existing, owner, &hash, root).await {
+                return reconfirmed;
             }
-            drop(other);
             self.subs.lock().insert(id.to_owned(), entry);
         }
         let mut sub = slot.lock().await;
@@ -428,6 +416,25 @@ impl Engine {
         }
         let view = self.subs_view(&sub, root).await?;
         Ok((true, view))
+    }
+
+    /// A `PUT` of a subscription that exists (`None`: it was deleted): its view if the
+    /// configuration is the same and `owner`'s, else `Exists`.
+    async fn subs_reconfirm(
+        &self,
+        slot: &Slot,
+        owner: Option<&str>,
+        hash: &str,
+        root: &str,
+    ) -> Option<Result<(bool, Value), SubError>> {
+        let sub = slot.lock().await;
+        if sub.deleted {
+            return None;
+        }
+        if sub.owner.as_deref() != owner || sub.hash != hash {
+            return Some(Err(SubError::Exists));
+        }
+        Some(self.subs_view(&sub, root).await.map(|view| (false, view)))
     }
 
     /// `GET`: the subscription as the protocol shows it.

@@ -106,7 +106,7 @@ pub async fn handle(
             if method != Method::GET {
                 return Err(method_not_allowed("GET"));
             }
-            let (jwks, _) = engine.subs_jwks()?;
+            let jwks = engine.subs_jwks()?;
             let mut response = json_response(StatusCode::OK, &jwks);
             let h = response.headers_mut();
             h.insert(

@@ -326,51 +326,55 @@ async fn an_apps_own_producer_feeds_spools_readers_and_a_close_appends_done() {
     );
 }
 
+/// A request with a text body (none when empty) and maybe an API key.
+async fn send_text(
+    app: &TestApp,
+    method: reqwest::Method,
+    url: &str,
+    key: Option<&str>,
+    body: &str,
+) -> reqwest::Response {
+    let mut r = app.client.request(method, url);
+    if let Some(key) = key {
+        r = r.bearer_auth(key);
+    }
+    if !body.is_empty() {
+        r = r.header("content-type", "text/plain").body(body.to_owned());
+    }
+    r.send().await.unwrap()
+}
+
 #[tokio::test]
 async fn with_keys_a_durable_stream_belongs_to_its_creator() {
     let app = spawn_with(|c| c.auth.api_keys = vec!["alpha-key".into(), "beta-key".into()]).await;
     let url = app.url("/ds/v1/stream/owned");
     let r = app.client.put(&url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let r = app
-        .client
-        .put(&url)
-        .bearer_auth("alpha-key")
-        .header("content-type", "text/plain")
-        .body("mine")
-        .send()
-        .await
-        .unwrap();
+    let r = send_text(&app, reqwest::Method::PUT, &url, Some("alpha-key"), "mine").await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let token = r.headers()["stream-read-token"]
         .to_str()
         .unwrap()
         .to_owned();
-    let theirs = app
-        .client
-        .get(format!("{url}?offset=-1"))
-        .bearer_auth("beta-key")
-        .send()
-        .await
-        .unwrap();
+    let theirs = send_text(
+        &app,
+        reqwest::Method::GET,
+        &format!("{url}?offset=-1"),
+        Some("beta-key"),
+        "",
+    )
+    .await;
     assert_eq!(theirs.status(), StatusCode::NOT_FOUND);
-    let r = app
-        .client
-        .post(&url)
-        .bearer_auth("beta-key")
-        .header("content-type", "text/plain")
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    let r = send_text(&app, reqwest::Method::POST, &url, Some("beta-key"), "x").await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let mine = app
-        .client
-        .get(format!("{url}?offset=-1"))
-        .bearer_auth("alpha-key")
-        .send()
-        .await
-        .unwrap();
+    let mine = send_text(
+        &app,
+        reqwest::Method::GET,
+        &format!("{url}?offset=-1"),
+        Some("alpha-key"),
+        "",
+    )
+    .await;
     assert_eq!(mine.text().await.unwrap(), "mine");
     // A browser's EventSource sends no header: the read token opens this stream's
     // GETs (catch-up and live), nothing else.
@@ -391,15 +395,7 @@ async fn with_keys_a_durable_stream_belongs_to_its_creator() {
     drop(sse);
     // A name with `+` and an escaped space: the token names it as the route does.
     let odd = app.url("/ds/v1/stream/a+b%20c");
-    let r = app
-        .client
-        .put(&odd)
-        .bearer_auth("alpha-key")
-        .header("content-type", "text/plain")
-        .body("odd")
-        .send()
-        .await
-        .unwrap();
+    let r = send_text(&app, reqwest::Method::PUT, &odd, Some("alpha-key"), "odd").await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let odd_token = r.headers()["stream-read-token"]
         .to_str()
