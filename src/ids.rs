@@ -1,4 +1,5 @@
-//! Stream and session identifiers: opaque, unguessable, URL-safe.
+//! Stream and session identifiers (and subscriptions' wake ids): opaque, unguessable,
+//! URL-safe.
 //!
 //! An id is `st_` (a stream) or `se_` (a session) followed by 104 random bits in lowercase base32 (21 characters),
 //! well above the 96 bits SPEC §1 asks for. Request ids for the logs (`req_…`) have
@@ -20,6 +21,17 @@ pub fn new_session_id() -> Result<String, getrandom::Error> {
 /// A fresh request id (`req_…`), for a request that brought none of its own.
 pub fn new_request_id() -> Result<String, getrandom::Error> {
     new_id("req_")
+}
+
+/// A fresh Durable Streams subscription wake id (`w_…`).
+pub fn new_wake_id() -> Result<String, getrandom::Error> {
+    new_id("w_")
+}
+
+/// A fresh incarnation of a subscription (`n_…`): a re-created subscription's old
+/// wake tokens do not count for it.
+pub fn new_nonce() -> Result<String, getrandom::Error> {
+    new_id("n_")
 }
 
 fn new_id(prefix: &str) -> Result<String, getrandom::Error> {

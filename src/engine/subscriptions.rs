@@ -72,8 +72,17 @@ pub enum SubError {
     InvalidOffset(String),
     #[error("this server holds {MAX_SUBSCRIPTIONS} subscriptions already")]
     TooMany,
+    /// The OS random source failed.
+    #[error("no randomness: {0}")]
+    Random(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl SubError {
+    fn random(e: getrandom::Error) -> Self {
+        SubError::Random(e.to_string())
+    }
 }
 
 /// A callback's, ack's or release's body.
@@ -207,15 +216,6 @@ impl Info {
             "has_pending": self.pending(),
         })
     }
-}
-
-fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    if getrandom::fill(&mut b).is_err() {
-        // Uniqueness, not secrecy, is what ids need; the clock gives it.
-        return format!("{:x}", now_ms());
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn unix_secs() -> u64 {
@@ -357,7 +357,7 @@ impl Engine {
             state: State {
                 root: root.to_owned(),
                 node: self.store.node().to_owned(),
-                nonce: random_hex(8),
+                nonce: crate::ids::new_nonce().map_err(SubError::random)?,
                 links,
                 generation: 0,
                 wake: None,
@@ -950,7 +950,7 @@ impl Engine {
         next.generation += 1;
         let lease = i64::try_from(sub.config.lease_ttl_ms).unwrap_or(i64::MAX);
         next.wake = Some(Wake {
-            id: format!("w_{}", random_hex(12)),
+            id: crate::ids::new_wake_id().map_err(SubError::random)?,
             snapshot: infos
                 .iter()
                 .map(|i| (i.path.clone(), i.tail.clone()))

@@ -35,6 +35,7 @@ impl From<SubError> for ApiError {
             SubError::NoPendingWork => ApiError::new(ErrorCode::NoPendingWork, message),
             SubError::InvalidOffset(_) => ApiError::new(ErrorCode::InvalidOffset, message),
             SubError::TooMany => ApiError::new(ErrorCode::Overloaded, message),
+            SubError::Random(_) => ApiError::internal("a subscription's id", &e),
             SubError::Store(e) => e.into(),
         }
     }
